@@ -1,0 +1,1 @@
+"""Attention analysis: capture, aggregation and figures (see the issues that build it)."""

@@ -1,0 +1,144 @@
+"""quadlab command line: `python cli.py COMMAND --help` explains each command.
+
+Every command reports bad input as one line on stderr and exits 2; `verify` also exits 1 when a
+solution is wrong.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import click
+
+from gen import QuadlabError
+
+
+class IntRange(click.ParamType):
+    """`LO:HI`, both ends included, e.g. `-30:30`."""
+
+    name = "LO:HI"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, tuple):
+            return value
+        try:
+            lo, hi = (int(part) for part in str(value).split(":"))
+        except ValueError:
+            self.fail(f"{value!r} is not a range; write LO:HI, e.g. -30:30", param, ctx)
+        if lo > hi:
+            self.fail(f"{value!r} is empty; write LO:HI with LO <= HI", param, ctx)
+        return lo, hi
+
+
+class Shares(click.ParamType):
+    """Comma-separated shares, e.g. `0.5,0.3,0.2`."""
+
+    name = "TWO,ONE,NONE"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, tuple):
+            return value
+        try:
+            return tuple(float(part) for part in str(value).split(","))
+        except ValueError:
+            self.fail(f"{value!r} is not a list of numbers; write e.g. 0.5,0.3,0.2", param, ctx)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+def cli():
+    """quadlab: generate quadratic equations with worked solutions, train transformers on them,
+    and analyse their attention."""
+
+
+@cli.command()
+@click.option("--rows", default=100_000, show_default=True, type=int, help="Number of equations in all (train + test).")
+@click.option("--seed", default=0, show_default=True, type=int, help="Random seed; the same seed and options give the same bytes.")
+@click.option("--mix", default="0.5,0.3,0.2", show_default=True, type=Shares(),
+              help="Shares of equations with two, one and no real roots; must sum to 1.")
+@click.option("--test-fraction", default=0.2, show_default=True, type=float,
+              help="Share of each class that goes to the test split (the rest is train).")
+@click.option("--a-range", default="-30:30", show_default=True, type=IntRange(),
+              help="Leading coefficient a, LO:HI inclusive (0 is skipped).")
+@click.option("--root-range", default="-500:500", show_default=True, type=IntRange(),
+              help="Integer roots r, LO:HI inclusive; b and c follow from a and the roots.")
+@click.option("--format", "fmt", default="published", show_default=True, type=click.Choice(["published", "steps"]),
+              help="Solution format: 'published' (the study's) or 'steps' (every intermediate product).")
+@click.option("--out", default="data/quadratic", show_default=True, type=click.Path(file_okay=False),
+              help="Output directory (a datasets.DatasetDict saved with save_to_disk, plus card.json and README.md).")
+@click.option("--overwrite", is_flag=True, help="Replace the output directory if it exists.")
+@click.option("--workers", default=os.cpu_count() or 1, show_default="all cores", type=click.IntRange(min=1),
+              help="Processes that write and verify rows; the output does not depend on it.")
+def gen(rows, seed, mix, test_fraction, a_range, root_range, fmt, out, overwrite, workers):
+    """Generate the verified quadratic-equation dataset.
+
+    Samples distinct equations of each class, writes each worked solution, verifies every row with
+    the sympy grader (roots by exact substitution, the class by the discriminant, every printed
+    equality re-evaluated from the written string), splits each class into train and test, and
+    saves atomically."""
+    import time
+
+    from gen.dataset import GenOptions, generate
+    from gen.equations import Ranges
+
+    options = GenOptions(
+        rows=rows, seed=seed, mix=mix, test_fraction=test_fraction, format=fmt,
+        ranges=Ranges(a_lo=a_range[0], a_hi=a_range[1], root_lo=root_range[0], root_hi=root_range[1]),
+    )
+    start = time.perf_counter()
+    card = generate(options, out, overwrite=overwrite, workers=workers, progress=True)
+    counts = ", ".join(f"{name} {c['total']} ({c['two']}/{c['one']}/{c['none']})" for name, c in card["counts"].items())
+    click.echo(f"wrote {out}: {counts} rows (two/one/no real roots), verified, in {time.perf_counter() - start:.1f} s")
+
+
+@cli.command()
+@click.argument("equation")
+@click.argument("solution")
+def verify(equation, solution):
+    """Grade SOLUTION for EQUATION and print one line of JSON (SOLUTION `-` reads standard input).
+
+    EQUATION is like 7x^2+3556x+451612=0 (spaces, `*` and omitted 1s are accepted); SOLUTION is in
+    either dataset format. The verdict says whether the solution is well formed, whether every
+    stated equality is true (steps_valid), whether each formula was written out with this
+    equation's coefficients (substitutions_valid) and whether the final answer is the set of real
+    roots. Exit 0 when all of that holds, 1 when the solution is wrong, 2 when the equation cannot
+    be read."""
+    from gen.grader import MAX_SOLUTION_CHARS, GradeError, grade, parse_equation, true_roots
+
+    if solution == "-":
+        solution = sys.stdin.read(MAX_SOLUTION_CHARS + 1)  # enough to tell that it is too long
+
+    try:
+        a, b, c = parse_equation(equation)
+    except GradeError as err:
+        raise QuadlabError(f"cannot read the equation: {err}") from None
+    verdict = grade(a, b, c, solution)
+    report = {"equation": {"a": a, "b": b, "c": c}, "true_roots": true_roots(a, b, c), **verdict.as_dict()}
+    click.echo(json.dumps(report))
+    sys.exit(0 if verdict.ok else 1)
+
+
+def main(argv=None) -> None:
+    """Entry point: click's errors and ours as one line on stderr, exit 2; no tracebacks."""
+    try:
+        cli.main(args=argv, prog_name="quadlab", standalone_mode=False)
+    except click.exceptions.Exit as stop:
+        sys.exit(stop.exit_code)
+    except click.exceptions.Abort:
+        click.echo("quadlab: interrupted", err=True)
+        sys.exit(130)
+    except click.ClickException as err:
+        prefix = f"quadlab {err.ctx.info_name}" if getattr(err, "ctx", None) else "quadlab"
+        click.echo(f"{prefix}: error: {err.format_message()} (see --help)", err=True)
+        sys.exit(err.exit_code)
+    except QuadlabError as err:
+        click.echo(f"quadlab: error: {err}", err=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        click.echo("quadlab: interrupted; no output was left half-written", err=True)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,250 @@
+"""`cli.py gen`: sample distinct equations, write and verify their solutions, split, save.
+
+The output is a `datasets.DatasetDict` saved with `save_to_disk` plus a card (`card.json`,
+`README.md`). It is the same, byte for byte, for the same options and seed whatever the number of
+worker processes: all randomness is drawn in the parent process, and workers only write and verify
+rows, in order.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import random
+import shutil
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from gen import QuadlabError
+from gen.equations import CLASSES, FORMATS, NUM_ROOTS, Ranges, capacity, sample_coefficients, write_equation, write_solution
+from gen.grader import grade, parse_equation
+
+MAX_ABS_VALUE = 10**6  # bound on |a| and |root|, so every number stays far inside the grader's limits
+CARD_JSON, CARD_MD = "card.json", "README.md"
+CHUNK_ROWS = 2000
+
+
+class GenerationBug(RuntimeError):
+    """A written row failed verification: the generator is wrong, not the user."""
+
+
+@dataclass(frozen=True)
+class GenOptions:
+    rows: int = 100_000
+    seed: int = 0
+    mix: tuple = (0.5, 0.3, 0.2)  # shares of two, one and no real roots
+    test_fraction: float = 0.2
+    ranges: Ranges = field(default_factory=Ranges)
+    format: str = "published"
+
+    def class_counts(self) -> dict[str, int]:
+        """Rows per class: the mix rounded by largest remainder, so the counts sum to `rows`."""
+        exact = [share * self.rows for share in self.mix]
+        counts = [int(x) for x in exact]
+        by_remainder = sorted(range(len(CLASSES)), key=lambda i: (counts[i] - exact[i], i))
+        for i in by_remainder[: self.rows - sum(counts)]:
+            counts[i] += 1
+        return dict(zip(CLASSES, counts))
+
+    def validate(self) -> None:
+        if self.rows <= 0:
+            raise QuadlabError(f"--rows must be a positive number of equations, not {self.rows}")
+        if len(self.mix) != 3 or any(share < 0 for share in self.mix) or abs(sum(self.mix) - 1) > 1e-9:
+            shown = ",".join(f"{share:g}" for share in self.mix)
+            raise QuadlabError(f"--mix {shown}: give three non-negative shares (two,one,none roots) that sum to 1, e.g. 0.5,0.3,0.2")
+        if not 0 < self.test_fraction < 1:
+            raise QuadlabError(f"--test-fraction must lie strictly between 0 and 1, not {self.test_fraction}")
+        if self.format not in FORMATS:
+            raise QuadlabError(f"--format must be one of {', '.join(FORMATS)}")
+        r = self.ranges
+        if not r.leading:
+            raise QuadlabError(f"--a-range {r.a_lo}:{r.a_hi} holds no non-zero leading coefficient; widen it")
+        if r.root_lo > r.root_hi:
+            raise QuadlabError(f"--root-range {r.root_lo}:{r.root_hi} is empty: write LO:HI with LO <= HI")
+        if max(abs(r.a_lo), abs(r.a_hi), abs(r.root_lo), abs(r.root_hi)) > MAX_ABS_VALUE:
+            raise QuadlabError(f"ranges are limited to +-{MAX_ABS_VALUE}; narrow --a-range or --root-range")
+        room = capacity(r)
+        for cls, count in self.class_counts().items():
+            if count > room[cls]:
+                raise QuadlabError(
+                    f"the ranges hold only {room[cls]} distinct equations with {NUM_ROOTS[cls]} real root(s) but "
+                    f"{count} are asked for; widen --a-range/--root-range or lower --rows"
+                )
+
+    def as_dict(self) -> dict:
+        return {**asdict(self), "mix": dict(zip(CLASSES, self.mix))}
+
+
+def _write_and_verify(job: tuple) -> list[tuple[str, str]]:
+    """Write each row and verify it from the written strings alone, with the sympy grader."""
+    rows, fmt = job
+    out = []
+    for a, b, c, cls in rows:
+        equation, solution = write_equation(a, b, c), write_solution(a, b, c, fmt)
+        parsed = parse_equation(equation)
+        verdict = grade(*parsed, solution)
+        if parsed != (a, b, c) or not verdict.ok or verdict.num_roots != NUM_ROOTS[cls]:
+            raise GenerationBug(f"row failed verification: {equation} -> {solution}: {verdict.as_dict()}")
+        out.append((equation, solution))
+    return out
+
+
+def build_splits(options: GenOptions, workers: int = 1, progress: bool = False) -> dict[str, dict[str, list]]:
+    """The columns of each split, every row verified."""
+    from tqdm import tqdm
+
+    options.validate()
+    rng = random.Random(options.seed)
+    sampled = sample_coefficients(options.ranges, options.class_counts(), rng)
+    splits = {"train": [], "test": []}
+    for cls in CLASSES:  # stratified: every class is split test_fraction / rest
+        rows = [(a, b, c, cls) for a, b, c in sampled[cls]]
+        n_test = round(len(rows) * options.test_fraction)
+        splits["train"] += rows[: len(rows) - n_test]
+        splits["test"] += rows[len(rows) - n_test :]
+    for rows in splits.values():
+        rng.shuffle(rows)
+
+    order = [(name, i) for name in splits for i in range(0, len(splits[name]), CHUNK_ROWS)]
+    jobs = [(splits[name][i : i + CHUNK_ROWS], options.format) for name, i in order]
+    bar = tqdm(total=options.rows, desc="write+verify", unit="row", disable=None if progress else True, file=sys.stderr)
+    written = {name: [] for name in splits}
+    if workers > 1 and len(jobs) > 1:
+        context = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
+        with context.Pool(min(workers, len(jobs))) as pool:
+            results = pool.imap(_write_and_verify, jobs)
+            for (name, _), result in zip(order, results):
+                written[name] += result
+                bar.update(len(result))
+    else:
+        for (name, _), job in zip(order, jobs):
+            written[name] += _write_and_verify(job)
+            bar.update(len(job[0]))
+    bar.close()
+
+    out = {}
+    for name, rows in splits.items():
+        a, b, c, cls = zip(*rows)
+        equation, solution = zip(*written[name])
+        out[name] = {
+            "equation": list(equation), "solution": list(solution), "a": list(a), "b": list(b), "c": list(c),
+            "num_roots": [NUM_ROOTS[k] for k in cls],
+        }
+    return out
+
+
+def _stats(v) -> dict:
+    import numpy as np
+
+    q = np.percentile(v, [5, 50, 95])
+    return {
+        "min": int(v.min()), "p5": float(q[0]), "median": float(q[1]), "mean": round(float(v.mean()), 3),
+        "p95": float(q[2]), "max": int(v.max()),
+    }
+
+
+def dataset_card(splits: dict[str, dict[str, list]], options: GenOptions) -> dict:
+    import datasets
+    import numpy as np
+    import sympy
+
+    card = {
+        "name": "quadlab quadratic equations",
+        "format": options.format,
+        "seed": options.seed,
+        "options": options.as_dict(),
+        "counts": {},
+        "coefficients": {},
+        "lengths": {},
+        "versions": {"python": sys.version.split()[0], "sympy": sympy.__version__, "datasets": datasets.__version__},
+    }
+    for name, cols in splits.items():
+        num_roots = np.asarray(cols["num_roots"])
+        counts = {cls: int((num_roots == NUM_ROOTS[cls]).sum()) for cls in CLASSES}
+        card["counts"][name] = {**counts, "total": len(num_roots)}
+        card["coefficients"][name] = {k: _stats(np.asarray(cols[k], dtype=np.float64)) for k in ("a", "b", "c")}
+        card["lengths"][name] = {
+            k: _stats(np.fromiter(map(len, cols[k]), dtype=np.float64, count=len(cols[k]))) for k in ("equation", "solution")
+        }
+    return card
+
+
+def card_markdown(card: dict) -> str:
+    r = card["options"]["ranges"]
+    lines = [
+        f"# {card['name']}",
+        "",
+        f"Generated by `python cli.py gen` (seed {card['seed']}, solution format `{card['format']}`).",
+        f"Leading coefficient a in [{r['a_lo']}, {r['a_hi']}] without 0; integer roots in [{r['root_lo']}, {r['root_hi']}];",
+        "equations without real roots are a(x^2 - s x + p) with s^2 < 4p over the same ranges.",
+        "Every row was verified by the sympy grader before it was written. Load with",
+        "`datasets.load_from_disk(path)`.",
+        "",
+        "| split | two roots | one root | no real root | total |",
+        "|---|---|---|---|---|",
+    ]
+    for name, c in card["counts"].items():
+        lines.append(f"| {name} | {c['two']} | {c['one']} | {c['none']} | {c['total']} |")
+    lines += ["", "| split | column | min | median | mean | p95 | max |", "|---|---|---|---|---|---|---|"]
+    for group in ("coefficients", "lengths"):
+        for name, cols in card[group].items():
+            for col, s in cols.items():
+                label = col if group == "coefficients" else f"len({col})"
+                lines.append(f"| {name} | {label} | {s['min']} | {s['median']:g} | {s['mean']:g} | {s['p95']:g} | {s['max']} |")
+    lines += ["", "Options:", "", "```json", json.dumps(card["options"], indent=2), "```", ""]
+    return "\n".join(lines)
+
+
+def save(splits: dict[str, dict[str, list]], options: GenOptions, out_dir: Path, overwrite: bool = False) -> dict:
+    """Save atomically: build in a hidden sibling directory, then rename into place."""
+    import datasets
+
+    out_dir = Path(out_dir)
+    features = datasets.Features(
+        {
+            "equation": datasets.Value("string"),
+            "solution": datasets.Value("string"),
+            "a": datasets.Value("int64"),
+            "b": datasets.Value("int64"),
+            "c": datasets.Value("int64"),
+            "num_roots": datasets.ClassLabel(names=["none", "one", "two"]),  # label = number of real roots
+        }
+    )
+    card = dataset_card(splits, options)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir.parent / f".{out_dir.name}.partial-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        dd = datasets.DatasetDict(
+            {
+                name: datasets.Dataset.from_dict(cols, features=features, split=name)
+                for name, cols in splits.items()
+            }
+        )
+        datasets.disable_progress_bars()
+        dd.save_to_disk(str(tmp))
+        (tmp / CARD_JSON).write_text(json.dumps(card, indent=2, sort_keys=True) + "\n")
+        (tmp / CARD_MD).write_text(card_markdown(card))
+        if out_dir.exists():
+            if not overwrite:
+                raise QuadlabError(f"{out_dir} exists; pass --overwrite to replace it")
+            old = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}"
+            out_dir.rename(old)
+            tmp.rename(out_dir)
+            shutil.rmtree(old)
+        else:
+            tmp.rename(out_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return card
+
+
+def generate(options: GenOptions, out_dir: Path, overwrite: bool = False, workers: int = 1, progress: bool = False) -> dict:
+    """Build, verify and save the dataset; returns its card."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not overwrite:
+        raise QuadlabError(f"{out_dir} exists; pass --overwrite to replace it")
+    splits = build_splits(options, workers=workers, progress=progress)
+    return save(splits, options, out_dir, overwrite=overwrite)

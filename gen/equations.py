@@ -1,0 +1,133 @@
+"""Quadratic equations: sampling distinct ones of each class, and writing them and their solutions.
+
+Every equation is a * (x^2 - s x + p) with integers a, s, p, so b = -a s and c = a p:
+- two real roots: s = r1 + r2, p = r1 r2 with integer roots r1 < r2 from the root range;
+- one real root: s = 2r, p = r^2;
+- no real root: s^2 < 4p, with s and p from the same ranges as the classes with roots
+  (|s| <= twice the largest root, p <= the largest root squared), so that the size of b and c
+  does not give the class away.
+Each class is a finite set that we index, so `random.sample` draws distinct equations exactly,
+with no rejection loop, and no equation can occur twice.
+"""
+
+from __future__ import annotations
+
+import bisect
+import random
+from dataclasses import dataclass
+from math import isqrt
+
+CLASSES = ("two", "one", "none")  # names of the classes, by number of real roots
+NUM_ROOTS = {"two": 2, "one": 1, "none": 0}
+FORMATS = ("published", "steps")
+
+
+@dataclass(frozen=True)
+class Ranges:
+    a_lo: int = -30
+    a_hi: int = 30
+    root_lo: int = -500
+    root_hi: int = 500
+
+    @property
+    def leading(self) -> list[int]:
+        return [a for a in range(self.a_lo, self.a_hi + 1) if a != 0]
+
+    @property
+    def n_roots(self) -> int:
+        return self.root_hi - self.root_lo + 1
+
+
+class NoRealRootIndex:
+    """Enumerates the (s, p) with s^2 < 4p, 2*root_lo <= s <= 2*root_hi, p <= max root^2."""
+
+    def __init__(self, ranges: Ranges):
+        p_max = max(ranges.root_lo**2, ranges.root_hi**2)
+        self.s_values, self.p_start, self.cumulative = [], [], [0]
+        for s in range(2 * ranges.root_lo, 2 * ranges.root_hi + 1):
+            p_min = s * s // 4 + 1  # smallest p with 4p > s^2
+            if p_min <= p_max:
+                self.s_values.append(s)
+                self.p_start.append(p_min)
+                self.cumulative.append(self.cumulative[-1] + p_max - p_min + 1)
+
+    def __len__(self):
+        return self.cumulative[-1]
+
+    def __getitem__(self, i: int) -> tuple[int, int]:
+        k = bisect.bisect_right(self.cumulative, i) - 1
+        return self.s_values[k], self.p_start[k] + i - self.cumulative[k]
+
+
+def capacity(ranges: Ranges) -> dict[str, int]:
+    """How many distinct equations each class can hold."""
+    n_a, n_r = len(ranges.leading), ranges.n_roots
+    return {
+        "two": n_a * n_r * (n_r - 1) // 2,
+        "one": n_a * n_r,
+        "none": n_a * len(NoRealRootIndex(ranges)),
+    }
+
+
+def sample_coefficients(ranges: Ranges, counts: dict[str, int], rng: random.Random) -> dict[str, list]:
+    """Distinct (a, b, c) for each class, `counts[cls]` of them, in random order."""
+    leading, n_r, lo = ranges.leading, ranges.n_roots, ranges.root_lo
+    no_root = NoRealRootIndex(ranges)
+    per_a = {"two": n_r * (n_r - 1) // 2, "one": n_r, "none": len(no_root)}
+    out = {}
+    for cls in CLASSES:
+        rows = []
+        for i in rng.sample(range(len(leading) * per_a[cls]), counts[cls]):
+            a, j = leading[i // per_a[cls]], i % per_a[cls]
+            if cls == "two":  # j indexes the pairs u < v of root offsets, v-major
+                v = (1 + isqrt(1 + 8 * j)) // 2
+                if v * (v - 1) // 2 > j:
+                    v -= 1
+                u = j - v * (v - 1) // 2
+                s, p = 2 * lo + u + v, (lo + u) * (lo + v)
+            elif cls == "one":
+                s, p = 2 * (lo + j), (lo + j) ** 2
+            else:
+                s, p = no_root[j]
+            rows.append((a, -a * s, a * p))
+        out[cls] = rows
+    return out
+
+
+def _lit(value: int) -> str:
+    """A number substituted into a formula: negatives in parentheses, as written by hand."""
+    return str(value) if value >= 0 else f"({value})"
+
+
+def write_equation(a: int, b: int, c: int) -> str:
+    """`7x^2+3556x+451612=0`: every term written, with its sign, zeros included."""
+    return f"{a}x^2{b:+d}x{c:+d}=0"
+
+
+def write_solution(a: int, b: int, c: int, fmt: str = "published") -> str:
+    """The worked solution in one of FORMATS (grammar in the README)."""
+    disc = b * b - 4 * a * c
+    la, lb = _lit(a), _lit(b)
+    if fmt == "published":
+        text = f"D=({lb}^2-4*{la}*{_lit(c)})={disc};"
+    elif fmt == "steps":
+        text = f"b^2={lb}^2={b * b};4*a*c=4*{la}*{_lit(c)}={4 * a * c};D=b^2-4*a*c={b * b}-{_lit(4 * a * c)}={disc};"
+    else:
+        raise ValueError(f"unknown format {fmt!r}")
+    if disc < 0:
+        return text + "x=none;"
+    root = isqrt(disc)
+    if root * root != disc:
+        raise ValueError(f"D={disc} is not a perfect square: the roots are not integers")
+    if (-b - root) % (2 * a) or (-b + root) % (2 * a):
+        raise ValueError("the roots are not integers")
+    x1, x2 = (-b - root) // (2 * a), (-b + root) // (2 * a)
+    if fmt == "published":
+        text += f"x=(-{lb}-{root})/(2*{la})={x1};x=(-{lb}+{root})/(2*{la})={x2};"
+    else:
+        n1, n2 = -b - root, -b + root
+        text += (
+            f"sqrt(D)=sqrt({disc})={root};-b-sqrt(D)=-{lb}-{root}={n1};-b+sqrt(D)=-{lb}+{root}={n2};"
+            f"2*a=2*{la}={2 * a};x={n1}/{_lit(2 * a)}={x1};x={n2}/{_lit(2 * a)}={x2};"
+        )
+    return text + f"x={x1};x={x2};"

@@ -1,0 +1,48 @@
+import os
+import sys
+from pathlib import Path
+
+import pytest
+from hypothesis import strategies as st
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from gen.equations import Ranges  # noqa: E402
+
+DEFAULT = Ranges()
+
+
+@st.composite
+def equations(draw, ranges: Ranges = DEFAULT):
+    """(a, b, c, number of real roots) drawn like the generator draws them, over `ranges`."""
+    a = draw(st.sampled_from(ranges.leading))
+    roots = st.integers(ranges.root_lo, ranges.root_hi)
+    kind = draw(st.sampled_from([2, 1, 0]))
+    if kind == 2:
+        r1 = draw(roots)
+        r2 = draw(roots.filter(lambda r: r != r1))
+        s, p = r1 + r2, r1 * r2
+    elif kind == 1:
+        r = draw(roots)
+        s, p = 2 * r, r * r
+    else:
+        s = draw(st.integers(2 * ranges.root_lo, 2 * ranges.root_hi - 1))
+        p_max = max(ranges.root_lo**2, ranges.root_hi**2)
+        p = draw(st.integers(s * s // 4 + 1, max(s * s // 4 + 1, p_max)))
+    return a, -a * s, a * p, kind
+
+
+@pytest.fixture
+def run_cli():
+    """Run `python cli.py ARGS` in a subprocess; returns the CompletedProcess."""
+    import subprocess
+
+    def run(*args, timeout=120, cwd=None, input=None):
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        return subprocess.run(
+            [sys.executable, str(ROOT / "cli.py"), *map(str, args)],
+            capture_output=True, text=True, timeout=timeout, cwd=cwd or ROOT, env=env, input=input,
+        )
+
+    return run

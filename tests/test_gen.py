@@ -1,0 +1,161 @@
+import hashlib
+import json
+import random
+from pathlib import Path
+
+import datasets
+import pytest
+
+import gen.dataset as dataset_module
+from gen import QuadlabError
+from gen.dataset import GenerationBug, GenOptions, build_splits, generate
+from gen.equations import CLASSES, NoRealRootIndex, Ranges, capacity, sample_coefficients
+from gen.grader import real_root_count
+
+SMALL = Ranges(a_lo=-3, a_hi=3, root_lo=-6, root_hi=6)
+
+
+def _tree_digest(path: Path) -> dict:
+    return {
+        str(p.relative_to(path)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(path.rglob("*"))
+        if p.is_file()
+    }
+
+
+def test_sampling_enumerates_each_class_exactly():
+    """Index decoding covers every equation of a class once, against a brute-force enumeration."""
+    leading, roots = SMALL.leading, range(SMALL.root_lo, SMALL.root_hi + 1)
+    p_max = max(SMALL.root_lo**2, SMALL.root_hi**2)
+    expected = {
+        "two": {(a, -a * (r1 + r2), a * r1 * r2) for a in leading for r1 in roots for r2 in roots if r1 < r2},
+        "one": {(a, -2 * a * r, a * r * r) for a in leading for r in roots},
+        "none": {
+            (a, -a * s, a * p)
+            for a in leading
+            for s in range(2 * SMALL.root_lo, 2 * SMALL.root_hi + 1)
+            for p in range(-p_max, p_max + 1)
+            if s * s < 4 * p
+        },
+    }
+    room = capacity(SMALL)
+    assert room == {cls: len(expected[cls]) for cls in CLASSES}
+    everything = sample_coefficients(SMALL, room, random.Random(0))
+    for cls in CLASSES:
+        assert len(everything[cls]) == room[cls]
+        assert set(everything[cls]) == expected[cls]
+        assert all(real_root_count(*abc) == {"two": 2, "one": 1, "none": 0}[cls] for abc in everything[cls])
+    assert len(NoRealRootIndex(SMALL)) * len(SMALL.leading) == room["none"]
+
+
+def test_default_ranges_can_produce_the_published_example():
+    r = Ranges()
+    assert 7 in r.leading and r.root_lo <= -254 <= r.root_hi
+    assert 7 * 254 * 254 == 451612 and -7 * 2 * (-254) == 3556
+
+
+@pytest.mark.parametrize("rows, mix", [(1000, (0.5, 0.3, 0.2)), (997, (0.5, 0.3, 0.2)), (10, (1.0, 0.0, 0.0))])
+def test_class_counts_follow_the_mix_and_sum_to_rows(rows, mix):
+    counts = GenOptions(rows=rows, mix=mix).class_counts()
+    assert sum(counts.values()) == rows
+    for share, cls in zip(mix, CLASSES):
+        assert abs(counts[cls] - share * rows) < 1
+
+
+@pytest.fixture(scope="module")
+def small_dataset(tmp_path_factory):
+    out = tmp_path_factory.mktemp("gen") / "quadratic"
+    card = generate(GenOptions(rows=2000, seed=7), out, workers=1)
+    return out, card
+
+
+def test_dataset_loads_with_datasets_and_has_the_documented_columns(small_dataset):
+    out, card = small_dataset
+    dd = datasets.load_from_disk(str(out))
+    assert set(dd) == {"train", "test"}
+    assert dd["train"].column_names == ["equation", "solution", "a", "b", "c", "num_roots"]
+    assert dd["train"].features["num_roots"].names == ["none", "one", "two"]
+    assert len(dd["train"]) == 1600 and len(dd["test"]) == 400
+    row = dd["test"][0]
+    assert row["equation"] == f"{row['a']}x^2{row['b']:+d}x{row['c']:+d}=0"
+    on_disk = json.loads((out / "card.json").read_text())
+    assert on_disk["counts"] == card["counts"]
+    assert "| train | 800 | 480 | 320 | 1600 |" in (out / "README.md").read_text()
+
+
+def test_class_mix_split_and_labels(small_dataset):
+    out, card = small_dataset
+    assert card["counts"]["train"] == {"two": 800, "one": 480, "none": 320, "total": 1600}
+    assert card["counts"]["test"] == {"two": 200, "one": 120, "none": 80, "total": 400}
+    dd = datasets.load_from_disk(str(out))
+    for split in dd.values():
+        for a, b, c, label in zip(split["a"], split["b"], split["c"], split["num_roots"]):
+            assert label == (2 if b * b - 4 * a * c > 0 else 1 if b * b == 4 * a * c else 0)
+
+
+def test_no_equation_twice_and_none_in_both_splits(small_dataset):
+    out, _ = small_dataset
+    dd = datasets.load_from_disk(str(out))
+    train, test = set(dd["train"]["equation"]), set(dd["test"]["equation"])
+    assert len(train) == len(dd["train"]) and len(test) == len(dd["test"])
+    assert not train & test
+
+
+def test_same_seed_same_bytes_whatever_the_workers(tmp_path):
+    options = GenOptions(rows=3000, seed=11, format="steps")
+    generate(options, tmp_path / "one", workers=1)
+    generate(options, tmp_path / "two", workers=2)
+    generate(GenOptions(rows=3000, seed=12, format="steps"), tmp_path / "other", workers=1)
+    assert _tree_digest(tmp_path / "one") == _tree_digest(tmp_path / "two")
+    assert _tree_digest(tmp_path / "one") != _tree_digest(tmp_path / "other")
+
+
+def test_every_row_is_verified_a_wrong_solution_stops_generation(monkeypatch):
+    real = dataset_module.write_solution
+    monkeypatch.setattr(dataset_module, "write_solution", lambda a, b, c, fmt: real(a, b, c, fmt).replace("=0;", "=1;"))
+    with pytest.raises(GenerationBug):
+        build_splits(GenOptions(rows=300, seed=1), workers=1)
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        (GenOptions(rows=-1), "--rows"),
+        (GenOptions(rows=0), "--rows"),
+        (GenOptions(mix=(0.5, 0.3, 0.3)), "--mix"),
+        (GenOptions(mix=(1.2, -0.2, 0.0)), "--mix"),
+        (GenOptions(test_fraction=1.0), "--test-fraction"),
+        (GenOptions(ranges=Ranges(a_lo=0, a_hi=0)), "--a-range"),
+        (GenOptions(ranges=Ranges(root_lo=3, root_hi=1)), "--root-range"),
+        (GenOptions(ranges=Ranges(a_lo=-10**7, a_hi=1)), "limited"),
+        (GenOptions(rows=100_000, ranges=Ranges(a_lo=1, a_hi=2, root_lo=-10, root_hi=10)), "distinct"),
+        (GenOptions(format="latex"), "--format"),
+    ],
+)
+def test_bad_options_are_refused(options, message, tmp_path):
+    with pytest.raises(QuadlabError, match=message):
+        generate(options, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_existing_output_needs_overwrite(tmp_path):
+    out = tmp_path / "quadratic"
+    generate(GenOptions(rows=200, seed=1), out)
+    before = _tree_digest(out)
+    with pytest.raises(QuadlabError, match="--overwrite"):
+        generate(GenOptions(rows=300, seed=2), out)
+    assert _tree_digest(out) == before
+    generate(GenOptions(rows=300, seed=2), out, overwrite=True)
+    assert json.loads((out / "card.json").read_text())["counts"]["train"]["total"] == 240
+    assert [p.name for p in tmp_path.iterdir()] == ["quadratic"]  # no leftovers
+
+
+@pytest.mark.parametrize("failure", [OSError("disk full"), KeyboardInterrupt()])
+def test_interrupted_save_leaves_nothing_that_looks_complete(monkeypatch, tmp_path, failure):
+    def broken(*args, **kwargs):
+        raise failure
+
+    monkeypatch.setattr(dataset_module, "card_markdown", broken)  # fails after the arrow files are written
+    with pytest.raises(type(failure)):
+        generate(GenOptions(rows=200), tmp_path / "quadratic")
+    assert list(tmp_path.iterdir()) == []

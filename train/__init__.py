@@ -1,0 +1,1 @@
+"""Training: the engine shared by the quadratic and SQuAD tasks (see the issues that build it)."""
