@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from pathlib import Path
 
 import click
 
@@ -117,6 +118,103 @@ def verify(equation, solution):
     report = {"equation": {"a": a, "b": b, "c": c}, "true_roots": true_roots(a, b, c), **verdict.as_dict()}
     click.echo(json.dumps(report))
     sys.exit(0 if verdict.ok else 1)
+
+
+def _overrides(pairs: tuple[str, ...]) -> dict:
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise QuadlabError(f"--set takes KEY=VALUE, not {pair!r}")
+        out[key.strip()] = value.strip()
+    return out
+
+
+@cli.command()
+@click.option("--task", type=click.Choice(["quadratic"]), default="quadratic", show_default=True, help="What to train.")
+@click.option("--preset", default=None, help="Named preset: tiny (CPU, minutes), small or base (GPU).  [default: tiny]")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
+              help="YAML file of configuration keys; applied after the preset, before the options here.")
+@click.option("--data", default=None, help="Dataset directory from `cli.py gen`.  [default: data/quadratic]")
+@click.option("--run-dir", default=None, help="Where the run goes.  [default: runs/<task>-<preset>-seed<seed>]")
+@click.option("--seed", type=int, default=None, help="Seed for initialisation, data order and the validation split.  [default: 0]")
+@click.option("--max-steps", type=int, default=None, help="Optimiser steps (0: use --epochs).")
+@click.option("--epochs", type=float, default=None, help="Epochs, when --max-steps is 0.")
+@click.option("--batch-size", type=int, default=None, help="Rows per optimiser step (per device, before accumulation).")
+@click.option("--lr", "learning_rate", type=float, default=None, help="Peak learning rate.")
+@click.option("--eval-every", type=int, default=None, help="Steps between validation evaluations (and checkpoints).")
+@click.option("--patience", type=int, default=None, help="Evaluations without improvement before stopping (0: never).")
+@click.option("--eval-limit", type=int, default=None, help="Test rows evaluated at the end (0: all).")
+@click.option("--num-beams", type=int, default=None, help="Also decode the test split with this many beams, reranked by the grader.")
+@click.option("--set", "settings", multiple=True, metavar="KEY=VALUE",
+              help="Any other configuration key (see config.yaml of a run), e.g. --set d_model=128. Repeatable.")
+@click.option("--resume", is_flag=True, help="Continue the interrupted run in --run-dir exactly, with its saved configuration.")
+@click.option("--overwrite", is_flag=True, help="Delete an existing run directory and start again.")
+def train(task, preset, config_path, data, run_dir, seed, max_steps, epochs, batch_size, learning_rate, eval_every,
+          patience, eval_limit, num_beams, settings, resume, overwrite):
+    """Train a model and evaluate it on the test split.
+
+    quadratic: a T5 from scratch (character tokenizer, relative attention buckets sized for these
+    sequences) learns to write worked solutions. Configuration: the preset, then --config, then the
+    options here. The run directory holds the best model and tokenizer in Hugging Face format,
+    config.yaml, environment.json, log.jsonl, training_curve.png, metrics.json and predictions.jsonl.
+    Ctrl-C stops; --resume continues from the last checkpoint with the same result as an
+    uninterrupted run."""
+    from train.config import load_yaml, resolve
+    from train.engine import Interrupted
+    from train.quadratic import train_run
+
+    options = {
+        "task": task, "data": data, "run_dir": run_dir, "seed": seed, "max_steps": max_steps, "epochs": epochs,
+        "batch_size": batch_size, "learning_rate": learning_rate, "eval_every": eval_every, "patience": patience,
+        "eval_limit": eval_limit, "num_beams": num_beams, **_overrides(settings),
+    }
+    if resume:
+        if not run_dir:
+            raise QuadlabError("--resume needs --run-dir, the run to continue")
+        given = [k for k, v in options.items() if v is not None and k not in ("task", "run_dir")]
+        if given or preset or config_path:
+            raise QuadlabError("--resume continues with the run's saved configuration; drop the other options")
+        config_file = Path(run_dir) / "config.yaml"
+        if not config_file.exists():
+            raise QuadlabError(f"{run_dir} is not a run directory to resume (no config.yaml)")
+        config = load_yaml(config_file)
+    else:
+        config = resolve(preset or "tiny", config_path, {**options, "preset": preset})
+    try:
+        result = train_run(config, resume=resume, overwrite=overwrite)
+    except Interrupted as stop:
+        click.echo(f"quadlab train: {stop}", err=True)
+        sys.exit(130)
+    _print_metrics(config.resolved_run_dir(), result)
+
+
+def _print_metrics(run_dir, metrics: dict) -> None:
+    test = metrics["test"]
+    for name, m in test.items():
+        if isinstance(m, dict) and "full_solution_accuracy" in m:
+            parts = [f"{k.replace('_', ' ')} {m[k]:.4f}" for k in ("full_solution_accuracy", "character_accuracy", "roots_accuracy", "valid_steps_rate")]
+            click.echo(f"{run_dir} test ({test['rows']} rows, {name}): " + ", ".join(parts))
+            by = ", ".join(f"{k} {v['full_solution_accuracy']:.4f}" for k, v in m["by_num_roots"].items() if v["n"])
+            click.echo(f"  full-solution accuracy by root count: {by}")
+
+
+@cli.command(name="eval")
+@click.argument("run_dir", type=click.Path())
+@click.option("--split", type=click.Choice(["test", "validation", "train"]), default="test", show_default=True, help="Split to decode.")
+@click.option("--limit", type=int, default=0, show_default=True, help="Rows to decode (0: all).")
+@click.option("--batch-size", type=int, default=None, help="Decoding batch size.  [default: the run's eval_batch_size]")
+@click.option("--num-beams", type=int, default=0, show_default=True, help="Also decode with this many beams, reranked by the grader.")
+def eval_command(run_dir, split, limit, batch_size, num_beams):
+    """Evaluate a trained run: full-solution and character accuracy, roots accuracy and valid-steps
+    rate (judged by the grader of `cli.py verify`), overall and by root count. Writes metrics.json
+    and predictions.jsonl in RUN_DIR."""
+    from train.quadratic import evaluate_run
+
+    if limit < 0 or (batch_size is not None and batch_size <= 0) or num_beams < 0:
+        raise QuadlabError("--limit, --batch-size and --num-beams must not be negative")
+    metrics = evaluate_run(Path(run_dir), split=split, limit=limit, batch_size=batch_size, num_beams=num_beams)
+    _print_metrics(run_dir, {"test": metrics[split]})
 
 
 def main(argv=None) -> None:

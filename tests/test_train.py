@@ -1,0 +1,199 @@
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from gen import QuadlabError
+from gen.dataset import GenOptions, generate
+from gen.equations import Ranges
+from train.config import PRESETS, TrainConfig, resolve
+from train.engine import Interrupted, LengthGroupedBatches
+from train.metrics import character_accuracy, judge, quadratic_metrics
+from train.quadratic import build_tokenizer, collator, evaluate_run, load_run, train_run
+
+SMALL_RANGES = Ranges(a_lo=-5, a_hi=5, root_lo=-20, root_hi=20)
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("data") / "quadratic"
+    generate(GenOptions(rows=250, seed=5, ranges=SMALL_RANGES), out)
+    return out
+
+
+def test_character_accuracy_on_hand_made_predictions():
+    assert character_accuracy("x=1;", "x=1;") == 1.0
+    assert character_accuracy("x=2;", "x=1;") == 0.75
+    assert character_accuracy("x=1", "x=1;") == 0.75  # shorter: divided by the longer length
+    assert character_accuracy("x=1;;;;;", "x=1;") == 0.5
+    assert character_accuracy("", "x=1;") == 0.0
+    assert character_accuracy("", "") == 1.0
+
+
+def test_quadratic_metrics_overall_and_by_root_count():
+    target = "D=(3556^2-4*7*451612)=0;x=(-3556-0)/(2*7)=-254;x=(-3556+0)/(2*7)=-254;x=-254;x=-254;"
+    wrong_steps = target.replace(")=0;", ")=1;")
+    judged = [
+        judge(7, 3556, 451612, target, target),  # one root, all right
+        judge(7, 3556, 451612, target, wrong_steps),  # one root, a false step, right answer
+        judge(1, 0, 1, "D=(0^2-4*1*1)=-4;x=none;", "D=(0^2-4*1*1)=-4;x=1;"),  # none, wrong answer
+        judge(1, -3, 2, "D=((-3)^2-4*1*2)=1;x=(-(-3)-1)/(2*1)=1;x=(-(-3)+1)/(2*1)=2;x=1;x=2;", "x=2;x=1;"),
+    ]
+    m = quadratic_metrics(judged, [1, 1, 0, 2])
+    assert m["n"] == 4
+    assert m["full_solution_accuracy"] == 0.25
+    assert m["roots_accuracy"] == 0.75  # the reordered answer counts, the steps do not matter
+    assert m["valid_steps_rate"] == 0.5
+    assert m["by_num_roots"]["one"]["full_solution_accuracy"] == 0.5
+    assert m["by_num_roots"]["none"] == {"n": 1, "full_solution_accuracy": 0.0, "character_accuracy": pytest.approx(19 / 24),
+                                         "roots_accuracy": 0.0, "valid_steps_rate": 0.0}
+    assert m["by_num_roots"]["two"]["roots_accuracy"] == 1.0
+
+
+@pytest.mark.parametrize("fmt", ["published", "steps"])
+def test_tokenizer_is_per_character_and_round_trips_every_string(tmp_path, fmt):
+    import datasets
+    from transformers import AutoTokenizer
+
+    out = tmp_path / "q"
+    generate(GenOptions(rows=400, seed=1, format=fmt), out)
+    dd = datasets.load_from_disk(str(out))
+    texts = list(dd["train"]["equation"]) + list(dd["train"]["solution"])
+    build_tokenizer(texts).save_pretrained(str(tmp_path / "tok"))
+    tokenizer = AutoTokenizer.from_pretrained(str(tmp_path / "tok"))
+    everything = texts + list(dd["test"]["equation"]) + list(dd["test"]["solution"])
+    ids = tokenizer(everything)["input_ids"]
+    for text, row in zip(everything, ids):
+        assert len(row) == len(text) + 1 and row[-1] == tokenizer.eos_token_id  # one token per character
+        assert tokenizer.unk_token_id not in row
+        assert tokenizer.decode(row, skip_special_tokens=True) == text
+    assert tokenizer.convert_ids_to_tokens(tokenizer("1640")["input_ids"])[:4] == ["1", "6", "4", "0"]
+
+
+def test_collator_pads_inputs_and_masks_labels():
+    batch = collator(0)([{"input_ids": [5, 6, 1], "labels": [7, 1]}, {"input_ids": [5, 1], "labels": [7, 8, 9, 1]}])
+    assert batch["input_ids"].tolist() == [[5, 6, 1], [5, 1, 0]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 1, 0]]
+    assert batch["labels"].tolist() == [[7, 1, -100, -100], [7, 8, 9, 1]]
+
+
+def test_length_grouped_batches_cover_each_row_once_in_a_fixed_order():
+    lengths = [(i * 37) % 101 for i in range(1000)]
+    sampler = LengthGroupedBatches(lengths, batch_size=16, seed=3, window_batches=8)
+    first = list(sampler)
+    assert sorted(i for batch in first for i in batch) == list(range(1000))
+    assert first == list(LengthGroupedBatches(lengths, batch_size=16, seed=3, window_batches=8))
+    sampler.set_epoch(1)
+    assert list(sampler) != first
+    spread = sum(max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in first) / len(first)
+    assert spread < 15  # random batches of 16 would spread over most of 0..100
+
+
+def test_config_precedence_preset_then_yaml_then_command_line(tmp_path):
+    yaml_file = tmp_path / "c.yaml"
+    yaml_file.write_text("preset: small\nlearning_rate: 0.01\nbatch_size: 32\n")
+    config = resolve("tiny", str(yaml_file), {"batch_size": "16", "seed": None})
+    assert config.preset == "small" and config.d_model == PRESETS["small"]["d_model"]
+    assert config.learning_rate == 0.01 and config.batch_size == 16 and config.seed == 0
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (("nope", None, {}), "unknown preset"),
+        (("tiny", None, {"lerning_rate": "1"}), "unknown config key 'lerning_rate'"),
+        (("tiny", None, {"batch_size": "many"}), "takes a int"),
+        (("tiny", None, {"scheduler": "exotic"}), "scheduler"),
+    ],
+)
+def test_bad_configuration_is_refused(args, message):
+    with pytest.raises(QuadlabError, match=message):
+        resolve(*args)
+
+
+def test_bad_yaml_key_is_refused(tmp_path):
+    yaml_file = tmp_path / "c.yaml"
+    yaml_file.write_text("learning_rat: 0.1\n")
+    with pytest.raises(QuadlabError, match="unknown config key 'learning_rat'"):
+        resolve("tiny", str(yaml_file))
+    yaml_file.write_text("a: [\n")
+    with pytest.raises(QuadlabError, match="not valid YAML"):
+        resolve("tiny", str(yaml_file))
+
+
+def test_missing_dataset_says_to_run_gen(tmp_path):
+    config = resolve("tiny", None, {"data": str(tmp_path / "nothing"), "run_dir": str(tmp_path / "run")})
+    with pytest.raises(QuadlabError, match="cli.py gen"):
+        train_run(config, progress=False)
+
+
+def _config(data_dir, run_dir, **extra):
+    return resolve("tiny", None, {
+        "data": str(data_dir), "run_dir": str(run_dir), "batch_size": 16, "max_steps": 30, "eval_every": 10,
+        "val_size": 20, "eval_batch_size": 64, "eval_limit": 10, **extra,
+    })
+
+
+@pytest.mark.parametrize("grad_accum", [1, 2])
+def test_resume_gives_the_same_weights_as_an_uninterrupted_run(data_dir, tmp_path, grad_accum):
+    whole = _config(data_dir, tmp_path / "whole", grad_accum=grad_accum, dropout_rate=0.1)
+    train_run(whole, progress=False)
+    broken = _config(data_dir, tmp_path / "broken", grad_accum=grad_accum, dropout_rate=0.1)
+    with pytest.raises(Interrupted):
+        train_run(broken, stop_after_steps=17, progress=False)  # mid-epoch, between checkpoints
+    train_run(_config(data_dir, tmp_path / "broken", grad_accum=grad_accum, dropout_rate=0.1), resume=True, progress=False)
+    a = load_file(tmp_path / "whole" / "checkpoint" / "model.safetensors")
+    b = load_file(tmp_path / "broken" / "checkpoint" / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    steps = lambda p: [json.loads(line)["loss"] for line in (p / "log.jsonl").read_text().splitlines() if "loss" in line]
+    assert steps(tmp_path / "whole") == steps(tmp_path / "broken")
+
+
+def test_tiny_model_learns_32_equations(tmp_path):
+    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+
+    data = tmp_path / "q32"
+    generate(GenOptions(rows=40, seed=0, ranges=SMALL_RANGES), data)  # 32 train, 8 test
+    run = tmp_path / "run"
+    config = resolve("tiny", None, {
+        "data": str(data), "run_dir": str(run), "batch_size": 32, "max_steps": 300, "eval_every": 50,
+        "val_size": 0, "patience": 0,
+    })
+    train_run(config, progress=False)
+    metrics = evaluate_run(run, split="train", progress=False)["train"]["greedy"]
+    assert metrics["n"] == 32
+    assert metrics["full_solution_accuracy"] == 1.0 and metrics["roots_accuracy"] == 1.0
+    for name in ("config.yaml", "environment.json", "log.jsonl", "training_curve.png", "metrics.json", "predictions.jsonl"):
+        assert (run / name).exists(), name
+    assert len((run / "predictions.jsonl").read_text().splitlines()) == 8  # every test equation
+    # the run directory is a standard Hugging Face model + tokenizer
+    tokenizer = AutoTokenizer.from_pretrained(str(run))
+    model = AutoModelForSeq2SeqLM.from_pretrained(str(run))
+    row = json.loads((run / "predictions-train.jsonl").read_text().splitlines()[0])
+    out = model.generate(**tokenizer([row["equation"]], return_tensors="pt"))
+    assert tokenizer.decode(out[0], skip_special_tokens=True) == row["target"]
+
+
+def test_corrupt_run_directory_is_a_one_line_error(tmp_path, run_cli):
+    with pytest.raises(QuadlabError, match="not a directory"):
+        load_run(tmp_path / "missing")
+    (tmp_path / "run").mkdir()
+    with pytest.raises(QuadlabError, match="missing"):
+        load_run(tmp_path / "run")
+    for name in ("config.yaml", "tokenizer.json", "config.json", "model.safetensors", "generation_config.json"):
+        (tmp_path / "run" / name).write_text("garbage")
+    result = run_cli("eval", tmp_path / "run")
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+
+
+def test_train_cli_bad_inputs(tmp_path, run_cli):
+    missing = run_cli("train", "--data", tmp_path / "none", "--run-dir", tmp_path / "r")
+    assert missing.returncode == 2 and "cli.py gen" in missing.stderr and len(missing.stderr.strip().splitlines()) == 1
+    preset = run_cli("train", "--preset", "huge", "--run-dir", tmp_path / "r")
+    assert preset.returncode == 2 and "unknown preset" in preset.stderr
+    key = run_cli("train", "--set", "colour=red", "--run-dir", tmp_path / "r")
+    assert key.returncode == 2 and "unknown config key 'colour'" in key.stderr
+    resume = run_cli("train", "--resume", "--run-dir", tmp_path / "r")
+    assert resume.returncode == 2 and "not a run directory" in resume.stderr

@@ -1,0 +1,158 @@
+"""Training configuration: named presets, then an optional YAML file, then command-line overrides.
+
+The resolved configuration is one flat dataclass, saved as `config.yaml` in the run directory, so
+that a run is reproduced by `cli.py train --config RUN_DIR/config.yaml`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+from gen import QuadlabError
+
+
+@dataclass
+class TrainConfig:
+    task: str = "quadratic"
+    preset: str = "tiny"
+    data: str = "data/quadratic"
+    run_dir: str = ""  # default: runs/<task>-<preset>-seed<seed>
+    seed: int = 0
+    # T5 model (quadratic task)
+    d_model: int = 64
+    d_ff: int = 256
+    d_kv: int = 16
+    num_layers: int = 2
+    num_decoder_layers: int = 2
+    num_heads: int = 4
+    dropout_rate: float = 0.0
+    feed_forward_proj: str = "relu"
+    # Per direction, T5 gives half of its buckets to exact distances (all of them in the causal
+    # decoder). 128 buckets tell apart every encoder distance up to 31 (inputs are at most 24
+    # characters by default) and every decoder distance up to 63; further ones fall into
+    # log-spaced buckets up to max_distance. The default of 32 merges encoder distances above 8.
+    relative_attention_num_buckets: int = 128
+    relative_attention_max_distance: int = 256
+    # optimisation
+    batch_size: int = 64
+    grad_accum: int = 1
+    learning_rate: float = 3e-3
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.05
+    scheduler: str = "linear"  # linear | cosine | constant_with_warmup
+    max_steps: int = 1000  # 0: train for `epochs` instead
+    epochs: float = 1.0
+    max_grad_norm: float = 1.0
+    precision: str = "auto"  # auto (bf16 on a GPU, fp32 on CPU) | bf16 | fp32
+    # evaluation, early stopping, checkpoints
+    eval_every: int = 250
+    val_size: int = 500  # rows carved from train for validation; 0 validates on the training rows
+    eval_batch_size: int = 1024
+    patience: int = 5  # evaluations without improvement before stopping; 0 never stops
+    metric_for_best: str = "full_solution_accuracy"
+    eval_limit: int = 0  # test rows evaluated at the end; 0 = all
+    num_beams: int = 0  # > 1: also decode with beam search and rerank the beams with the grader
+    keep_checkpoints: int = 0  # > 0: also keep the model every `eval_every` steps in checkpoints/ (for analyses over training)
+
+    @classmethod
+    def names(cls) -> list[str]:
+        return [f.name for f in fields(cls)]
+
+    def resolved_run_dir(self) -> Path:
+        return Path(self.run_dir or f"runs/{self.task}-{self.preset}-seed{self.seed}")
+
+
+PRESETS: dict[str, dict] = {
+    # trains to visible progress on a laptop CPU in a few minutes
+    "tiny": {},
+    # GPU presets: the same data, wider and deeper, more steps
+    "small": {
+        "d_model": 256, "d_ff": 1024, "d_kv": 32, "num_layers": 4, "num_decoder_layers": 4, "num_heads": 8,
+        "batch_size": 256, "learning_rate": 1e-3, "max_steps": 20_000, "eval_every": 1000, "patience": 8,
+        "eval_batch_size": 2048,
+    },
+    "base": {
+        "d_model": 512, "d_ff": 2048, "d_kv": 64, "num_layers": 6, "num_decoder_layers": 6, "num_heads": 8,
+        "batch_size": 256, "learning_rate": 5e-4, "max_steps": 40_000, "eval_every": 2000, "patience": 8,
+        "eval_batch_size": 2048,
+    },
+}
+
+
+def _coerce(name: str, value, current):
+    kind = type(current)
+    if isinstance(value, kind) and not (kind is int and isinstance(value, bool)):
+        return value
+    try:
+        if kind is bool:
+            if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+                return value.lower() in ("true", "1", "yes")
+            raise ValueError
+        if kind is int and isinstance(value, float) and value.is_integer():
+            return int(value)
+        return kind(value)
+    except (TypeError, ValueError):
+        raise QuadlabError(f"config key {name!r} takes a {kind.__name__}, not {value!r}") from None
+
+
+def resolve(preset: str = "tiny", yaml_path: str | None = None, overrides: dict | None = None, base: TrainConfig | None = None) -> TrainConfig:
+    """Preset, then YAML, then overrides; every key checked against TrainConfig."""
+    import yaml
+
+    config = base or TrainConfig()
+    layers = []
+    from_yaml = {}
+    if yaml_path:
+        try:
+            from_yaml = yaml.safe_load(Path(yaml_path).read_text()) or {}
+        except FileNotFoundError:
+            raise QuadlabError(f"config file {yaml_path} does not exist") from None
+        except yaml.YAMLError as err:
+            raise QuadlabError(f"config file {yaml_path} is not valid YAML: {str(err).splitlines()[0]}") from None
+        if not isinstance(from_yaml, dict):
+            raise QuadlabError(f"config file {yaml_path} must hold a mapping of keys to values")
+    overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+    preset = overrides.get("preset") or from_yaml.get("preset") or preset
+    if preset not in PRESETS:
+        raise QuadlabError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    layers = [("preset " + preset, {**PRESETS[preset], "preset": preset}), (f"{yaml_path}", from_yaml), ("command line", overrides)]
+    values = dataclasses.asdict(config)
+    for source, layer in layers:
+        for key, value in layer.items():
+            if key not in values:
+                raise QuadlabError(f"unknown config key {key!r} in {source}; known keys: {', '.join(TrainConfig.names())}")
+            values[key] = _coerce(key, value, values[key])
+    return validate(TrainConfig(**values))
+
+
+def validate(config: TrainConfig) -> TrainConfig:
+    checks = [
+        (config.task in ("quadratic", "squad"), "task must be quadratic or squad"),
+        (config.batch_size > 0 and config.grad_accum > 0, "batch_size and grad_accum must be positive"),
+        (config.learning_rate > 0, "learning_rate must be positive"),
+        (config.max_steps > 0 or config.epochs > 0, "give max_steps > 0 or epochs > 0"),
+        (0 <= config.warmup_ratio < 1, "warmup_ratio must lie in [0, 1)"),
+        (config.scheduler in ("linear", "cosine", "constant_with_warmup"), "scheduler must be linear, cosine or constant_with_warmup"),
+        (config.precision in ("auto", "bf16", "fp32"), "precision must be auto, bf16 or fp32"),
+        (config.eval_every > 0, "eval_every must be positive"),
+        (config.val_size >= 0, "val_size must not be negative"),
+        (config.d_model > 0 and config.num_heads > 0 and config.num_layers > 0, "model sizes must be positive"),
+        (config.patience >= 0 and config.eval_limit >= 0, "patience and eval_limit must not be negative"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise QuadlabError(f"bad configuration: {message}")
+    return config
+
+
+def save_yaml(config: TrainConfig, path: Path) -> None:
+    import yaml
+
+    path.write_text(yaml.safe_dump(dataclasses.asdict(config), sort_keys=False))
+
+
+def load_yaml(path: Path) -> TrainConfig:
+    """The configuration saved in a run directory."""
+    return resolve(yaml_path=str(path))

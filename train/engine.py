@@ -1,0 +1,328 @@
+"""The training engine shared by every task: Accelerate for devices, mixed precision, gradient
+accumulation and multi-GPU (`accelerate launch cli.py train ...`); our own loop for the rest.
+
+A task hands it a model, a tokenised training set (columns the collator understands), a collator,
+and an `evaluate(model) -> metrics` function. The engine owns data order, optimisation,
+evaluation cadence, early stopping, the best checkpoint, exact resume, logs and the curve.
+
+Run directory while training:
+    checkpoint/          the full state at the last save (Accelerate's save_state) + trainer_state.json
+    best/                the best model so far, Hugging Face format
+    checkpoints/step-N/  models kept for analyses over training (keep_checkpoints > 0)
+    log.jsonl            one line per optimiser step, and one per evaluation
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from train.config import TrainConfig
+
+CHECKPOINT, BEST, KEPT, LOG, STATE = "checkpoint", "best", "checkpoints", "log.jsonl", "trainer_state.json"
+
+
+class Interrupted(Exception):
+    """Training was stopped (Ctrl-C, or `stop_after_steps`) after saving a checkpoint."""
+
+    def __init__(self, step: int):
+        super().__init__(f"interrupted at step {step}; continue with --resume")
+        self.step = step
+
+
+class LengthGroupedBatches(torch.utils.data.Sampler):
+    """Batches of similar length, in an order fixed by (seed, epoch).
+
+    Each epoch shuffles the rows, sorts windows of 50 batches by length, cuts them into batches and
+    shuffles the batches: little padding, and still a random order. `set_epoch` picks the epoch."""
+
+    def __init__(self, lengths: list[int], batch_size: int, seed: int, window_batches: int = 50):
+        self.lengths, self.batch_size, self.seed, self.window = lengths, batch_size, seed, batch_size * window_batches
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.lengths) / self.batch_size)
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        order = torch.randperm(len(self.lengths), generator=generator).tolist()
+        batches = []
+        for start in range(0, len(order), self.window):
+            window = sorted(order[start : start + self.window], key=lambda i: self.lengths[i])
+            batches += [window[i : i + self.batch_size] for i in range(0, len(window), self.batch_size)]
+        for i in torch.randperm(len(batches), generator=generator).tolist():
+            yield batches[i]
+
+
+@dataclass
+class TrainerState:
+    step: int = 0  # optimiser steps done
+    epoch: int = 0
+    batches_in_epoch: int = 0  # batches of `epoch` already consumed
+    best_metric: float | None = None
+    best_step: int = -1
+    evals_without_improvement: int = 0
+    elapsed: float = 0.0
+    tokens: int = 0
+    finished: bool = False
+
+    def save(self, path: Path) -> None:
+        path.write_text(json.dumps(self.__dict__, indent=2))
+
+    @classmethod
+    def load(cls, path: Path) -> "TrainerState":
+        return cls(**json.loads(path.read_text()))
+
+
+def _atomic_dir(target: Path, write: Callable[[Path], None]) -> None:
+    tmp = target.with_name(target.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    write(tmp)
+    old = target.with_name(target.name + ".old")
+    if target.exists():
+        target.rename(old)
+    tmp.rename(target)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def quiet_libraries() -> None:
+    """Our progress bar and messages only: no per-file bars or notes from the libraries."""
+    import logging
+
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
+    logging.getLogger("accelerate").setLevel(logging.ERROR)
+
+
+def count_tokens(batch: dict) -> int:
+    """Real (non-padding) tokens in a batch: inputs plus labels."""
+    n = int(batch["attention_mask"].sum()) if "attention_mask" in batch else 0
+    if "labels" in batch:
+        n += int((batch["labels"] != -100).sum())
+    return n
+
+
+def train(
+    model,
+    train_set,
+    lengths: list[int],
+    collate: Callable,
+    evaluate: Callable[[torch.nn.Module], dict],
+    config: TrainConfig,
+    run_dir: Path,
+    resume: bool = False,
+    stop_after_steps: int | None = None,
+    progress: bool = True,
+) -> dict:
+    """Train `model` on `train_set`; returns a summary. The best model ends up in `run_dir/best`."""
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+    from tqdm import tqdm
+    from transformers import get_scheduler
+
+    quiet_libraries()
+    precision = config.precision
+    if precision == "auto":
+        precision = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp32"
+    accelerator = Accelerator(mixed_precision="bf16" if precision == "bf16" else "no")
+    set_seed(config.seed)
+
+    # Data order is ours, not a prepared DataLoader's: a function of (seed, epoch) alone, so that a
+    # resumed run skips exactly the batches it had consumed. Each process takes every n-th batch.
+    sampler = LengthGroupedBatches(lengths, config.batch_size, config.seed)
+    per_process = len(sampler) // accelerator.num_processes if accelerator.num_processes > 1 else len(sampler)
+    steps_per_epoch = math.ceil(per_process / config.grad_accum)
+    total_steps = config.max_steps or math.ceil(config.epochs * steps_per_epoch)
+
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "norm" not in n.lower()]
+    no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "norm" not in n.lower())]
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=config.learning_rate,
+        fused=torch.cuda.is_available() or None,
+    )
+    scheduler = get_scheduler(config.scheduler, optimizer, int(config.warmup_ratio * total_steps), total_steps)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    accelerator.register_for_checkpointing(scheduler)  # stepped by us, once per optimiser step
+
+    state = TrainerState()
+    checkpoint_dir, log_path = run_dir / CHECKPOINT, run_dir / LOG
+    if resume:
+        if not (checkpoint_dir / STATE).exists():
+            from gen import QuadlabError
+
+            raise QuadlabError(f"{run_dir} has no checkpoint to resume from; start it again without --resume")
+        accelerator.load_state(str(checkpoint_dir))
+        state = TrainerState.load(checkpoint_dir / STATE)
+        _truncate_log(log_path, state.step)
+    elif log_path.exists():
+        log_path.unlink()
+
+    def save_checkpoint():
+        def write(tmp: Path):
+            accelerator.save_state(str(tmp))
+            state.save(tmp / STATE)
+
+        if accelerator.is_main_process:
+            _atomic_dir(checkpoint_dir, write)
+
+    def run_evaluation():
+        model.eval()
+        metrics = evaluate(accelerator.unwrap_model(model))
+        model.train()
+        value = metrics[config.metric_for_best]
+        improved = state.best_metric is None or value >= state.best_metric  # ties: the later, more trained model
+        if improved:
+            state.evals_without_improvement = 0 if state.best_metric is None or value > state.best_metric else state.evals_without_improvement + 1
+            state.best_metric, state.best_step = value, state.step
+        else:
+            state.evals_without_improvement += 1
+        if accelerator.is_main_process:
+            if improved:
+                _atomic_dir(run_dir / BEST, lambda tmp: accelerator.unwrap_model(model).save_pretrained(tmp))
+            if config.keep_checkpoints:
+                accelerator.unwrap_model(model).save_pretrained(run_dir / KEPT / f"step-{state.step}")
+            _log(log_path, {"step": state.step, "eval": metrics, "best": improved})
+        return metrics
+
+    bar = tqdm(total=total_steps, initial=state.step, desc="train", unit="step", disable=None if progress else True, dynamic_ncols=True)
+    last_eval = {}
+    model.train()
+    started = time.perf_counter() - state.elapsed
+    stop = state.finished or state.step >= total_steps
+    try:
+        while not stop:
+            sampler.set_epoch(state.epoch)
+            batches = list(sampler)
+            if accelerator.num_processes > 1:  # the same number on every process, or DDP waits forever
+                batches = batches[: len(batches) - len(batches) % accelerator.num_processes]
+            mine = batches[accelerator.process_index :: accelerator.num_processes]
+            while state.batches_in_epoch < len(mine):
+                rows = [train_set[i] for i in mine[state.batches_in_epoch]]
+                batch = {k: v.to(accelerator.device) for k, v in collate(rows).items()}
+                state.batches_in_epoch += 1
+                sync = state.batches_in_epoch % config.grad_accum == 0 or state.batches_in_epoch == len(mine)
+                with contextlib.nullcontext() if sync else accelerator.no_sync(model):
+                    loss = model(**batch).loss
+                    accelerator.backward(loss / config.grad_accum)
+                grad_norm = None
+                if sync:
+                    grad_norm = accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+                    optimizer.step()
+                    scheduler.step()
+                    optimizer.zero_grad()
+                state.tokens += count_tokens(batch)
+                if not sync:
+                    continue
+                state.step += 1
+                state.elapsed = time.perf_counter() - started
+                record = {
+                    "step": state.step, "epoch": state.epoch, "loss": round(loss.item(), 6),
+                    "lr": scheduler.get_last_lr()[0], "grad_norm": None if grad_norm is None else round(float(grad_norm), 6),
+                    "tokens": state.tokens, "elapsed": round(state.elapsed, 3),
+                }
+                if accelerator.is_main_process:
+                    _log(log_path, record)
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss.item():.4f}", **({"val": f"{last_eval[config.metric_for_best]:.3f}"} if last_eval else {}))
+                if state.step % config.eval_every == 0 or state.step >= total_steps:
+                    last_eval = run_evaluation()
+                    if config.patience and state.evals_without_improvement >= config.patience:
+                        stop = True
+                if state.step >= total_steps:
+                    stop = True
+                if stop or state.step % config.eval_every == 0:
+                    state.finished = stop
+                    save_checkpoint()
+                if stop:
+                    break
+                if stop_after_steps is not None and state.step >= stop_after_steps:
+                    raise Interrupted(state.step)
+            else:
+                state.epoch += 1
+                state.batches_in_epoch = 0
+    except KeyboardInterrupt:
+        # Ctrl-C can land in the middle of an optimiser step, so nothing is saved here: --resume
+        # continues exactly from the last checkpoint.
+        bar.close()
+        raise Interrupted(TrainerState.load(checkpoint_dir / STATE).step if (checkpoint_dir / STATE).exists() else 0) from None
+    except Interrupted:
+        save_checkpoint()
+        bar.close()
+        raise
+    bar.close()
+    if not (run_dir / BEST).exists():  # a resumed run that had already finished, or no evaluation yet
+        run_evaluation()
+    elapsed = state.elapsed
+    return {
+        "steps": state.step, "epochs_started": state.epoch + 1, "best_step": state.best_step,
+        "best_validation": state.best_metric, "train_seconds": round(elapsed, 2), "train_tokens": state.tokens,
+        "train_tokens_per_second": round(state.tokens / elapsed, 1) if elapsed else None,
+        "precision": precision, "devices": accelerator.num_processes, "device": str(accelerator.device),
+    }
+
+
+def _log(path: Path, record: dict) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def _truncate_log(path: Path, step: int) -> None:
+    """Drop log lines written after the checkpoint we resume from."""
+    if not path.exists():
+        return
+    lines = [line for line in path.read_text().splitlines() if json.loads(line)["step"] <= step]
+    path.write_text("".join(line + "\n" for line in lines))
+
+
+def read_log(run_dir: Path) -> tuple[list[dict], list[dict]]:
+    """(step records, evaluation records) of a run."""
+    steps, evals = [], []
+    path = Path(run_dir) / LOG
+    if path.exists():
+        for line in path.read_text().splitlines():
+            record = json.loads(line)
+            (evals if "eval" in record else steps).append(record)
+    return steps, evals
+
+
+def plot_curve(run_dir: Path, metric: str) -> Path:
+    """Training loss and the validation metric against the step, as PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps, evals = read_log(run_dir)
+    fig, loss_ax = plt.subplots(figsize=(7, 4))
+    loss_ax.plot([r["step"] for r in steps], [r["loss"] for r in steps], color="tab:blue", lw=0.8, label="training loss")
+    loss_ax.set_xlabel("optimiser step")
+    loss_ax.set_ylabel("training loss", color="tab:blue")
+    loss_ax.set_yscale("log")
+    if evals:
+        metric_ax = loss_ax.twinx()
+        metric_ax.plot([r["step"] for r in evals], [r["eval"][metric] for r in evals], "o-", color="tab:red", label=metric)
+        metric_ax.set_ylabel(f"validation {metric.replace('_', ' ')}", color="tab:red")
+        metric_ax.set_ylim(0, 1.02)
+    loss_ax.set_title(f"{Path(run_dir).name}: training curve")
+    fig.tight_layout()
+    out = Path(run_dir) / "training_curve.png"
+    tmp = out.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    os.replace(tmp, out)
+    return out

@@ -1,0 +1,304 @@
+"""The quadratic task: a T5 learns to write worked solutions (`cli.py train --task quadratic`,
+`cli.py eval`).
+
+Run directory (`runs/quadratic-<preset>-seed<seed>` by default):
+    config.json, model.safetensors, generation_config.json   the best model (AutoModelForSeq2SeqLM)
+    tokenizer.json, tokenizer_config.json                      the character tokenizer (AutoTokenizer)
+    config.yaml        the resolved training configuration (cli.py train --config config.yaml redoes it)
+    environment.json   package versions, device, command line
+    log.jsonl          one line per step and per evaluation; training_curve.png
+    metrics.json       validation and test metrics; predictions.jsonl, one line per test equation
+    checkpoint/, best/ the state for --resume, the best model while training
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from gen import QuadlabError
+from train.config import TrainConfig, load_yaml, save_yaml
+from train.metrics import judge, quadratic_metrics
+
+SPECIAL_TOKENS = ("<pad>", "</s>", "<unk>")  # ids 0, 1, 2: T5 starts decoding with the pad id
+MODEL_FILES = ("config.json", "model.safetensors", "generation_config.json")
+
+
+# ---------------------------------------------------------------------------------------------
+# Data and tokenizer
+
+
+def load_splits(config: TrainConfig):
+    """train / validation (`val_size` rows carved from train; 0: the training rows themselves,
+    for overfitting checks) / test."""
+    import datasets
+
+    path = Path(config.data)
+    if not (path / "dataset_dict.json").exists():
+        raise QuadlabError(f"no dataset at {path}; run `python cli.py gen` first (or pass --data DIR)")
+    try:
+        dd = datasets.load_from_disk(str(path))
+    except Exception as err:  # a damaged directory: say so in one line
+        raise QuadlabError(f"cannot load the dataset at {path} ({type(err).__name__}); run `python cli.py gen --overwrite`") from None
+    if config.val_size == 0:
+        return datasets.DatasetDict({"train": dd["train"], "validation": dd["train"], "test": dd["test"]})
+    if config.val_size >= len(dd["train"]):
+        raise QuadlabError(f"val_size {config.val_size} leaves no training rows (train has {len(dd['train'])})")
+    carved = dd["train"].train_test_split(test_size=config.val_size, seed=config.seed)
+    return datasets.DatasetDict({"train": carved["train"], "validation": carved["test"], "test": dd["test"]})
+
+
+def build_tokenizer(texts):
+    """One token per character of the data (digits, symbols, letters), plus </s>, <pad>, <unk>."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    chars = sorted(set().union(*map(set, texts)))
+    vocab = {token: i for i, token in enumerate(SPECIAL_TOKENS)}
+    vocab.update({ch: len(SPECIAL_TOKENS) + i for i, ch in enumerate(chars)})
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
+    backend.decoder = decoders.Fuse()  # characters back into one string, no spaces
+    backend.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    return PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
+
+
+def encode(tokenizer, dataset):
+    """input_ids (equation </s>) and labels (solution </s>)."""
+    columns = dataset.select_columns(["equation", "solution"]).to_dict()
+    inputs = tokenizer(columns["equation"])["input_ids"]
+    labels = tokenizer(columns["solution"])["input_ids"]
+    return [{"input_ids": i, "labels": l} for i, l in zip(inputs, labels)]
+
+
+def collator(pad_id: int):
+    def collate(rows: list[dict]) -> dict:
+        width_in = max(len(r["input_ids"]) for r in rows)
+        width_out = max(len(r["labels"]) for r in rows)
+        input_ids = torch.full((len(rows), width_in), pad_id, dtype=torch.long)
+        labels = torch.full((len(rows), width_out), -100, dtype=torch.long)
+        for i, r in enumerate(rows):
+            input_ids[i, : len(r["input_ids"])] = torch.tensor(r["input_ids"])
+            labels[i, : len(r["labels"])] = torch.tensor(r["labels"])
+        return {"input_ids": input_ids, "attention_mask": (input_ids != pad_id).long(), "labels": labels}
+
+    return collate
+
+
+def build_model(config: TrainConfig, tokenizer):
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    t5 = T5Config(
+        vocab_size=len(tokenizer), d_model=config.d_model, d_ff=config.d_ff, d_kv=config.d_kv,
+        num_layers=config.num_layers, num_decoder_layers=config.num_decoder_layers, num_heads=config.num_heads,
+        dropout_rate=config.dropout_rate, feed_forward_proj=config.feed_forward_proj,
+        relative_attention_num_buckets=config.relative_attention_num_buckets,
+        relative_attention_max_distance=config.relative_attention_max_distance,
+        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+        decoder_start_token_id=tokenizer.pad_token_id,
+    )  # transformers 5 always ties T5's input and output embeddings
+    torch.manual_seed(config.seed)
+    # eager attention: faster than sdpa for these small models on CPU, and it returns attention maps
+    model = T5ForConditionalGeneration(t5)
+    model.set_attn_implementation("sdpa" if torch.cuda.is_available() else "eager")
+    return model
+
+
+# ---------------------------------------------------------------------------------------------
+# Decoding and evaluation
+
+
+@torch.no_grad()
+def decode(model, tokenizer, equations: list[str], batch_size: int, num_beams: int = 1, progress: bool = False) -> list[list[str]]:
+    """Candidates for each equation: greedy (one) or the beams, best first. Batched, sorted by
+    input length, with the key-value cache."""
+    from tqdm import tqdm
+
+    model.eval()
+    device = next(model.parameters()).device
+    encoded = tokenizer(equations)["input_ids"]
+    order = sorted(range(len(equations)), key=lambda i: len(encoded[i]))
+    out: list[list[str]] = [[] for _ in equations]
+    per_row = max(1, num_beams)
+    step = max(1, batch_size // per_row)
+    for start in tqdm(range(0, len(order), step), desc="decode", unit="batch", disable=None if progress else True, leave=False):
+        idx = order[start : start + step]
+        width = max(len(encoded[i]) for i in idx)
+        input_ids = torch.full((len(idx), width), tokenizer.pad_token_id, dtype=torch.long)
+        for row, i in enumerate(idx):
+            input_ids[row, : len(encoded[i])] = torch.tensor(encoded[i])
+        input_ids = input_ids.to(device)
+        generated = model.generate(
+            input_ids=input_ids, attention_mask=(input_ids != tokenizer.pad_token_id).long(),
+            do_sample=False, num_beams=per_row, num_return_sequences=per_row,
+            cache_implementation="static" if per_row == 1 else None,
+        )
+        texts = tokenizer.batch_decode(generated, skip_special_tokens=True)
+        for row, i in enumerate(idx):
+            out[i] = texts[row * per_row : (row + 1) * per_row]
+    return out
+
+
+def rerank_with_grader(rows, candidates: list[list[str]]) -> list[str]:
+    """The most likely beam that the grader fully accepts, else the most likely beam."""
+    from gen.grader import grade
+
+    chosen = []
+    for (a, b, c), beams in zip(rows, candidates):
+        chosen.append(next((text for text in beams if grade(a, b, c, text).ok), beams[0]))
+    return chosen
+
+
+def evaluate_rows(model, tokenizer, dataset, batch_size: int, num_beams: int = 0, progress: bool = False) -> tuple[dict, list[dict]]:
+    """Metrics and one record per row; with num_beams > 1 also the grader-reranked beams."""
+    start = time.perf_counter()
+    columns = dataset.to_dict()
+    greedy = [c[0] for c in decode(model, tokenizer, columns["equation"], batch_size, 1, progress)]
+    coefficients = list(zip(columns["a"], columns["b"], columns["c"]))
+    records = []
+    for (a, b, c), eq, target, pred, k in zip(coefficients, columns["equation"], columns["solution"], greedy, columns["num_roots"]):
+        records.append({"equation": eq, "target": target, "prediction": pred, "num_roots": k, **judge(a, b, c, target, pred)})
+    metrics = {"greedy": quadratic_metrics(records, columns["num_roots"]), "greedy_seconds": round(time.perf_counter() - start, 2)}
+    if num_beams > 1:
+        start = time.perf_counter()
+        reranked = rerank_with_grader(coefficients, decode(model, tokenizer, columns["equation"], batch_size, num_beams, progress))
+        judged = []
+        for record, (a, b, c), text in zip(records, coefficients, reranked):
+            record["prediction_beam_reranked"] = text
+            judged.append(judge(a, b, c, record["target"], text))
+        metrics[f"beam{num_beams}_grader_reranked"] = quadratic_metrics(judged, columns["num_roots"])
+        metrics["beam_seconds"] = round(time.perf_counter() - start, 2)
+    return metrics, records
+
+
+# ---------------------------------------------------------------------------------------------
+# Runs
+
+
+def environment() -> dict:
+    import platform
+
+    import accelerate
+    import datasets
+    import sympy
+    import transformers
+
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"cpu ({os.cpu_count()} cores, {torch.get_num_threads()} threads)"
+    return {
+        "python": platform.python_version(), "platform": platform.platform(), "torch": torch.__version__,
+        "transformers": transformers.__version__, "accelerate": accelerate.__version__, "datasets": datasets.__version__,
+        "sympy": sympy.__version__, "device": device, "command": sys.argv,
+    }
+
+
+def _write_json(path: Path, value) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(value, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def _write_jsonl(path: Path, records: list[dict]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as f:
+        for record in records:
+            f.write(json.dumps(record) + "\n")
+    os.replace(tmp, path)
+
+
+def train_run(config: TrainConfig, resume: bool = False, overwrite: bool = False, stop_after_steps: int | None = None, progress: bool = True) -> dict:
+    """Train, keep the best model in the run directory, evaluate it on the test split."""
+    from transformers import AutoTokenizer, GenerationConfig
+
+    from train import engine
+
+    run_dir = config.resolved_run_dir()
+    if resume:
+        if not (run_dir / "config.yaml").exists():
+            raise QuadlabError(f"{run_dir} is not a run directory to resume (no config.yaml)")
+        tokenizer = AutoTokenizer.from_pretrained(str(run_dir))
+    else:
+        if run_dir.exists() and any(run_dir.iterdir()):
+            if not overwrite:
+                raise QuadlabError(f"{run_dir} exists; pass --resume to continue it or --overwrite to start again")
+            shutil.rmtree(run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+    splits = load_splits(config)
+    if not resume:
+        columns = splits["train"].select_columns(["equation", "solution"]).to_dict()
+        tokenizer = build_tokenizer(columns["equation"] + columns["solution"])
+        tokenizer.save_pretrained(str(run_dir))
+        config.run_dir = str(run_dir)
+        save_yaml(config, run_dir / "config.yaml")
+        _write_json(run_dir / "environment.json", environment())
+
+    train_rows = encode(tokenizer, splits["train"])
+    model = build_model(config, tokenizer)
+    longest = max(len(r["labels"]) for r in train_rows)
+    model.generation_config = GenerationConfig(
+        decoder_start_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id, max_new_tokens=longest + 16, do_sample=False,
+    )
+
+    def evaluate(model_to_evaluate) -> dict:
+        metrics, _ = evaluate_rows(model_to_evaluate, tokenizer, splits["validation"], config.eval_batch_size)
+        return {k: v for k, v in metrics["greedy"].items() if k != "by_num_roots"}
+
+    summary = engine.train(
+        model, train_rows, [len(r["input_ids"]) + len(r["labels"]) for r in train_rows], collator(tokenizer.pad_token_id),
+        evaluate, config, run_dir, resume=resume, stop_after_steps=stop_after_steps, progress=progress,
+    )
+    for name in MODEL_FILES:  # the best model becomes the run's model
+        shutil.copyfile(run_dir / engine.BEST / name, run_dir / name)
+    engine.plot_curve(run_dir, config.metric_for_best)
+    _, evals = engine.read_log(run_dir)
+    best = next((e["eval"] for e in evals if e["step"] == summary["best_step"]), None)
+    _write_json(run_dir / "metrics.json", {"training": summary, "validation_best": best})
+    return evaluate_run(run_dir, limit=config.eval_limit, batch_size=config.eval_batch_size, num_beams=config.num_beams, progress=progress)
+
+
+def load_run(run_dir: Path):
+    """(model, tokenizer, config) of a run directory, or a one-line error if it is not one."""
+    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+
+    from train.engine import quiet_libraries
+
+    quiet_libraries()
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise QuadlabError(f"{run_dir} is not a directory; give a run directory made by `cli.py train`")
+    missing = [n for n in ("config.yaml", "tokenizer.json", *MODEL_FILES) if not (run_dir / n).exists()]
+    if missing:
+        raise QuadlabError(f"{run_dir} is not a finished run directory (missing {', '.join(missing)})")
+    try:
+        config = load_yaml(run_dir / "config.yaml")
+        tokenizer = AutoTokenizer.from_pretrained(str(run_dir))
+        model = AutoModelForSeq2SeqLM.from_pretrained(str(run_dir), attn_implementation="eager")
+    except QuadlabError:
+        raise
+    except Exception as err:
+        raise QuadlabError(f"{run_dir} is damaged: {type(err).__name__}: {str(err).splitlines()[0][:200]}") from None
+    return model, tokenizer, config
+
+
+def evaluate_run(run_dir: Path, split: str = "test", limit: int = 0, batch_size: int | None = None, num_beams: int = 0, progress: bool = True) -> dict:
+    """Decode a split with the run's model; write metrics.json and predictions.jsonl."""
+    run_dir = Path(run_dir)
+    model, tokenizer, config = load_run(run_dir)
+    if torch.cuda.is_available():
+        model = model.to("cuda")
+    dataset = load_splits(config)[split]
+    if limit:
+        dataset = dataset.select(range(min(limit, len(dataset))))
+    metrics, records = evaluate_rows(model, tokenizer, dataset, batch_size or config.eval_batch_size, num_beams, progress)
+    metrics_path = run_dir / "metrics.json"
+    everything = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
+    everything[split] = {"rows": len(dataset), "decoding": "greedy, batched, sorted by input length, key-value cache", **metrics}
+    _write_json(metrics_path, everything)
+    _write_jsonl(run_dir / ("predictions.jsonl" if split == "test" else f"predictions-{split}.jsonl"), records)
+    return everything
