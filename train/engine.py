@@ -74,7 +74,8 @@ class TrainerState:
     best_metric: float | None = None
     best_step: int = -1
     evals_without_improvement: int = 0
-    elapsed: float = 0.0
+    elapsed: float = 0.0  # wall clock, evaluations included
+    eval_seconds: float = 0.0
     tokens: int = 0
     finished: bool = False
 
@@ -182,7 +183,9 @@ def train(
 
     def run_evaluation():
         model.eval()
+        eval_start = time.perf_counter()
         metrics = evaluate(accelerator.unwrap_model(model))
+        state.eval_seconds += time.perf_counter() - eval_start
         model.train()
         value = metrics[config.metric_for_best]
         improved = state.best_metric is None or value >= state.best_metric  # ties: the later, more trained model
@@ -267,11 +270,12 @@ def train(
     bar.close()
     if not (run_dir / BEST).exists():  # a resumed run that had already finished, or no evaluation yet
         run_evaluation()
-    elapsed = state.elapsed
+    training = state.elapsed - state.eval_seconds
     return {
         "steps": state.step, "epochs_started": state.epoch + 1, "best_step": state.best_step,
-        "best_validation": state.best_metric, "train_seconds": round(elapsed, 2), "train_tokens": state.tokens,
-        "train_tokens_per_second": round(state.tokens / elapsed, 1) if elapsed else None,
+        "best_validation": state.best_metric, "wall_seconds": round(state.elapsed, 2), "eval_seconds": round(state.eval_seconds, 2),
+        "train_seconds": round(training, 2), "train_tokens": state.tokens,
+        "train_tokens_per_second": round(state.tokens / training, 1) if training > 0 else None,
         "precision": precision, "devices": accelerator.num_processes, "device": str(accelerator.device),
     }
 
