@@ -217,6 +217,77 @@ def eval_command(run_dir, split, limit, batch_size, num_beams):
     _print_metrics(run_dir, {"test": metrics[split]})
 
 
+class LayerHead(click.ParamType):
+    """`LAYER:HEAD`, e.g. `1:3`."""
+
+    name = "LAYER:HEAD"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, tuple):
+            return value
+        try:
+            layer, head = (int(part) for part in str(value).split(":"))
+        except ValueError:
+            self.fail(f"{value!r} is not LAYER:HEAD, e.g. 1:3", param, ctx)
+        return layer, head
+
+
+def _run_or_newest(run):
+    from analyze.maps import newest_run
+
+    return Path(run) if run else newest_run()
+
+
+@cli.command()
+@click.option("--run", "run_dir", type=click.Path(), default=None, help="Run directory.  [default: the newest finished run under runs/]")
+@click.option("--split", type=click.Choice(["test", "validation", "train"]), default="test", show_default=True, help="Split to average over.")
+@click.option("--limit", type=click.IntRange(min=0), default=0, show_default=True, help="Rows of the split to average over (0: all).")
+@click.option("--example", "examples", type=click.IntRange(min=0), multiple=True, help="Row of the split to draw per-head maps for (repeatable).  [default: 0]")
+@click.option("--equation", default=None, help="Draw per-head maps for this equation instead of a row of the split.")
+@click.option("--head", "heads", type=LayerHead(), multiple=True, help="Also draw this head alone, large, with every token labelled (repeatable).")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None, help="Output directory.  [default: figures/<run name>]")
+@click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True, help="Examples per forward pass when averaging.")
+@click.option("--bertviz", is_flag=True, help="Also export bertviz head_view and model_view pages for the first example (they need a network).")
+def maps(run_dir, split, limit, examples, equation, heads, out_dir, batch_size, bertviz):
+    """Render attention maps of a trained run.
+
+    For one example (its model-written solution, teacher-forced once, so that decoder and cross maps
+    cover the whole answer): per-head grids of encoder self-, decoder self- and cross-attention, chosen
+    single heads, layer x token summaries. Over a split (streamed; memory does not grow with its
+    size): per-head maps averaged by absolute position and by token role, layer x role summaries,
+    and per layer the share of attention each role receives. PNG, SVG, the numbers (maps.npz,
+    index.json) and an offline index.html with an interactive viewer, under figures/<run>/."""
+    from analyze.maps import render_maps
+
+    run = _run_or_newest(run_dir)
+    result = render_maps(run, Path(out_dir) if out_dir else None, split=split, limit=limit,
+                         examples=list(examples) or None, equation=equation, heads=list(heads), batch_size=batch_size, bertviz=bertviz)
+    click.echo(f"wrote {len(result['figures'])} figures, maps.npz and index.html to {result['out_dir']} "
+               f"(averages over {result['examples_averaged']} {split} examples in {result['average_seconds']} s)")
+
+
+@cli.command()
+@click.argument("equation")
+@click.option("--run", "run_dir", type=click.Path(), default=None, help="Run directory.  [default: the newest finished run under runs/]")
+@click.option("--head", "heads", type=LayerHead(), multiple=True, help="Also draw this head alone (repeatable).")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None, help="Output directory.  [default: figures/<run name>/explain]")
+def explain(equation, run_dir, heads, out_dir):
+    """Solve EQUATION with a trained model and show how: the solution, the grader's verdict, for
+    each layer the input token that receives the most attention (encoder self- and cross-attention),
+    and the per-head figures for the equation."""
+    from analyze.maps import explain as explain_equation
+
+    result = explain_equation(_run_or_newest(run_dir), equation, Path(out_dir) if out_dir else None, list(heads))
+    verdict = result["verdict"]
+    click.echo(f"equation: {equation}")
+    click.echo(f"solution: {result['solution']}")
+    click.echo("verdict:  " + ", ".join(f"{k} {verdict[k]}" for k in ("ok", "well_formed", "steps_valid", "substitutions_valid", "answer_correct")))
+    for kind, label in (("encoder", "encoder self-attention"), ("cross", "cross-attention")):
+        for layer, token in enumerate(result["most_attended_input_token"][kind]):
+            click.echo(f"{label}, layer {layer}: most attended input token {token}")
+    click.echo(f"figures: {Path(result['figures'][0]).parent}")
+
+
 def main(argv=None) -> None:
     """Entry point: click's errors and ours as one line on stderr, exit 2; no tracebacks."""
     try:
