@@ -279,7 +279,7 @@ def explain(equation, run_dir, heads, out_dir):
 
     result = explain_equation(_run_or_newest(run_dir), equation, Path(out_dir) if out_dir else None, list(heads))
     verdict = result["verdict"]
-    click.echo(f"equation: {equation}")
+    click.echo(f"equation: {result['equation']}")
     click.echo(f"solution: {result['solution']}")
     click.echo("verdict:  " + ", ".join(f"{k} {verdict[k]}" for k in ("ok", "well_formed", "steps_valid", "substitutions_valid", "answer_correct")))
     for kind, label in (("encoder", "encoder self-attention"), ("cross", "cross-attention")):

@@ -276,10 +276,13 @@ def explain(run_dir: Path, equation: str, out_dir: Path | None = None, heads: li
 
     run_dir = Path(run_dir)
     model, tokenizer, _ = load_run(run_dir)
+    from gen.equations import write_equation
+
     try:
         a, b, c = parse_equation(equation)
     except GradeError as err:
         raise QuadlabError(f"cannot read the equation: {err}") from None
+    equation = write_equation(a, b, c)  # the form the model was trained on: `x^2 - 5x + 6 = 0` -> 1x^2-5x+6=0
     check_encodable(tokenizer, equation)
     heads = heads or []
     _check_heads(heads, {"encoder": model.config.num_layers, "decoder": model.config.num_decoder_layers}, model.config.num_heads)

@@ -1,0 +1,107 @@
+"""Benchmark the dataset-averaged maps against a bare forward pass and a naive average, in one run.
+
+For the same run and the same test rows (teacher-forced on the reference solutions, batches of
+256 in order of length):
+- bare: the eager forward pass with `output_attentions=True`, the attention thrown away;
+- average: `analyze.maps.dataset_average` (the forward pass plus the streaming sums);
+- naive: the forward pass, every example's maps kept (cropped to its length), averaged at the end.
+Each mode runs in a fresh process, so that its peak resident memory (ru_maxrss) is its own;
+"extra memory" is that peak less the process's size once the model and data are loaded.
+
+Usage: python bench/bench_maps.py [--run runs/quadratic-tiny-seed0] [--rows 500 --rows 5000]
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import click
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def _rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def measure(run: str, rows: int, mode: str, batch_size: int) -> dict:
+    import numpy as np
+    import torch
+
+    from analyze.maps import dataset_average, teacher_forced_batch
+    from analyze.attention import capture
+    from train.quadratic import load_run, load_splits
+
+    model, tokenizer, config = load_run(Path(run))
+    test = load_splits(config)["test"]
+    columns = test.select(range(min(rows, len(test)))).select_columns(["equation", "solution"]).to_dict()
+    equations, solutions = columns["equation"], columns["solution"]
+    torch.set_grad_enabled(False)
+    loaded = _rss_mb()
+    start = time.perf_counter()
+    if mode == "average":
+        dataset_average(model, tokenizer, equations, solutions, batch_size)
+    else:
+        order = sorted(range(len(equations)), key=lambda i: len(solutions[i]))
+        kept = []
+        for s in range(0, len(order), batch_size):
+            idx = order[s : s + batch_size]
+            batch = teacher_forced_batch(tokenizer, [equations[i] for i in idx], [solutions[i] for i in idx])
+            captured = capture(model, batch["input_ids"], batch["attention_mask"], batch["decoder_input_ids"], batch["decoder_attention_mask"])
+            if mode == "naive":
+                for kind, (a, q_mask, k_mask) in captured.items():
+                    for b in range(a.shape[1]):
+                        q, k = int(q_mask[b].sum()), int(k_mask[b].sum())
+                        kept.append((kind, a[:, b, :, :q, :k].numpy().copy()))
+        if mode == "naive":  # the averages by position, as the streaming version computes them
+            for kind in ("encoder", "decoder", "cross"):
+                maps = [m for k, m in kept if k == kind]
+                L, H = maps[0].shape[:2]
+                Q, K = max(m.shape[2] for m in maps), max(m.shape[3] for m in maps)
+                total, queries = np.zeros((L, H, Q, K)), np.zeros(Q)
+                for m in maps:
+                    total[:, :, : m.shape[2], : m.shape[3]] += m
+                    queries[: m.shape[2]] += 1
+                _ = total / np.maximum(queries, 1)[None, None, :, None]
+    seconds = time.perf_counter() - start
+    return {"mode": mode, "rows": len(equations), "seconds": round(seconds, 2), "extra_memory_mb": round(_rss_mb() - loaded, 1)}
+
+
+@click.command()
+@click.option("--run", default="runs/quadratic-tiny-seed0", show_default=True, help="A finished quadratic run.")
+@click.option("--rows", multiple=True, type=int, default=[500, 5000], show_default=True, help="Test rows (repeatable).")
+@click.option("--batch-size", default=256, show_default=True)
+@click.option("--mode", default=None, hidden=True)
+def main(run, rows, batch_size, mode):
+    if mode:  # one measurement, in this process
+        print(json.dumps(measure(run, rows[0], mode, batch_size)))
+        return
+    results = []
+    for n in rows:
+        for m in ("bare", "average", "naive"):
+            out = subprocess.run([sys.executable, __file__, "--run", run, "--rows", str(n), "--batch-size", str(batch_size), "--mode", m],
+                                 capture_output=True, text=True, check=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+            results.append(json.loads(out.stdout.strip().splitlines()[-1]))
+            print(json.dumps(results[-1]), file=sys.stderr)
+    import torch
+
+    by = {(r["mode"], r["rows"]): r for r in results}
+    summary = {
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}",
+        "run": run, "results": results,
+        "average_over_bare_time": {n: round(by["average", n]["seconds"] / by["bare", n]["seconds"], 2) for n in rows},
+        "naive_over_bare_time": {n: round(by["naive", n]["seconds"] / by["bare", n]["seconds"], 2) for n in rows},
+    }
+    print(json.dumps(summary, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,238 @@
+import json
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+import torch
+
+from analyze.attention import (
+    EQUATION_ROLES, SOLUTION_ROLES, AttentionAverage, AttentionUnavailable, capture, equation_roles, solution_roles,
+)
+from analyze.maps import ROLES, dataset_average, example_maps, explain, render_maps, teacher_forced_batch
+from gen import QuadlabError
+from gen.dataset import GenOptions, build_splits, generate
+from gen.equations import Ranges
+from train.config import resolve
+from train.quadratic import build_model, build_tokenizer, train_run
+
+SMALL = Ranges(a_lo=-5, a_hi=5, root_lo=-20, root_hi=20)
+
+
+@pytest.fixture(scope="module")
+def rows():
+    columns = build_splits(GenOptions(rows=60, seed=2, ranges=SMALL), workers=1)["train"]
+    return columns["equation"], columns["solution"]
+
+
+@pytest.fixture(scope="module")
+def model_and_tokenizer(rows):
+    equations, solutions = rows
+    tokenizer = build_tokenizer(equations + solutions + ["0123456789x^+-=()*/;Dnoe"])
+    model = build_model(resolve("tiny", None, {"num_layers": 2, "num_decoder_layers": 3, "num_heads": 2, "d_kv": 8, "d_model": 16, "d_ff": 32}), tokenizer)
+    return model.eval(), tokenizer
+
+
+def test_equation_roles_on_hand_made_examples():
+    tokens = list("-7x^2+3556x+451612=0") + ["</s>"]
+    assert equation_roles(tokens) == ["-", "a", "x", "^", "exp", "+", "b", "b", "b", "b", "x", "+", "c", "c", "c", "c", "c", "c", "=", "rhs", "</s>"]
+    assert equation_roles(list("1x^2+0x-4=0")) == ["a", "x", "^", "exp", "+", "b", "x", "-", "c", "=", "rhs"]
+    assert equation_roles(list("12x^2-30x+0=0")) == ["a", "a", "x", "^", "exp", "-", "b", "b", "x", "+", "c", "=", "rhs"]
+
+
+def test_solution_roles_on_hand_made_examples():
+    tokens = ["<start>"] + list("D=(3^2-4*5*7)=-131;x=none;") + ["</s>"]
+    roles = solution_roles(tokens)
+    assert roles[:6] == ["<start>", "D", "=", "(", "digit", "^"]
+    assert roles[-8:] == ["x", "=", "none", "none", "none", "none", ";", "</s>"]
+    assert solution_roles(list("sqrt(D)")) == ["sqrt", "sqrt", "sqrt", "sqrt", "(", "D", ")"]
+    assert solution_roles(list("4*a*c")) == ["digit", "*", "name", "*", "name"]
+
+
+def _naive(model, tokenizer, equations, solutions):
+    """Every example alone (no padding), every map kept, averaged at the end."""
+    per_kind = {k: {"maps": [], "q_roles": [], "k_roles": []} for k in ROLES}
+    for eq, sol in zip(equations, solutions):
+        batch = teacher_forced_batch(tokenizer, [eq], [sol])
+        captured = capture(model, batch["input_ids"], batch["attention_mask"], batch["decoder_input_ids"], batch["decoder_attention_mask"])
+        roles = {"encoder": batch["encoder_roles"][0].numpy(), "decoder": batch["decoder_roles"][0].numpy()}
+        for kind, (attention, _, _) in captured.items():
+            per_kind[kind]["maps"].append(attention[:, 0].double().numpy())
+            per_kind[kind]["q_roles"].append(roles["encoder" if kind == "encoder" else "decoder"])
+            per_kind[kind]["k_roles"].append(roles["decoder" if kind == "decoder" else "encoder"])
+    out = {}
+    for kind, kept in per_kind.items():
+        maps = kept["maps"]
+        L, H = maps[0].shape[:2]
+        Q, K = max(m.shape[2] for m in maps), max(m.shape[3] for m in maps)
+        position, queries = np.zeros((L, H, Q, K)), np.zeros(Q)
+        q_names, k_names = ROLES[kind]
+        role, role_queries = np.zeros((L, H, len(q_names), len(k_names))), np.zeros(len(q_names))
+        for m, qr, kr in zip(maps, kept["q_roles"], kept["k_roles"]):
+            position[:, :, : m.shape[2], : m.shape[3]] += m
+            queries[: m.shape[2]] += 1
+            for i in range(m.shape[2]):
+                role_queries[qr[i]] += 1
+                for j in range(m.shape[3]):
+                    role[:, :, qr[i], kr[j]] += m[:, :, i, j]
+        out[kind] = (position / np.maximum(queries, 1)[None, None, :, None], role / np.maximum(role_queries, 1)[None, None, :, None])
+    return out
+
+
+def test_streaming_average_equals_the_naive_reference(model_and_tokenizer, rows):
+    model, tokenizer = model_and_tokenizer
+    equations, solutions = rows[0][:23], rows[1][:23]
+    averages = dataset_average(model, tokenizer, equations, solutions, batch_size=5)  # padded batches
+    reference = _naive(model, tokenizer, equations, solutions)
+    for kind, (position, role) in reference.items():
+        assert averages[kind].examples == 23
+        np.testing.assert_allclose(averages[kind].position_mean, position, atol=1e-6)
+        np.testing.assert_allclose(averages[kind].role_mean, role, atol=1e-6)
+
+
+def test_average_rows_sum_to_one_and_padding_never_leaks(model_and_tokenizer, rows):
+    model, tokenizer = model_and_tokenizer
+    averages = dataset_average(model, tokenizer, rows[0], rows[1], batch_size=16)
+    for kind, avg in averages.items():
+        queries = avg.sums.position_queries.numpy()
+        sums = avg.position_mean.sum(axis=-1)
+        np.testing.assert_allclose(sums[:, :, queries > 0], 1.0, atol=1e-6)
+        seen = avg.query_role_counts > 0
+        np.testing.assert_allclose(avg.role_mean.sum(axis=-1)[:, :, seen], 1.0, atol=1e-6)
+        np.testing.assert_allclose(avg.role_share.sum(axis=-1), 1.0, atol=1e-6)
+        assert "other" not in [ROLES[kind][1][i] for i, v in enumerate(avg.key_role_baseline) if v > 0]
+    # one long example padded next to a short one: the short one's padded keys get nothing
+    short, long_ = min(zip(*rows), key=lambda r: len(r[1])), max(zip(*rows), key=lambda r: len(r[1]))
+    batch = teacher_forced_batch(tokenizer, [short[0], long_[0]], [short[1], long_[1]])
+    attention, q_mask, k_mask = capture(model, batch["input_ids"], batch["attention_mask"], batch["decoder_input_ids"],
+                                        batch["decoder_attention_mask"])["decoder"]
+    n = int(k_mask[0].sum())
+    assert n < k_mask.shape[1] and float(attention[:, 0, :, :n, n:].abs().max()) == 0.0
+
+
+def test_memory_does_not_grow_with_examples(model_and_tokenizer, rows):
+    model, tokenizer = model_and_tokenizer
+    small = dataset_average(model, tokenizer, rows[0][:6], rows[1][:6], batch_size=3)
+    large = dataset_average(model, tokenizer, rows[0][:6] * 10, rows[1][:6] * 10, batch_size=3)
+    for kind in ROLES:
+        assert small[kind].sums.position.shape == large[kind].sums.position.shape
+        np.testing.assert_allclose(small[kind].position_mean, large[kind].position_mean, atol=1e-6)
+
+
+def test_capture_fails_loudly_without_attention_weights(model_and_tokenizer, rows, monkeypatch):
+    import analyze.attention as attention_module
+
+    model, tokenizer = model_and_tokenizer
+    batch = teacher_forced_batch(tokenizer, rows[0][:2], rows[1][:2])
+    monkeypatch.setattr(attention_module, "use_eager_attention", lambda m: None)
+    model.set_attn_implementation("sdpa")
+    try:
+        with pytest.raises(AttentionUnavailable, match="eager"):
+            capture(model, batch["input_ids"], batch["attention_mask"], batch["decoder_input_ids"], batch["decoder_attention_mask"])
+    finally:
+        model.set_attn_implementation("eager")
+
+
+def test_example_maps_cover_the_whole_answer(model_and_tokenizer, rows):
+    model, tokenizer = model_and_tokenizer
+    example = example_maps(model, tokenizer, rows[0][0], rows[1][0])
+    n_in, n_out = len(rows[0][0]) + 1, len(rows[1][0]) + 1  # + </s>; the decoder sees <start> + the answer
+    assert example["maps"]["encoder"].shape[2:] == (n_in, n_in)
+    assert example["maps"]["decoder"].shape[2:] == (n_out, n_out)
+    assert example["maps"]["cross"].shape[2:] == (n_out, n_in)
+    assert example["tokens"]["decoder"][0] == "<start>" and "".join(example["tokens"]["decoder"][1:]) == rows[1][0]
+    assert example["summaries"]["cross"].shape == (3, n_in)
+    np.testing.assert_allclose(example["summaries"]["cross"].sum(axis=1), 2.0, atol=1e-5)  # heads, each row sums to 1
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("maps")
+    generate(GenOptions(rows=120, seed=3, ranges=SMALL), root / "data")
+    config = resolve("tiny", None, {"data": str(root / "data"), "run_dir": str(root / "run"), "max_steps": 10, "eval_every": 10,
+                                    "val_size": 10, "batch_size": 16})
+    train_run(config, progress=False)
+    return root / "run"
+
+
+@pytest.fixture(scope="module")
+def rendered(run_dir, tmp_path_factory):
+    """One rendering shared by the tests that read it (rendering is the slow part)."""
+    import importlib.util
+
+    out = tmp_path_factory.mktemp("rendered") / "figs"
+    has_bertviz = importlib.util.find_spec("bertviz") is not None
+    result = render_maps(run_dir, out, limit=20, examples=[0, 3], heads=[(1, 2)], batch_size=8, bertviz=has_bertviz, progress=False)
+    return out, result
+
+
+def test_maps_writes_figures_numbers_and_report(rendered):
+    out, result = rendered
+    index = json.loads((out / "index.json").read_text())
+    assert index["examples_averaged"] == 20 and [e["name"] for e in index["examples"]] == ["0", "3"]
+    for figure in index["figures"]:
+        assert (out / figure["file"]).stat().st_size > 0
+        if "svg" in figure:
+            assert (out / figure["svg"]).read_text().lstrip().startswith("<?xml")
+    arrays = np.load(out / "maps.npz")
+    assert sorted(arrays.files) == sorted(index["arrays"])
+    assert arrays["example-0/cross"].shape[:2] == (2, 4)
+    assert any(f["what"] == "single head" and f["layer"] == 1 and f["head"] == 2 for f in index["figures"])
+    assert "<script src" not in (out / "index.html").read_text() and "http" not in (out / "index.html").read_text()
+    assert result["out_dir"] == str(out) and not list(out.parent.glob(".figs.partial*"))
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="no chromium on this machine")
+def test_report_opens_offline_in_headless_chromium(rendered, tmp_path):
+    out, _ = rendered
+    dom = subprocess.run(
+        ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}",
+         "--no-proxy-server", "--host-resolver-rules=MAP * ~NOTFOUND", "--virtual-time-budget=5000", "--dump-dom",
+         (out / "index.html").as_uri()],
+        capture_output=True, text=True, timeout=120,
+    ).stdout
+    status = dom.split('id="status">')[1].split("<")[0]
+    shown, total = status.split("figures shown: ")[1].split(";")[0].split(" of ")
+    assert int(shown) == int(total) > 0, status
+    assert "viewer: encoder/0/0" in status
+
+
+def test_bertviz_export_handles_different_input_and_output_lengths(rendered):
+    pytest.importorskip("bertviz")
+    out, _ = rendered
+    page = (out / "bertviz-model-view.html").read_text()
+    assert "attention" in page and len(page) > 1000
+
+
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda run, out: render_maps(run.parent / "nothing", out), "not a directory"),
+        (lambda run, out: render_maps(run, out, heads=[(9, 0)]), "out of range"),
+        (lambda run, out: render_maps(run, out, examples=[100_000]), "out of range"),
+        (lambda run, out: render_maps(run, out, equation="7x^2+3x+1=0 "), "cannot encode"),
+        (lambda run, out: explain(run, "7y^2=0", out), "cannot read the equation"),
+        (lambda run, out: explain(run, "7x^2+3x+1=0", out, heads=[(0, 99)]), "out of range"),
+    ],
+    ids=["unknown run", "layer", "example", "unencodable", "unreadable", "head"],
+)
+def test_maps_and_explain_bad_inputs(run_dir, tmp_path, call, message):
+    with pytest.raises(QuadlabError, match=message):
+        call(run_dir, tmp_path / "f")
+    assert not (tmp_path / "f").exists()
+
+
+def test_bad_input_from_the_command_line_is_one_line_exit_2(run_dir, run_cli, tmp_path):
+    result = run_cli("maps", "--run", run_dir, "--head", "9:0", "--out", tmp_path / "f")
+    assert result.returncode == 2 and "out of range" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "f").exists()
+
+
+def test_explain_prints_solution_verdict_and_most_attended_tokens(run_dir, run_cli, tmp_path):
+    result = run_cli("explain", "x^2 - 5x + 6 = 0", "--run", run_dir, "--out", tmp_path / "e")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == "equation: 1x^2-5x+6=0" and lines[1].startswith("solution: ") and lines[2].startswith("verdict:  ok ")
+    assert sum("most attended input token" in line for line in lines) == 4  # 2 encoder + 2 cross layers
+    assert (tmp_path / "e" / "example-explain" / "cross-heads.png").exists()
