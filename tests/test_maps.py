@@ -236,3 +236,24 @@ def test_explain_prints_solution_verdict_and_most_attended_tokens(run_dir, run_c
     assert lines[0] == "equation: 1x^2-5x+6=0" and lines[1].startswith("solution: ") and lines[2].startswith("verdict:  ok ")
     assert sum("most attended input token" in line for line in lines) == 4  # 2 encoder + 2 cross layers
     assert (tmp_path / "e" / "example-explain" / "cross-heads.png").exists()
+
+
+def test_the_same_capture_and_average_serve_an_encoder_only_model():
+    from transformers import BertConfig, BertModel
+
+    torch.manual_seed(0)
+    model = BertModel(BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=3, num_attention_heads=2, intermediate_size=32))
+    input_ids = torch.randint(5, 50, (3, 9))
+    attention_mask = torch.ones_like(input_ids)
+    attention_mask[1, 6:] = 0  # a padded row
+    captured = capture(model, input_ids, attention_mask)
+    assert set(captured) == {"encoder"}
+    attention, q_mask, k_mask = captured["encoder"]
+    assert attention.shape == (3, 3, 2, 9, 9)
+    assert float(attention[:, 1, :, :, 6:].abs().max()) == 0.0  # padded keys get nothing
+    roles = torch.tensor([[0, 1, 1, 1, 2, 2, 2, 2, 3]] * 3)
+    roles[1, 6:] = -1
+    average = AttentionAverage(("cls", "question", "context", "sep"), ("cls", "question", "context", "sep"))
+    average.add(attention, q_mask, k_mask, roles, roles)
+    np.testing.assert_allclose(average.role_mean.sum(axis=-1), 1.0, atol=1e-6)
+    assert average.examples == 3

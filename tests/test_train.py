@@ -197,3 +197,26 @@ def test_train_cli_bad_inputs(tmp_path, run_cli):
     assert key.returncode == 2 and "unknown config key 'colour'" in key.stderr
     resume = run_cli("train", "--resume", "--run-dir", tmp_path / "r")
     assert resume.returncode == 2 and "not a run directory" in resume.stderr
+
+
+def test_beam_search_reranked_by_the_grader_is_reported_separately(data_dir, tmp_path):
+    import datasets
+
+    from train.quadratic import evaluate_rows
+
+    config = _config(data_dir, tmp_path / "run", max_steps=10)
+    train_run(config, progress=False)
+    model, tokenizer, _ = load_run(tmp_path / "run")
+    rows = datasets.load_from_disk(str(data_dir))["test"].select(range(6))
+    metrics, records = evaluate_rows(model, tokenizer, rows, batch_size=8, num_beams=3)
+    assert metrics["greedy"]["n"] == 6 and metrics["beam3_grader_reranked"]["n"] == 6
+    assert all("prediction_beam_reranked" in r for r in records)
+
+
+def test_grader_reranking_picks_the_most_likely_beam_the_grader_accepts():
+    from train.quadratic import rerank_with_grader
+
+    right = "D=(3556^2-4*7*451612)=0;x=(-3556-0)/(2*7)=-254;x=(-3556+0)/(2*7)=-254;x=-254;x=-254;"
+    wrong = right.replace("=-254;x=-254;", "=-254;x=-253;")
+    assert rerank_with_grader([(7, 3556, 451612)], [[wrong, right, "x=none;"]]) == [right]
+    assert rerank_with_grader([(7, 3556, 451612)], [[wrong, "x=none;"]]) == [wrong]  # none accepted: the top beam
