@@ -1,0 +1,135 @@
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from gen import QuadlabError
+from train.metrics import exact_match, f1_score, normalize_answer, squad_metrics
+from train.squad_data import Skipped, eval_features, examples_from, postprocess, read_squad, split_by_article, train_features
+
+DEV = Path(__file__).resolve().parents[2] / "shared" / "data" / "squad" / "dev-v1.1.json"
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tmp_path_factory):
+    """A WordPiece tokenizer trained here on the dev set's text (no download)."""
+    from tokenizers import BertWordPieceTokenizer
+    from transformers import BertTokenizerFast
+
+    _, articles = read_squad(DEV)
+    texts = [p["context"] for a in articles[:5] for p in a["paragraphs"]] + [q["question"] for a in articles[:5] for p in a["paragraphs"] for q in p["qas"]]
+    wordpiece = BertWordPieceTokenizer(lowercase=True)
+    wordpiece.train_from_iterator(texts, vocab_size=3000)
+    folder = tmp_path_factory.mktemp("tok")
+    wordpiece.save_model(str(folder))
+    return BertTokenizerFast(str(folder / "vocab.txt"))
+
+
+@pytest.mark.parametrize(
+    "prediction, gold, em, f1",
+    [
+        ("The  Cat!", "cat", 1.0, 1.0),
+        ("Denver Broncos", "the Denver Broncos", 1.0, 1.0),
+        ("Broncos", "Denver Broncos", 0.0, 2 * 1 * 0.5 / 1.5),
+        ("a b c", "x y", 0.0, 0.0),
+        ("", "", 1.0, 1.0),
+    ],
+)
+def test_official_normalisation_exact_match_and_f1(prediction, gold, em, f1):
+    assert exact_match(prediction, gold) == em
+    assert f1_score(prediction, gold) == pytest.approx(f1)
+
+
+def test_normalize_answer_drops_articles_punctuation_and_spaces():
+    assert normalize_answer("  An apple, THE pear and a plum.") == "apple pear and plum"
+
+
+def test_squad_metrics_take_the_best_gold_and_break_down_v2():
+    golds = {"q1": ["Denver Broncos", "Broncos"], "q2": ["1990"], "q3": []}
+    m = squad_metrics({"q1": "broncos", "q2": "in 1990", "q3": ""}, golds)
+    assert m["exact_match"] == pytest.approx(100 * 2 / 3)
+    assert m["f1"] == pytest.approx(100 * (1 + 2 / 3 + 1) / 3)
+    assert m["HasAns_total"] == 2 and m["NoAns_total"] == 1 and m["NoAns_exact"] == 100.0
+    assert "HasAns_exact" not in squad_metrics({"q1": "broncos"}, {"q1": ["Broncos"]})
+
+
+def test_dev_set_splits_by_article():
+    version, articles = read_squad(DEV)
+    train, evaluate = split_by_article(articles, 10)
+    assert version == "1.1" and len(train) == 38 and len(evaluate) == 10 and train[0]["title"] == "Super_Bowl_50"
+    skipped = Skipped()
+    rows = examples_from(articles, skipped)
+    assert len(rows) == 10570 and str(skipped) == "none"
+
+
+def _write(path, data):
+    path.write_text(json.dumps({"version": "1.1", "data": data}))
+    return path
+
+
+def test_malformed_files_are_one_line_errors(tmp_path):
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(QuadlabError, match="not JSON"):
+        read_squad(tmp_path / "bad.json")
+    with pytest.raises(QuadlabError, match="lacks 'context'"):
+        read_squad(_write(tmp_path / "a.json", [{"title": "t", "paragraphs": [{"qas": []}]}]))
+    with pytest.raises(QuadlabError, match="lacks answers"):
+        read_squad(_write(tmp_path / "b.json", [{"title": "t", "paragraphs": [{"context": "c", "qas": [{"id": "1", "question": "q"}]}]}]))
+    with pytest.raises(QuadlabError, match="does not exist"):
+        read_squad(tmp_path / "missing.json")
+
+
+def test_bad_examples_are_skipped_and_counted(tmp_path):
+    data = [{"title": "t", "paragraphs": [
+        {"context": "Paris is in France.", "qas": [
+            {"id": "ok", "question": "Where is Paris?", "answers": [{"text": "France", "answer_start": 12}]},
+            {"id": "off", "question": "Where?", "answers": [{"text": "France", "answer_start": 3}]},
+        ]},
+        {"context": "   ", "qas": [{"id": "empty", "question": "What?", "answers": []}]},
+    ]}]
+    _, articles = read_squad(_write(tmp_path / "s.json", data))
+    skipped = Skipped()
+    rows = examples_from(articles, skipped)
+    assert [r["id"] for r in rows] == ["ok"]
+    assert skipped.counts == {"whose answer_start does not match the context": 1, "with an empty context": 1}
+
+
+def test_sliding_windows_label_the_answer_only_where_it_lies(tokenizer):
+    context = " ".join(f"word{i}" for i in range(300)) + " The answer is Zanzibar island today."
+    start = context.index("Zanzibar")
+    row = {"id": "z", "question": "Where?", "context": context, "answers": {"text": ["Zanzibar island"], "answer_start": [start]}}
+    features = train_features(tokenizer, [row], max_length=64, stride=16)
+    assert len(features) > 5  # a context far longer than max_length becomes many windows
+    labelled = [f for f in features if f["start_positions"] != 0]
+    assert labelled, "the window holding the answer is labelled"
+    for f in labelled:
+        span = tokenizer.decode(f["input_ids"][f["start_positions"] : f["end_positions"] + 1])
+        assert normalize_answer(span) == "zanzibar island"
+    assert all(f["end_positions"] == 0 for f in features if f["start_positions"] == 0)  # the others point at [CLS]
+    windows = eval_features(tokenizer, [row], max_length=64, stride=16)
+    assert len(windows) == len(features) and all(w["example_id"] == "z" for w in windows)
+    covered = sorted({o[0] for w in windows for o in w["offset_mapping"] if o is not None})
+    assert covered[0] == 0 and covered[-1] >= start  # together the windows cover the whole context
+
+
+def test_postprocess_picks_the_best_span_across_windows():
+    row = {"id": "q", "context": "alpha beta gamma delta", "answers": {"text": [], "answer_start": []}}
+    offsets = [None, (0, 5), (6, 10), (11, 16), (17, 22), None]
+    features = [
+        {"example_id": "q", "offset_mapping": offsets, "cls_index": 0},
+        {"example_id": "q", "offset_mapping": offsets, "cls_index": 0},
+    ]
+    start = np.full((2, 6), -10.0)
+    end = np.full((2, 6), -10.0)
+    start[0, 1], end[0, 2] = 3.0, 3.0  # window 0: "alpha beta", score 6
+    start[1, 3], end[1, 4] = 4.0, 4.0  # window 1: "gamma delta", score 8
+    predictions, nbest = postprocess([row], features, start, end)
+    assert predictions == {"q": "gamma delta"} and nbest["q"][0]["score"] == 8.0
+    # an end before its start, or a span longer than max_answer_length, is never chosen
+    start[1, 3], end[1, 2] = 9.0, 9.0
+    assert postprocess([row], features, start, end, max_answer_length=1)[0]["q"] in ("alpha", "beta", "gamma", "delta")
+    # v2.0: the empty answer wins when [CLS] beats the best span by more than the threshold
+    start[:, 0], end[:, 0] = 20.0, 20.0
+    assert postprocess([row], features, start, end, version_2=True)[0] == {"q": ""}
+    assert postprocess([row], features, start, end, version_2=True, null_threshold=100.0)[0]["q"] != ""
