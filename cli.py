@@ -131,7 +131,11 @@ def _overrides(pairs: tuple[str, ...]) -> dict:
 
 
 @cli.command()
-@click.option("--task", type=click.Choice(["quadratic"]), default="quadratic", show_default=True, help="What to train.")
+@click.option("--task", type=click.Choice(["quadratic", "squad"]), default="quadratic", show_default=True,
+              help="quadratic: a T5 from scratch on data/quadratic; squad: fine-tune an encoder for question answering.")
+@click.option("--model", "model_name", default=None, help="squad: a hub model name or a local directory.  [default: microsoft/deberta-v3-base]")
+@click.option("--train-file", default=None, help="squad: SQuAD v1.1/v2.0 JSON to train on (split by article when --eval-file is not given).")
+@click.option("--eval-file", default=None, help="squad: SQuAD JSON to evaluate on.")
 @click.option("--preset", default=None, help="Named preset: tiny (CPU, minutes), small or base (GPU).  [default: tiny]")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
               help="YAML file of configuration keys; applied after the preset, before the options here.")
@@ -150,22 +154,22 @@ def _overrides(pairs: tuple[str, ...]) -> dict:
               help="Any other configuration key (see config.yaml of a run), e.g. --set d_model=128. Repeatable.")
 @click.option("--resume", is_flag=True, help="Continue the interrupted run in --run-dir exactly, with its saved configuration.")
 @click.option("--overwrite", is_flag=True, help="Delete an existing run directory and start again.")
-def train(task, preset, config_path, data, run_dir, seed, max_steps, epochs, batch_size, learning_rate, eval_every,
-          patience, eval_limit, num_beams, settings, resume, overwrite):
+def train(task, model_name, train_file, eval_file, preset, config_path, data, run_dir, seed, max_steps, epochs, batch_size,
+          learning_rate, eval_every, patience, eval_limit, num_beams, settings, resume, overwrite):
     """Train a model and evaluate it on the test split.
 
     quadratic: a T5 from scratch (character tokenizer, relative attention buckets sized for these
-    sequences) learns to write worked solutions. Configuration: the preset, then --config, then the
+    sequences) learns to write worked solutions. squad: a pretrained encoder is fine-tuned with
+    AutoModelForQuestionAnswering (sliding windows, n-best post-processing, official EM/F1). Configuration: the preset, then --config, then the
     options here. The run directory holds the best model and tokenizer in Hugging Face format,
     config.yaml, environment.json, log.jsonl, training_curve.png, metrics.json and predictions.jsonl.
     Ctrl-C stops; --resume continues from the last checkpoint with the same result as an
     uninterrupted run."""
     from train.config import load_yaml, resolve
     from train.engine import Interrupted
-    from train.quadratic import train_run
 
     options = {
-        "task": task, "data": data, "run_dir": run_dir, "seed": seed, "max_steps": max_steps, "epochs": epochs,
+        "task": task, "model_name": model_name, "train_file": train_file, "eval_file": eval_file, "data": data, "run_dir": run_dir, "seed": seed, "max_steps": max_steps, "epochs": epochs,
         "batch_size": batch_size, "learning_rate": learning_rate, "eval_every": eval_every, "patience": patience,
         "eval_limit": eval_limit, "num_beams": num_beams, **_overrides(settings),
     }
@@ -173,6 +177,7 @@ def train(task, preset, config_path, data, run_dir, seed, max_steps, epochs, bat
         if not run_dir:
             raise QuadlabError("--resume needs --run-dir, the run to continue")
         given = [k for k, v in options.items() if v is not None and k not in ("task", "run_dir")]
+        given += ["task"] if task != "quadratic" else []
         if given or preset or config_path:
             raise QuadlabError("--resume continues with the run's saved configuration; drop the other options")
         config_file = Path(run_dir) / "config.yaml"
@@ -181,12 +186,20 @@ def train(task, preset, config_path, data, run_dir, seed, max_steps, epochs, bat
         config = load_yaml(config_file)
     else:
         config = resolve(preset or "tiny", config_path, {**options, "preset": preset})
+    if config.task == "squad":
+        from train.squad import train_run
+    else:
+        from train.quadratic import train_run
     try:
         result = train_run(config, resume=resume, overwrite=overwrite)
     except Interrupted as stop:
         click.echo(f"quadlab train: {stop}", err=True)
         sys.exit(130)
-    _print_metrics(config.resolved_run_dir(), result)
+    if config.task == "squad":
+        click.echo(f"{config.resolved_run_dir()}: exact match {result['exact_match']:.2f}, F1 {result['f1']:.2f} "
+                   f"on {result['total']} questions")
+    else:
+        _print_metrics(config.resolved_run_dir(), result)
 
 
 def _print_metrics(run_dir, metrics: dict) -> None:

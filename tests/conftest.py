@@ -7,10 +7,16 @@ from hypothesis import strategies as st
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never download: a hub name fails at once instead of waiting on the network
 
 from gen.equations import Ranges  # noqa: E402
 
 DEFAULT = Ranges()
+
+# The official SQuAD v1.1 dev set: in ../shared beside the checkout (as CI has it), or in shared/.
+SQUAD_DEV = next((p for p in (ROOT.parent / "shared" / "data" / "squad" / "dev-v1.1.json",
+                              ROOT / "shared" / "data" / "squad" / "dev-v1.1.json") if p.exists()), None)
+needs_squad_dev = pytest.mark.skipif(SQUAD_DEV is None, reason="no shared/data/squad/dev-v1.1.json beside the checkout")
 
 
 @st.composite

@@ -6,9 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from analyze.attention import (
-    EQUATION_ROLES, SOLUTION_ROLES, AttentionAverage, AttentionUnavailable, capture, equation_roles, solution_roles,
-)
+from analyze.attention import AttentionAverage, AttentionUnavailable, capture, equation_roles, solution_roles
 from analyze.maps import ROLES, dataset_average, example_maps, explain, render_maps, teacher_forced_batch
 from gen import QuadlabError
 from gen.dataset import GenOptions, build_splits, generate

@@ -1,5 +1,4 @@
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -8,7 +7,7 @@ from gen import QuadlabError
 from train.metrics import exact_match, f1_score, normalize_answer, squad_metrics
 from train.squad_data import Skipped, eval_features, examples_from, postprocess, read_squad, split_by_article, train_features
 
-DEV = Path(__file__).resolve().parents[2] / "shared" / "data" / "squad" / "dev-v1.1.json"
+from conftest import SQUAD_DEV as DEV, needs_squad_dev
 
 
 @pytest.fixture(scope="module")
@@ -54,6 +53,7 @@ def test_squad_metrics_take_the_best_gold_and_break_down_v2():
     assert "HasAns_exact" not in squad_metrics({"q1": "broncos"}, {"q1": ["Broncos"]})
 
 
+@needs_squad_dev
 def test_dev_set_splits_by_article():
     version, articles = read_squad(DEV)
     train, evaluate = split_by_article(articles, 10)
@@ -95,6 +95,7 @@ def test_bad_examples_are_skipped_and_counted(tmp_path):
     assert skipped.counts == {"whose answer_start does not match the context": 1, "with an empty context": 1}
 
 
+@needs_squad_dev
 def test_sliding_windows_label_the_answer_only_where_it_lies(tokenizer):
     context = " ".join(f"word{i}" for i in range(300)) + " The answer is Zanzibar island today."
     start = context.index("Zanzibar")

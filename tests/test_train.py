@@ -1,5 +1,4 @@
 import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -8,7 +7,7 @@ from safetensors.torch import load_file
 from gen import QuadlabError
 from gen.dataset import GenOptions, generate
 from gen.equations import Ranges
-from train.config import PRESETS, TrainConfig, resolve
+from train.config import PRESETS, resolve
 from train.engine import Interrupted, LengthGroupedBatches
 from train.metrics import character_accuracy, judge, quadratic_metrics
 from train.quadratic import build_tokenizer, collator, evaluate_run, load_run, train_run
@@ -127,6 +126,7 @@ def test_missing_dataset_says_to_run_gen(tmp_path):
     config = resolve("tiny", None, {"data": str(tmp_path / "nothing"), "run_dir": str(tmp_path / "run")})
     with pytest.raises(QuadlabError, match="cli.py gen"):
         train_run(config, progress=False)
+    assert not (tmp_path / "run").exists()  # nothing half-written
 
 
 def _config(data_dir, run_dir, **extra):

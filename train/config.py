@@ -55,6 +55,19 @@ class TrainConfig:
     eval_limit: int = 0  # test rows evaluated at the end; 0 = all
     num_beams: int = 0  # > 1: also decode with beam search and rerank the beams with the grader
     keep_checkpoints: int = 0  # > 0: also keep the model every `eval_every` steps in checkpoints/ (for analyses over training)
+    # SQuAD task (the prior study's keys: model_name, epochs, learning_rate, batch_size, max_length,
+    # stride, padding, patience, best_model_path)
+    model_name: str = "microsoft/deberta-v3-base"  # a hub name or a local directory
+    train_file: str = ""  # SQuAD v1.1/v2.0 JSON; empty: datasets.load_dataset("squad") (online)
+    eval_file: str = ""  # empty with a train_file: the last eval_articles articles of train_file evaluate
+    eval_articles: int = 10
+    max_length: int = 384
+    stride: int = 128
+    padding: str = "do_not_pad"  # or max_length
+    n_best: int = 20
+    max_answer_length: int = 30
+    null_threshold: float = 0.0  # SQuAD v2.0: answer "" when [CLS] beats the best span by more
+    best_model_path: str = ""  # also copy the best model here
 
     @classmethod
     def names(cls) -> list[str]:
@@ -65,6 +78,11 @@ class TrainConfig:
 
 
 PRESETS: dict[str, dict] = {
+    # SQuAD fine-tuning of a pretrained encoder, with the prior study's settings
+    "squad": {
+        "task": "squad", "learning_rate": 3e-5, "epochs": 2.0, "max_steps": 0, "batch_size": 16, "warmup_ratio": 0.1,
+        "weight_decay": 0.01, "eval_every": 500, "patience": 3, "metric_for_best": "f1", "eval_batch_size": 64,
+    },
     # trains to visible progress on a laptop CPU in a few minutes
     "tiny": {},
     # GPU presets: the same data, wider and deeper, more steps
@@ -114,7 +132,8 @@ def resolve(preset: str = "tiny", yaml_path: str | None = None, overrides: dict 
         if not isinstance(from_yaml, dict):
             raise QuadlabError(f"config file {yaml_path} must hold a mapping of keys to values")
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
-    preset = overrides.get("preset") or from_yaml.get("preset") or preset
+    task = overrides.get("task") or from_yaml.get("task")
+    preset = overrides.get("preset") or from_yaml.get("preset") or ("squad" if task == "squad" and preset == "tiny" else preset)
     if preset not in PRESETS:
         raise QuadlabError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
     layers = [("preset " + preset, {**PRESETS[preset], "preset": preset}), (f"{yaml_path}", from_yaml), ("command line", overrides)]
@@ -140,6 +159,8 @@ def validate(config: TrainConfig) -> TrainConfig:
         (config.val_size >= 0, "val_size must not be negative"),
         (config.d_model > 0 and config.num_heads > 0 and config.num_layers > 0, "model sizes must be positive"),
         (config.patience >= 0 and config.eval_limit >= 0, "patience and eval_limit must not be negative"),
+        (config.padding in ("do_not_pad", "max_length", "longest"), "padding must be do_not_pad, longest or max_length"),
+        (0 <= config.stride < config.max_length, "stride must be at least 0 and below max_length"),
     ]
     for ok, message in checks:
         if not ok:

@@ -19,6 +19,7 @@ import json
 import math
 import os
 import shutil
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -278,6 +279,58 @@ def train(
         "train_tokens_per_second": round(state.tokens / training, 1) if training > 0 else None,
         "precision": precision, "devices": accelerator.num_processes, "device": str(accelerator.device),
     }
+
+
+def environment() -> dict:
+    import platform
+
+    import accelerate
+    import datasets
+    import sympy
+    import transformers
+
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"cpu ({os.cpu_count()} cores, {torch.get_num_threads()} threads)"
+    return {
+        "python": platform.python_version(), "platform": platform.platform(), "torch": torch.__version__,
+        "transformers": transformers.__version__, "accelerate": accelerate.__version__, "datasets": datasets.__version__,
+        "sympy": sympy.__version__, "device": device, "command": sys.argv,
+    }
+
+
+def write_json(path: Path, value) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(value, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def write_jsonl(path: Path, records: list[dict]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as f:
+        for record in records:
+            f.write(json.dumps(record) + "\n")
+    os.replace(tmp, path)
+
+
+def prepare_run_dir(config: TrainConfig, resume: bool, overwrite: bool) -> Path:
+    """The run directory: checked for --resume; new (or emptied with --overwrite) otherwise, with
+    config.yaml and environment.json written."""
+    from gen import QuadlabError
+    from train.config import save_yaml
+
+    run_dir = config.resolved_run_dir()
+    if resume:
+        if not (run_dir / "config.yaml").exists():
+            raise QuadlabError(f"{run_dir} is not a run directory to resume (no config.yaml)")
+        return run_dir
+    if run_dir.exists() and any(run_dir.iterdir()):
+        if not overwrite:
+            raise QuadlabError(f"{run_dir} exists; pass --resume to continue it or --overwrite to start again")
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config.run_dir = str(run_dir)
+    save_yaml(config, run_dir / "config.yaml")
+    write_json(run_dir / "environment.json", environment())
+    return run_dir
 
 
 def _log(path: Path, record: dict) -> None:

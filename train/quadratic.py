@@ -14,16 +14,14 @@ Run directory (`runs/quadratic-<preset>-seed<seed>` by default):
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import sys
 import time
 from pathlib import Path
 
 import torch
 
 from gen import QuadlabError
-from train.config import TrainConfig, load_yaml, save_yaml
+from train.config import TrainConfig, load_yaml
 from train.metrics import judge, quadratic_metrics
 
 SPECIAL_TOKENS = ("<pad>", "</s>", "<unk>")  # ids 0, 1, 2: T5 starts decoding with the pad id
@@ -181,61 +179,20 @@ def evaluate_rows(model, tokenizer, dataset, batch_size: int, num_beams: int = 0
 # Runs
 
 
-def environment() -> dict:
-    import platform
-
-    import accelerate
-    import datasets
-    import sympy
-    import transformers
-
-    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"cpu ({os.cpu_count()} cores, {torch.get_num_threads()} threads)"
-    return {
-        "python": platform.python_version(), "platform": platform.platform(), "torch": torch.__version__,
-        "transformers": transformers.__version__, "accelerate": accelerate.__version__, "datasets": datasets.__version__,
-        "sympy": sympy.__version__, "device": device, "command": sys.argv,
-    }
-
-
-def _write_json(path: Path, value) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(value, indent=2) + "\n")
-    os.replace(tmp, path)
-
-
-def _write_jsonl(path: Path, records: list[dict]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        for record in records:
-            f.write(json.dumps(record) + "\n")
-    os.replace(tmp, path)
-
-
 def train_run(config: TrainConfig, resume: bool = False, overwrite: bool = False, stop_after_steps: int | None = None, progress: bool = True) -> dict:
     """Train, keep the best model in the run directory, evaluate it on the test split."""
     from transformers import AutoTokenizer, GenerationConfig
 
     from train import engine
 
-    run_dir = config.resolved_run_dir()
+    splits = load_splits(config)  # before the run directory: a missing dataset leaves nothing behind
+    run_dir = engine.prepare_run_dir(config, resume, overwrite)
     if resume:
-        if not (run_dir / "config.yaml").exists():
-            raise QuadlabError(f"{run_dir} is not a run directory to resume (no config.yaml)")
         tokenizer = AutoTokenizer.from_pretrained(str(run_dir))
     else:
-        if run_dir.exists() and any(run_dir.iterdir()):
-            if not overwrite:
-                raise QuadlabError(f"{run_dir} exists; pass --resume to continue it or --overwrite to start again")
-            shutil.rmtree(run_dir)
-        run_dir.mkdir(parents=True, exist_ok=True)
-    splits = load_splits(config)
-    if not resume:
         columns = splits["train"].select_columns(["equation", "solution"]).to_dict()
         tokenizer = build_tokenizer(columns["equation"] + columns["solution"])
         tokenizer.save_pretrained(str(run_dir))
-        config.run_dir = str(run_dir)
-        save_yaml(config, run_dir / "config.yaml")
-        _write_json(run_dir / "environment.json", environment())
 
     train_rows = encode(tokenizer, splits["train"])
     model = build_model(config, tokenizer)
@@ -258,7 +215,7 @@ def train_run(config: TrainConfig, resume: bool = False, overwrite: bool = False
     engine.plot_curve(run_dir, config.metric_for_best)
     _, evals = engine.read_log(run_dir)
     best = next((e["eval"] for e in evals if e["step"] == summary["best_step"]), None)
-    _write_json(run_dir / "metrics.json", {"training": summary, "validation_best": best})
+    engine.write_json(run_dir / "metrics.json", {"training": summary, "validation_best": best})
     return evaluate_run(run_dir, limit=config.eval_limit, batch_size=config.eval_batch_size, num_beams=config.num_beams, progress=progress)
 
 
@@ -288,6 +245,8 @@ def load_run(run_dir: Path):
 
 def evaluate_run(run_dir: Path, split: str = "test", limit: int = 0, batch_size: int | None = None, num_beams: int = 0, progress: bool = True) -> dict:
     """Decode a split with the run's model; write metrics.json and predictions.jsonl."""
+    from train import engine
+
     run_dir = Path(run_dir)
     model, tokenizer, config = load_run(run_dir)
     if torch.cuda.is_available():
@@ -299,6 +258,6 @@ def evaluate_run(run_dir: Path, split: str = "test", limit: int = 0, batch_size:
     metrics_path = run_dir / "metrics.json"
     everything = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
     everything[split] = {"rows": len(dataset), "decoding": "greedy, batched, sorted by input length, key-value cache", **metrics}
-    _write_json(metrics_path, everything)
-    _write_jsonl(run_dir / ("predictions.jsonl" if split == "test" else f"predictions-{split}.jsonl"), records)
+    engine.write_json(metrics_path, everything)
+    engine.write_jsonl(run_dir / ("predictions.jsonl" if split == "test" else f"predictions-{split}.jsonl"), records)
     return everything

@@ -1,0 +1,71 @@
+import json
+
+import pytest
+
+from gen import QuadlabError
+from train.config import resolve
+from train.squad import train_run
+from train.squad_data import read_squad
+
+from conftest import SQUAD_DEV as DEV, needs_squad_dev
+
+pytestmark = needs_squad_dev
+
+
+@pytest.fixture(scope="module")
+def small_squad(tmp_path_factory):
+    """Three articles of the dev set (a few paragraphs each) and a tiny BERT built here, untrained."""
+    from tokenizers import BertWordPieceTokenizer
+    from transformers import BertConfig, BertForQuestionAnswering, BertTokenizerFast
+
+    root = tmp_path_factory.mktemp("squad")
+    _, articles = read_squad(DEV)
+    small = [{"title": a["title"], "paragraphs": a["paragraphs"][:4]} for a in articles[:3]]
+    (root / "small.json").write_text(json.dumps({"version": "1.1", "data": small}))
+    texts = [p["context"] for a in small for p in a["paragraphs"]] + [q["question"] for a in small for p in a["paragraphs"] for q in p["qas"]]
+    wordpiece = BertWordPieceTokenizer(lowercase=True)
+    wordpiece.train_from_iterator(texts, vocab_size=1500)
+    wordpiece.save_model(str(root))
+    tokenizer = BertTokenizerFast(str(root / "vocab.txt"))
+    model = BertForQuestionAnswering(BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                                intermediate_size=64, max_position_embeddings=256))
+    model.save_pretrained(str(root / "encoder"))
+    tokenizer.save_pretrained(str(root / "encoder"))
+    return root
+
+
+def test_squad_end_to_end_on_a_tiny_encoder(small_squad):
+    run = small_squad / "run"
+    config = resolve("squad", None, {"model_name": str(small_squad / "encoder"), "train_file": str(small_squad / "small.json"),
+                                     "eval_articles": 1, "run_dir": str(run), "max_steps": 12, "eval_every": 6, "batch_size": 8,
+                                     "max_length": 96, "stride": 32, "learning_rate": 1e-3})
+    result = train_run(config, progress=False)
+    predictions = json.loads((run / "predictions.json").read_text())
+    _, articles = read_squad(small_squad / "small.json")
+    eval_ids = {q["id"] for p in articles[-1]["paragraphs"] for q in p["qas"]}
+    assert set(predictions) == eval_ids and all(isinstance(v, str) for v in predictions.values())  # the official format
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert 0 <= metrics["exact_match"] <= metrics["f1"] <= 100 and metrics["total"] == len(eval_ids)
+    assert metrics["data"]["eval_articles"] == [articles[-1]["title"]] and len(metrics["data"]["train_articles"]) == 2
+    assert result["training"]["steps"] == 12 and (run / "training_curve.png").exists()
+    from transformers import AutoModelForQuestionAnswering, AutoTokenizer
+
+    assert AutoModelForQuestionAnswering.from_pretrained(str(run)) and AutoTokenizer.from_pretrained(str(run))
+
+
+def test_prior_study_yaml_keys_configure_a_squad_run(small_squad, tmp_path):
+    yaml_file = tmp_path / "prior.yaml"
+    yaml_file.write_text(f"task: squad\nmodel_name: {small_squad / 'encoder'}\nepochs: 1\nlearning_rate: 0.00003\nbatch_size: 16\n"
+                         f"max_length: 384\nstride: 128\npadding: max_length\npatience: 2\nbest_model_path: {tmp_path / 'best'}\n")
+    config = resolve("tiny", str(yaml_file))
+    assert (config.preset, config.task, config.metric_for_best, config.padding, config.max_length) == ("squad", "squad", "f1", "max_length", 384)
+
+
+def test_squad_bad_inputs(small_squad, tmp_path):
+    with pytest.raises(QuadlabError, match="does not exist"):
+        train_run(resolve("squad", None, {"model_name": str(small_squad / "encoder"), "train_file": str(tmp_path / "none.json"),
+                                          "run_dir": str(tmp_path / "r")}), progress=False)
+    with pytest.raises(QuadlabError, match="cannot load model"):
+        train_run(resolve("squad", None, {"model_name": str(tmp_path / "no-model"), "train_file": str(small_squad / "small.json"),
+                                          "eval_articles": 1, "run_dir": str(tmp_path / "r")}), progress=False)
+    assert not (tmp_path / "r").exists()
