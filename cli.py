@@ -261,7 +261,9 @@ def _run_or_newest(run):
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None, help="Output directory.  [default: figures/<run name>]")
 @click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True, help="Examples per forward pass when averaging.")
 @click.option("--bertviz", is_flag=True, help="Also export bertviz head_view and model_view pages for the first example (they need a network).")
-def maps(run_dir, split, limit, examples, equation, heads, out_dir, batch_size, bertviz):
+@click.option("--question", default=None, help="SQuAD runs: draw per-head maps for this question (with --context).")
+@click.option("--context", default=None, help="SQuAD runs: the passage for --question.")
+def maps(run_dir, split, limit, examples, equation, heads, out_dir, batch_size, bertviz, question, context):
     """Render attention maps of a trained run.
 
     For one example (its model-written solution, teacher-forced once, so that decoder and cross maps
@@ -269,12 +271,15 @@ def maps(run_dir, split, limit, examples, equation, heads, out_dir, batch_size, 
     single heads, layer x token summaries. Over a split (streamed; memory does not grow with its
     size): per-head maps averaged by absolute position and by token role, layer x role summaries,
     and per layer the share of attention each role receives. PNG, SVG, the numbers (maps.npz,
-    index.json) and an offline index.html with an interactive viewer, under figures/<run>/."""
+    index.json) and an offline index.html with an interactive viewer, under figures/<run>/.
+    SQuAD runs: the same for a question and its context, averaged over the evaluation set by role
+    ([CLS], question, context, answer, [SEP], punct)."""
     from analyze.maps import render_maps
 
     run = _run_or_newest(run_dir)
     result = render_maps(run, Path(out_dir) if out_dir else None, split=split, limit=limit,
-                         examples=list(examples) or None, equation=equation, heads=list(heads), batch_size=batch_size, bertviz=bertviz)
+                         examples=list(examples) or None, equation=equation, heads=list(heads), batch_size=batch_size, bertviz=bertviz,
+                         question=question, context=context)
     click.echo(f"wrote {len(result['figures'])} figures, maps.npz and index.html to {result['out_dir']} "
                f"(averages over {result['examples_averaged']} {split} examples in {result['average_seconds']} s)")
 
@@ -298,6 +303,25 @@ def explain(equation, run_dir, heads, out_dir):
     for kind, label in (("encoder", "encoder self-attention"), ("cross", "cross-attention")):
         for layer, token in enumerate(result["most_attended_input_token"][kind]):
             click.echo(f"{label}, layer {layer}: most attended input token {token}")
+    click.echo(f"figures: {Path(result['figures'][0]).parent}")
+
+
+@cli.command()
+@click.option("--run", "run_dir", type=click.Path(), required=True, help="A SQuAD run directory from `cli.py train --task squad`.")
+@click.option("--question", required=True, help="The question.")
+@click.option("--context", required=True, help="The passage that holds the answer.")
+@click.option("--head", "heads", type=LayerHead(), multiple=True, help="Also draw this head alone (repeatable).")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None, help="Output directory.  [default: figures/<run name>/ask]")
+def ask(run_dir, question, context, heads, out_dir):
+    """Answer QUESTION from CONTEXT with a SQuAD run and show how: the answer, its score, for each
+    layer the question token that receives the most attention from the answer span, and the
+    per-head figures."""
+    from analyze.squad_maps import ask as ask_question
+
+    result = ask_question(Path(run_dir), question, context, Path(out_dir) if out_dir else None, list(heads))
+    click.echo(f"answer: {result['answer']!r} (score {result['score']:.3f})" if result["score"] is not None else "answer: (none found)")
+    for layer, token in enumerate(result["most_attended_question_token"]):
+        click.echo(f"layer {layer}: the answer span attends most to the question token {token}")
     click.echo(f"figures: {Path(result['figures'][0]).parent}")
 
 

@@ -27,6 +27,7 @@ KINDS = ("encoder", "decoder", "cross")
 
 # Token roles. Equation: the digits of a, b and c, the exponent 2, the right-hand side 0.
 EQUATION_ROLES = ("a", "b", "c", "x", "^", "exp", "+", "-", "=", "rhs", "</s>", "other")
+SQUAD_ROLES = ("[CLS]", "question", "context", "answer", "[SEP]", "punct", "other")
 SOLUTION_ROLES = ("<start>", "digit", "D", "x", "^", "=", ";", "(", ")", "+", "-", "*", "/", "none", "sqrt", "name", "</s>", "other")
 
 
@@ -81,6 +82,26 @@ def solution_roles(tokens: list[str]) -> list[str]:
     return out
 
 
+def squad_roles(tokens: list[str], sequence_ids: list, offsets: list, answer_chars: tuple[int, int] | None, special: dict) -> list[str]:
+    """Role of each token of a question-context window: [CLS], [SEP], question, context, answer (a
+    context token inside the answer's characters), punct (a token made of punctuation only)."""
+    import string
+
+    roles = []
+    for tok, seq, span in zip(tokens, sequence_ids, offsets):
+        if seq is None:
+            roles.append("[CLS]" if tok == special.get("cls") else "[SEP]" if tok == special.get("sep") else "other")
+        elif tok.strip("#▁Ġ") and all(ch in string.punctuation for ch in tok.strip("#▁Ġ")):
+            roles.append("punct")
+        elif seq == 0:
+            roles.append("question")
+        elif answer_chars and span[0] < answer_chars[1] and span[1] > answer_chars[0]:
+            roles.append("answer")
+        else:
+            roles.append("context")
+    return roles
+
+
 def use_eager_attention(model) -> None:
     """Attention weights come only from the eager implementation (sdpa returns none)."""
     if getattr(model.config, "_attn_implementation", "eager") != "eager":
@@ -88,9 +109,10 @@ def use_eager_attention(model) -> None:
 
 
 @torch.no_grad()
-def capture(model, input_ids, attention_mask, decoder_input_ids=None, decoder_attention_mask=None) -> dict:
+def capture(model, input_ids, attention_mask, decoder_input_ids=None, decoder_attention_mask=None, token_type_ids=None) -> dict:
     """{kind: (attention (L, B, H, Q, K), query mask (B, Q), key mask (B, K))}; one forward pass,
-    teacher-forced on `decoder_input_ids` for an encoder-decoder."""
+    teacher-forced on `decoder_input_ids` for an encoder-decoder; `token_type_ids` for encoders
+    that take segments (BERT's question / context)."""
     use_eager_attention(model)
     model.eval()
     if model.config.is_encoder_decoder:
@@ -100,7 +122,8 @@ def capture(model, input_ids, attention_mask, decoder_input_ids=None, decoder_at
         masks = {"encoder": (attention_mask, attention_mask), "decoder": (decoder_attention_mask, decoder_attention_mask),
                  "cross": (decoder_attention_mask, attention_mask)}
     else:
-        out = model(input_ids=input_ids, attention_mask=attention_mask, output_attentions=True)
+        extra = {"token_type_ids": token_type_ids} if token_type_ids is not None else {}
+        out = model(input_ids=input_ids, attention_mask=attention_mask, output_attentions=True, **extra)
         found = {"encoder": out.attentions}
         masks = {"encoder": (attention_mask, attention_mask)}
     result = {}

@@ -76,7 +76,7 @@ def example_maps(model, tokenizer, equation: str, solution: str) -> dict:
     batch = teacher_forced_batch(tokenizer, [equation], [solution])
     captured = _capture_batch(model, batch)
     tokens = {"encoder": batch["encoder_tokens"][0], "decoder": batch["decoder_tokens"][0]}
-    out = {"equation": equation, "solution": solution, "tokens": tokens, "maps": {}, "summaries": {}}
+    out = {"input": equation, "output": solution, "tokens": tokens, "maps": {}, "summaries": {}}
     for kind, (attention, _, _) in captured.items():
         q_side, k_side = ("encoder", "encoder") if kind == "encoder" else ("decoder", "decoder" if kind == "decoder" else "encoder")
         q, k = len(tokens[q_side]), len(tokens[k_side])
@@ -128,11 +128,11 @@ def render_example(example: dict, name: str, out_dir: Path, heads: list[tuple[in
     for kind, maps in example["maps"].items():
         q_labels = tokens["encoder"] if kind == "encoder" else tokens["decoder"]
         k_labels = tokens["decoder"] if kind == "decoder" else tokens["encoder"]
-        title = f"{figures.KIND_TITLES[kind]}, every layer and head; example {name}: {example['equation']}"
+        title = f"{figures.KIND_TITLES[kind]}, every layer and head; example {name}: {_short(example['input'])}"
         files = figures.head_grid(maps, q_labels, k_labels, kind, title, folder / f"{kind}-heads")
         written.append({"file": f"example-{name}/{files[0]}", "svg": f"example-{name}/{files[1]}", "kind": kind, "example": name, "what": "per-head maps"})
         for layer, head in heads:
-            title = f"{figures.KIND_TITLES[kind]}, layer {layer} head {head}; example {name}: {example['equation']}"
+            title = f"{figures.KIND_TITLES[kind]}, layer {layer} head {head}; example {name}: {_short(example['input'])}"
             files = figures.single_head(maps[layer, head], q_labels, k_labels, kind, title, folder / f"{kind}-L{layer}H{head}")
             written.append({"file": f"example-{name}/{files[0]}", "svg": f"example-{name}/{files[1]}", "kind": kind, "example": name,
                             "layer": layer, "head": head, "what": "single head"})
@@ -144,12 +144,16 @@ def render_example(example: dict, name: str, out_dir: Path, heads: list[tuple[in
     return written
 
 
-def render_average(averages: dict, out_dir: Path, arrays: dict, split: str) -> list[dict]:
+def _short(text: str, width: int = 70) -> str:
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def render_average(averages: dict, roles: dict, out_dir: Path, arrays: dict, split: str) -> list[dict]:
     folder = out_dir / "average"
     folder.mkdir(parents=True, exist_ok=True)
     written = []
     for kind, avg in averages.items():
-        q_roles, k_roles = ROLES[kind]
+        q_roles, k_roles = roles[kind]
         n = avg.examples
         base = f"{figures.KIND_TITLES[kind]}, mean over {n} {split} examples"
         position = avg.position_mean
@@ -186,53 +190,44 @@ def render_average(averages: dict, out_dir: Path, arrays: dict, split: str) -> l
 
 def render_maps(run_dir: Path, out_dir: Path | None = None, split: str = "test", limit: int = 0, examples: list[int] | None = None,
                 equation: str | None = None, heads: list[tuple[int, int]] | None = None, batch_size: int = 256,
-                bertviz: bool = False, progress: bool = True) -> dict:
-    """The standard set for a quadratic run: maps of chosen examples, averages over a split, report."""
+                bertviz: bool = False, progress: bool = True, question: str | None = None, context: str | None = None) -> dict:
+    """The standard set for a run (quadratic or SQuAD): maps of chosen examples, averages over a
+    split by position and by role, the report."""
     from analyze.report import write_report
-    from train.quadratic import decode, load_run, load_splits
+    from train.config import load_yaml
 
     run_dir = Path(run_dir)
-    model, tokenizer, config = load_run(run_dir)
-    if torch.cuda.is_available():
-        model = model.to("cuda")
+    if not (run_dir / "config.yaml").exists():
+        raise QuadlabError(f"{run_dir} is not a directory; give a run directory made by `cli.py train`" if not run_dir.is_dir()
+                           else f"{run_dir} is not a finished run directory (missing config.yaml)")
+    task = load_yaml(run_dir / "config.yaml").task
     out_dir = Path(out_dir or Path("figures") / run_dir.name)
     heads = heads or []
-    _check_heads(heads, {"encoder": model.config.num_layers, "decoder": model.config.num_decoder_layers}, model.config.num_heads)
-    dataset = load_splits(config)[split]
-    if limit:
-        dataset = dataset.select(range(min(limit, len(dataset))))
-    columns = dataset.select_columns(["equation", "solution"]).to_dict()
-    chosen = [] if equation else (examples if examples is not None else [0])
-    for index in chosen:
-        if not 0 <= index < len(dataset):
-            raise QuadlabError(f"example {index} is out of range: the {split} split has {len(dataset)} rows here")
-    if equation:
-        check_encodable(tokenizer, equation)
+    if task == "squad":
+        from analyze import squad_maps
+
+        material = squad_maps.material(run_dir, limit, examples, question, context, heads, batch_size, progress)
+    else:
+        material = _quadratic_material(run_dir, split, limit, examples, equation, heads, batch_size, progress)
 
     tmp = out_dir.with_name(f".{out_dir.name}.partial-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
         arrays, written, shown = {}, [], []
-        to_show = [(str(i), columns["equation"][i]) for i in chosen] + ([("given", equation)] if equation else [])
-        predictions = decode(model, tokenizer, [eq for _, eq in to_show], batch_size=64)
-        for (name, eq), candidates in zip(to_show, predictions):
-            example = example_maps(model, tokenizer, eq, candidates[0])  # the model's own answer, teacher-forced once
-            written += render_example(example, name, tmp, heads, arrays)
-            shown.append({"name": name, **{k: example[k] for k in ("equation", "solution", "tokens")},
-                          "maps": {k: np.round(v, 3).tolist() for k, v in example["maps"].items()}})
-        start = time.perf_counter()
-        averages = dataset_average(model, tokenizer, columns["equation"], columns["solution"], batch_size, progress)
-        average_seconds = time.perf_counter() - start
-        written += render_average(averages, tmp, arrays, split)
+        for example in material["examples"]:
+            written += render_example(example, example["name"], tmp, heads, arrays)
+            shown.append({k: example[k] for k in ("name", "input", "output", "tokens")} |
+                         {"maps": {k: np.round(v, 3).tolist() for k, v in example["maps"].items()}})
+        written += render_average(material["averages"], material["roles"], tmp, arrays, material["split"])
         if bertviz and shown:
-            written += export_bertviz(model, tokenizer, shown[0]["equation"], shown[0]["solution"], tmp)
+            written += export_bertviz(material["examples"][0], tmp)
         np.savez_compressed(tmp / "maps.npz", **arrays)
         index = {
-            "run": str(run_dir), "split": split, "examples_averaged": len(dataset), "average_seconds": round(average_seconds, 2),
-            "averaged_on": "the split's reference solutions, teacher-forced",
-            "examples": [{k: e[k] for k in ("name", "equation", "solution")} for e in shown],
-            "roles": {kind: {"query": list(q), "key": list(k)} for kind, (q, k) in ROLES.items()},
+            "run": str(run_dir), "task": task, "split": material["split"], "examples_averaged": material["examples_averaged"],
+            "average_seconds": material["average_seconds"], "averaged_on": material["averaged_on"],
+            "examples": [{k: e[k] for k in ("name", "input", "output")} for e in shown],
+            "roles": {kind: {"query": list(q), "key": list(k)} for kind, (q, k) in material["roles"].items()},
             "figures": written, "arrays": {name: list(a.shape) for name, a in arrays.items()},
         }
         (tmp / "index.json").write_text(json.dumps(index, indent=2) + "\n")
@@ -246,24 +241,51 @@ def render_maps(run_dir: Path, out_dir: Path | None = None, split: str = "test",
     return {"out_dir": str(out_dir), **index}
 
 
-def export_bertviz(model, tokenizer, equation: str, solution: str, out_dir: Path) -> list[dict]:
-    """bertviz's head_view and model_view pages for one example (they load their scripts from a
-    CDN, so they need a network; index.html does not)."""
+def _quadratic_material(run_dir, split, limit, examples, equation, heads, batch_size, progress) -> dict:
+    from train.quadratic import decode, load_run, load_splits
+
+    model, tokenizer, config = load_run(run_dir)
+    if torch.cuda.is_available():
+        model = model.to("cuda")
+    _check_heads(heads, {"encoder": model.config.num_layers, "decoder": model.config.num_decoder_layers}, model.config.num_heads)
+    dataset = load_splits(config)[split]
+    if limit:
+        dataset = dataset.select(range(min(limit, len(dataset))))
+    columns = dataset.select_columns(["equation", "solution"]).to_dict()
+    chosen = [] if equation else (examples if examples is not None else [0])
+    for index in chosen:
+        if not 0 <= index < len(dataset):
+            raise QuadlabError(f"example {index} is out of range: the {split} split has {len(dataset)} rows here")
+    if equation:
+        check_encodable(tokenizer, equation)
+    to_show = [(str(i), columns["equation"][i]) for i in chosen] + ([("given", equation)] if equation else [])
+    predictions = decode(model, tokenizer, [eq for _, eq in to_show], batch_size=64)
+    shown = []
+    for (name, eq), candidates in zip(to_show, predictions):
+        shown.append({"name": name, **example_maps(model, tokenizer, eq, candidates[0])})  # the model's own answer, teacher-forced
+    start = time.perf_counter()
+    averages = dataset_average(model, tokenizer, columns["equation"], columns["solution"], batch_size, progress)
+    return {"examples": shown, "averages": averages, "roles": ROLES, "split": split, "examples_averaged": len(dataset),
+            "average_seconds": round(time.perf_counter() - start, 2), "averaged_on": "the split's reference solutions, teacher-forced"}
+
+
+def export_bertviz(example: dict, out_dir: Path) -> list[dict]:
+    """bertviz's head_view and model_view pages for one example, from its captured maps (they load
+    their scripts from a CDN, so they need a network; index.html does not)."""
     try:
         from bertviz import head_view, model_view
     except ImportError:
         raise QuadlabError("--bertviz needs the bertviz package: pip install bertviz (or pip install -e '.[bertviz]')") from None
-    batch = teacher_forced_batch(tokenizer, [equation], [solution])
-    captured = _capture_batch(model, batch)
-    layers = {kind: tuple(a[l, :1].cpu() for l in range(a.shape[0])) for kind, (a, _, _) in captured.items()}
-    views = {
-        "bertviz-head-view.html": head_view, "bertviz-model-view.html": model_view,
-    }
+    layers = {kind: tuple(torch.from_numpy(m[l][None]) for l in range(m.shape[0])) for kind, m in example["maps"].items()}
+    tokens = example["tokens"]
+    if "cross" in layers:  # encoder-decoder: bertviz takes the three kinds and both token lists
+        args = {"encoder_attention": layers["encoder"], "decoder_attention": layers["decoder"], "cross_attention": layers["cross"],
+                "encoder_tokens": tokens["encoder"], "decoder_tokens": tokens["decoder"]}
+    else:
+        args = {"attention": layers["encoder"], "tokens": tokens["encoder"]}
     written = []
-    for name, view in views.items():
-        html = view(encoder_attention=layers["encoder"], decoder_attention=layers["decoder"], cross_attention=layers["cross"],
-                    encoder_tokens=batch["encoder_tokens"][0], decoder_tokens=batch["decoder_tokens"][0], html_action="return")
-        (out_dir / name).write_text(html.data)
+    for name, view in (("bertviz-head-view.html", head_view), ("bertviz-model-view.html", model_view)):
+        (out_dir / name).write_text(view(html_action="return", **args).data)
         written.append({"file": name, "kind": "all", "what": "bertviz view (needs a network)"})
     return written
 

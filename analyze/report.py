@@ -27,8 +27,7 @@ The numbers behind every figure are in <code>maps.npz</code>, described by <code
 <h2>Viewer</h2>
 <div class="controls">
 <label>example <select id="example"></select></label>
-<label>kind <select id="kind"><option value="encoder">encoder self-attention</option>
-<option value="decoder">decoder self-attention</option><option value="cross">cross-attention</option></select></label>
+<label>kind <select id="kind"></select></label>
 <label>layer <select id="layer"></select></label>
 <label>head <select id="head"></select></label>
 </div>
@@ -51,9 +50,13 @@ function colour(v) {{  // viridis, coarsely
   const c = stops[i].map((s, k) => Math.round(s + f * (stops[i + 1][k] - s)));
   return "rgb(" + c.join(",") + ")";
 }}
+const kindNames = {{encoder: "encoder self-attention", decoder: "decoder self-attention", cross: "cross-attention"}};
 function draw() {{
   const ex = data.examples[$("example").value];
   if (!ex) {{ $("status").textContent = "no example in this report"; return; }}
+  const kinds = Object.keys(ex.maps), keepKind = $("kind").value;
+  $("kind").innerHTML = kinds.map((k) => '<option value="' + k + '">' + kindNames[k] + "</option>").join("");
+  $("kind").value = kinds.includes(keepKind) ? keepKind : kinds[0];
   const kind = $("kind").value, maps = ex.maps[kind];
   fill($("layer"), maps.length, "layer "); fill($("head"), maps[0].length, "head ");
   const m = maps[$("layer").value][$("head").value];
@@ -73,10 +76,10 @@ function draw() {{
     ctx.save(); ctx.translate(margin + j * cell + cell - 2, margin - 4); ctx.rotate(-Math.PI / 2); ctx.fillText(kTokens[j], 0, 0); ctx.restore();
   }}
   $("caption").textContent = kind + " attention, layer " + $("layer").value + " head " + $("head").value +
-    ", example " + ex.name + ": " + ex.equation + " -> " + ex.solution + " (rows: queries, columns: keys)";
+    ", example " + ex.name + ": " + ex.input + " -> " + ex.output + " (rows: queries, columns: keys)";
   canvas.dataset.drawn = kind + "/" + $("layer").value + "/" + $("head").value;
 }}
-data.examples.forEach((ex, i) => {{ const o = document.createElement("option"); o.value = i; o.textContent = ex.name + ": " + ex.equation; $("example").appendChild(o); }});
+data.examples.forEach((ex, i) => {{ const o = document.createElement("option"); o.value = i; o.textContent = ex.name + ": " + ex.input.slice(0, 60); $("example").appendChild(o); }});
 ["example", "kind", "layer", "head"].forEach((id) => $(id).addEventListener("change", draw));
 draw();
 window.addEventListener("load", () => {{

@@ -69,3 +69,41 @@ def test_squad_bad_inputs(small_squad, tmp_path):
         train_run(resolve("squad", None, {"model_name": str(tmp_path / "no-model"), "train_file": str(small_squad / "small.json"),
                                           "eval_articles": 1, "run_dir": str(tmp_path / "r")}), progress=False)
     assert not (tmp_path / "r").exists()
+
+
+@pytest.fixture(scope="module")
+def squad_run(small_squad):
+    run = small_squad / "run-maps"
+    config = resolve("squad", None, {"model_name": str(small_squad / "encoder"), "train_file": str(small_squad / "small.json"),
+                                     "eval_articles": 1, "run_dir": str(run), "max_steps": 4, "eval_every": 4, "batch_size": 8,
+                                     "max_length": 96, "stride": 32})
+    train_run(config, progress=False)
+    return run
+
+
+def test_maps_on_a_squad_run_share_the_analysis_path(squad_run, tmp_path):
+    import numpy as np
+
+    from analyze.maps import render_maps
+
+    out = tmp_path / "figs"
+    result = render_maps(squad_run, out, limit=12, heads=[(1, 1)], batch_size=8, progress=False)
+    assert result["task"] == "squad" and result["examples_averaged"] == 12
+    assert result["roles"]["encoder"]["key"][:5] == ["[CLS]", "question", "context", "answer", "[SEP]"]
+    arrays = np.load(out / "maps.npz")
+    roles = arrays["average/encoder-roles"]
+    assert roles.shape == (2, 2, 7, 7)
+    seen = arrays["average/encoder-role-share"].sum(axis=-1)
+    np.testing.assert_allclose(seen, 1.0, atol=1e-5)
+    assert {f["what"] for f in result["figures"]} >= {"per-head maps", "single head", "layer x token summary", "average by role", "symbol statistics"}
+
+
+def test_ask_prints_answer_and_the_question_tokens_the_answer_attends_to(squad_run, run_cli, tmp_path):
+    result = run_cli("ask", "--run", squad_run, "--question", "Which team won Super Bowl 50?",
+                     "--context", "The Denver Broncos defeated the Carolina Panthers to win Super Bowl 50.", "--out", tmp_path / "a")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("answer: ") and (tmp_path / "a" / "example-ask" / "encoder-heads.png").exists()
+    empty = run_cli("ask", "--run", squad_run, "--question", "Who?", "--context", "  ")
+    assert empty.returncode == 2 and "context is empty" in empty.stderr and len(empty.stderr.strip().splitlines()) == 1
+    long_question = run_cli("ask", "--run", squad_run, "--question", "why " * 200, "--context", "Because.")
+    assert long_question.returncode == 2 and "longer than max_length" in long_question.stderr
