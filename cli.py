@@ -219,13 +219,21 @@ def _print_metrics(run_dir, metrics: dict) -> None:
 @click.option("--batch-size", type=int, default=None, help="Decoding batch size.  [default: the run's eval_batch_size]")
 @click.option("--num-beams", type=int, default=0, show_default=True, help="Also decode with this many beams, reranked by the grader.")
 def eval_command(run_dir, split, limit, batch_size, num_beams):
-    """Evaluate a trained run: full-solution and character accuracy, roots accuracy and valid-steps
-    rate (judged by the grader of `cli.py verify`), overall and by root count. Writes metrics.json
-    and predictions.jsonl in RUN_DIR."""
+    """Evaluate a trained run. Quadratic: full-solution and character accuracy, roots accuracy and
+    valid-steps rate (judged by the grader of `cli.py verify`), overall and by root count; writes
+    metrics.json and predictions.jsonl. SQuAD: exact match and F1 on the evaluation set; writes
+    predictions.json (official format) and metrics.json."""
+    from train.config import load_yaml
     from train.quadratic import evaluate_run
 
     if limit < 0 or (batch_size is not None and batch_size <= 0) or num_beams < 0:
         raise QuadlabError("--limit, --batch-size and --num-beams must not be negative")
+    if (Path(run_dir) / "config.yaml").exists() and load_yaml(Path(run_dir) / "config.yaml").task == "squad":
+        from train.squad import evaluate_run as evaluate_squad
+
+        m = evaluate_squad(Path(run_dir), limit)
+        click.echo(f"{run_dir}: exact match {m['exact_match']:.2f}, F1 {m['f1']:.2f} on {m['total']} questions")
+        return
     metrics = evaluate_run(Path(run_dir), split=split, limit=limit, batch_size=batch_size, num_beams=num_beams)
     _print_metrics(run_dir, {"test": metrics[split]})
 

@@ -107,3 +107,10 @@ def test_ask_prints_answer_and_the_question_tokens_the_answer_attends_to(squad_r
     assert empty.returncode == 2 and "context is empty" in empty.stderr and len(empty.stderr.strip().splitlines()) == 1
     long_question = run_cli("ask", "--run", squad_run, "--question", "why " * 200, "--context", "Because.")
     assert long_question.returncode == 2 and "longer than max_length" in long_question.stderr
+
+
+def test_eval_command_on_a_squad_run(squad_run, run_cli):
+    result = run_cli("eval", squad_run, "--limit", "10")
+    assert result.returncode == 0, result.stderr
+    assert "exact match" in result.stdout and "on 10 questions" in result.stdout
+    assert len(json.loads((squad_run / "predictions.json").read_text())) == 10

@@ -9,6 +9,7 @@ predictions.json in the official format `{question_id: answer_text}`.
 
 from __future__ import annotations
 
+import json
 import shutil
 import sys
 from pathlib import Path
@@ -136,6 +137,27 @@ def train_run(config: TrainConfig, resume: bool = False, overwrite: bool = False
     everything = {**metrics, "squad_version": "2.0" if data["version_2"] else "1.1", "data": data["source"],
                   "skipped": skipped.counts, "training": summary}
     engine.write_json(run_dir / "metrics.json", everything)
+    return everything
+
+
+def evaluate_run(run_dir: Path, limit: int = 0) -> dict:
+    """Predict the evaluation set again with a run's model: predictions.json and metrics.json."""
+    from train import engine
+
+    run_dir = Path(run_dir)
+    model, tokenizer, config = load_run(run_dir)
+    if torch.cuda.is_available():
+        model = model.to("cuda")
+    data = load_data(config)
+    rows = drop_long_questions(tokenizer, data["eval"][: limit or None], config.max_length, data["skipped"])
+    features = eval_features(tokenizer, rows, config.max_length, config.stride, config.padding)
+    predictions, nbest = predict(model, tokenizer, rows, features, config, data["version_2"])
+    metrics = squad_metrics(predictions, {r["id"]: r["answers"]["text"] for r in rows})
+    engine.write_json(run_dir / "predictions.json", predictions)
+    engine.write_json(run_dir / "nbest_predictions.json", nbest)
+    path = run_dir / "metrics.json"
+    everything = {**(json.loads(path.read_text()) if path.exists() else {}), **metrics}
+    engine.write_json(path, everything)
     return everything
 
 
