@@ -114,3 +114,19 @@ def test_eval_command_on_a_squad_run(squad_run, run_cli):
     assert result.returncode == 0, result.stderr
     assert "exact match" in result.stdout and "on 10 questions" in result.stdout
     assert len(json.loads((squad_run / "predictions.json").read_text())) == 10
+
+
+def test_squad_v2_with_unanswerable_questions_end_to_end(small_squad, tmp_path):
+    _, articles = read_squad(small_squad / "small.json")
+    for article in articles:  # every third question becomes unanswerable, as in SQuAD v2.0
+        for paragraph in article["paragraphs"]:
+            for i, qa in enumerate(paragraph["qas"]):
+                if i % 3 == 0:
+                    qa["is_impossible"], qa["plausible_answers"], qa["answers"] = True, qa["answers"], []
+    (tmp_path / "v2.json").write_text(json.dumps({"version": "v2.0", "data": articles}))
+    config = resolve("squad", None, {"model_name": str(small_squad / "encoder"), "train_file": str(tmp_path / "v2.json"),
+                                     "eval_articles": 1, "run_dir": str(tmp_path / "run"), "max_steps": 4, "eval_every": 4,
+                                     "batch_size": 8, "max_length": 96, "stride": 32, "null_threshold": 0.0})
+    metrics = train_run(config, progress=False)
+    assert metrics["squad_version"] == "2.0"
+    assert metrics["HasAns_total"] + metrics["NoAns_total"] == metrics["total"] and metrics["NoAns_total"] > 0

