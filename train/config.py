@@ -58,7 +58,8 @@ class TrainConfig:
     # SQuAD task (the prior study's keys: model_name, epochs, learning_rate, batch_size, max_length,
     # stride, padding, patience, best_model_path)
     model_name: str = "microsoft/deberta-v3-base"  # a hub name or a local directory
-    train_file: str = ""  # SQuAD v1.1/v2.0 JSON; empty: datasets.load_dataset("squad") (online)
+    train_file: str = ""  # SQuAD v1.1/v2.0 JSON; empty: datasets.load_dataset(hub_dataset) (online)
+    hub_dataset: str = "squad"  # squad or squad_v2, when no train_file is given
     eval_file: str = ""  # empty with a train_file: the last eval_articles articles of train_file evaluate
     eval_articles: int = 10
     max_length: int = 384
@@ -161,6 +162,7 @@ def validate(config: TrainConfig) -> TrainConfig:
         (config.patience >= 0 and config.eval_limit >= 0, "patience and eval_limit must not be negative"),
         (config.padding in ("do_not_pad", "max_length", "longest"), "padding must be do_not_pad, longest or max_length"),
         (0 <= config.stride < config.max_length, "stride must be at least 0 and below max_length"),
+        (config.hub_dataset in ("squad", "squad_v2"), "hub_dataset must be squad or squad_v2"),
     ]
     for ok, message in checks:
         if not ok:

@@ -61,7 +61,7 @@ def load_data(config: TrainConfig) -> dict:
     else:
         import datasets
 
-        name = "squad_v2" if config.null_threshold else "squad"
+        name = config.hub_dataset
         try:
             loaded = datasets.load_dataset(name)
         except Exception as err:
@@ -97,14 +97,15 @@ def predict(model, tokenizer, rows: list[dict], features: list[dict], config: Tr
     model.eval()
     device = next(model.parameters()).device
     collate = collator(tokenizer.pad_token_id)
-    starts, ends = [], []
-    for i in range(0, len(features), config.eval_batch_size):
-        batch = {k: v.to(device) for k, v in collate(features[i : i + config.eval_batch_size]).items()}
+    order = sorted(range(len(features)), key=lambda i: len(features[i]["input_ids"]))  # little padding per batch
+    starts, ends = [None] * len(features), [None] * len(features)
+    for i in range(0, len(order), config.eval_batch_size):
+        idx = order[i : i + config.eval_batch_size]
+        batch = {k: v.to(device) for k, v in collate([features[j] for j in idx]).items()}
         out = model(**batch)
-        for row, (s, e) in enumerate(zip(out.start_logits.float().cpu().numpy(), out.end_logits.float().cpu().numpy())):
+        for row, (j, s, e) in enumerate(zip(idx, out.start_logits.float().cpu().numpy(), out.end_logits.float().cpu().numpy())):
             n = int(batch["attention_mask"][row].sum())
-            starts.append(s[:n])
-            ends.append(e[:n])
+            starts[j], ends[j] = s[:n], e[:n]
     return postprocess(rows, features, starts, ends, config.n_best, config.max_answer_length, version_2, config.null_threshold)
 
 
