@@ -177,7 +177,6 @@ def train(task, model_name, train_file, eval_file, preset, config_path, data, ru
         if not run_dir:
             raise QuadlabError("--resume needs --run-dir, the run to continue")
         given = [k for k, v in options.items() if v is not None and k not in ("task", "run_dir")]
-        given += ["task"] if task != "quadratic" else []
         if given or preset or config_path:
             raise QuadlabError("--resume continues with the run's saved configuration; drop the other options")
         config_file = Path(run_dir) / "config.yaml"
