@@ -112,7 +112,7 @@ def dataset_average(model, tokenizer, equations: list[str], solutions: list[str]
     return averages
 
 
-def _check_heads(heads: list[tuple[int, int]], layers: dict, n_heads: int) -> None:
+def check_heads(heads: list[tuple[int, int]], layers: dict, n_heads: int) -> None:
     for layer, head in heads:
         if not 0 <= head < n_heads or any(not 0 <= layer < n for n in layers.values()):
             raise QuadlabError(f"layer {layer} head {head} is out of range: this model has layers 0..{min(layers.values()) - 1} "
@@ -247,7 +247,7 @@ def _quadratic_material(run_dir, split, limit, examples, equation, heads, batch_
     model, tokenizer, config = load_run(run_dir)
     if torch.cuda.is_available():
         model = model.to("cuda")
-    _check_heads(heads, {"encoder": model.config.num_layers, "decoder": model.config.num_decoder_layers}, model.config.num_heads)
+    check_heads(heads, {"encoder": model.config.num_layers, "decoder": model.config.num_decoder_layers}, model.config.num_heads)
     dataset = load_splits(config)[split]
     if limit:
         dataset = dataset.select(range(min(limit, len(dataset))))
@@ -307,7 +307,7 @@ def explain(run_dir: Path, equation: str, out_dir: Path | None = None, heads: li
     equation = write_equation(a, b, c)  # the form the model was trained on: `x^2 - 5x + 6 = 0` -> 1x^2-5x+6=0
     check_encodable(tokenizer, equation)
     heads = heads or []
-    _check_heads(heads, {"encoder": model.config.num_layers, "decoder": model.config.num_decoder_layers}, model.config.num_heads)
+    check_heads(heads, {"encoder": model.config.num_layers, "decoder": model.config.num_decoder_layers}, model.config.num_heads)
     solution = decode(model, tokenizer, [equation], batch_size=1)[0][0]
     verdict = grade(a, b, c, solution)
     example = example_maps(model, tokenizer, equation, solution)

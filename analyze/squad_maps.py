@@ -64,13 +64,13 @@ def material(run_dir: Path, limit: int, examples: list[int] | None, question: st
              heads: list, batch_size: int, progress: bool) -> dict:
     from tqdm import tqdm
 
-    from analyze.maps import _check_heads
+    from analyze.maps import check_heads
     from train.squad import load_data, load_run
 
     model, tokenizer, config = load_run(run_dir)
     if torch.cuda.is_available():
         model = model.to("cuda")
-    _check_heads(heads, {"encoder": model.config.num_hidden_layers}, model.config.num_attention_heads)
+    check_heads(heads, {"encoder": model.config.num_hidden_layers}, model.config.num_attention_heads)
     rows = load_data(config)["eval"]
     if limit:
         rows = rows[:limit]
@@ -109,13 +109,13 @@ def _given(question: str, context: str | None, tokenizer, config) -> dict:
 def ask(run_dir: Path, question: str, context: str, out_dir: Path | None = None, heads: list | None = None) -> dict:
     """The answer, its score, and per layer the question token that receives the most attention
     from the answer span (mean over heads and answer tokens); writes the example's figures."""
-    from analyze.maps import _check_heads, render_example
+    from analyze.maps import check_heads, render_example
     from train.squad import load_run
 
     run_dir = Path(run_dir)
     model, tokenizer, config = load_run(run_dir)
     heads = heads or []
-    _check_heads(heads, {"encoder": model.config.num_hidden_layers}, model.config.num_attention_heads)
+    check_heads(heads, {"encoder": model.config.num_hidden_layers}, model.config.num_attention_heads)
     example = one_example(model, tokenizer, config, _given(question, context, tokenizer, config), "ask")
     roles, tokens, maps = example["roles"], example["tokens"]["encoder"], example["maps"]["encoder"]
     answer_idx = [i for i, r in enumerate(roles) if r == "answer"]

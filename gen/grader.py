@@ -26,7 +26,6 @@ MAX_DEPTH = 40  # nesting of parentheses, sqrt and unary minus
 MAX_EXPONENT = 64  # |n| in x^n
 MAX_BITS = 2048  # bits in the numerator or denominator of any intermediate value
 
-SYMBOLS = ("a", "b", "c", "D")
 _Q = QQ.dtype  # sympy's exact rational type (gmpy2's mpq when gmpy2 is installed)
 _TOKEN = re.compile(r"#|sqrt|[abcD]|[-+*/^()]|\s+|.")
 _SHAPE_WORDS = frozenset(("#", "sqrt", "a", "b", "c", "D", "+", "-", "*", "/", "^", "(", ")"))
