@@ -150,12 +150,14 @@ def _overrides(pairs: tuple[str, ...]) -> dict:
 @click.option("--patience", type=int, default=None, help="Evaluations without improvement before stopping (0: never).")
 @click.option("--eval-limit", type=int, default=None, help="Test rows evaluated at the end (0: all).")
 @click.option("--num-beams", type=int, default=None, help="Also decode the test split with this many beams, reranked by the grader.")
+@click.option("--keep-checkpoints", is_flag=True, default=None,
+              help="Also keep the model at every evaluation in checkpoints/step-N/, for `cli.py heads` to correlate with accuracy.")
 @click.option("--set", "settings", multiple=True, metavar="KEY=VALUE",
               help="Any other configuration key (see config.yaml of a run), e.g. --set d_model=128. Repeatable.")
 @click.option("--resume", is_flag=True, help="Continue the interrupted run in --run-dir exactly, with its saved configuration.")
 @click.option("--overwrite", is_flag=True, help="Delete an existing run directory and start again.")
 def train(task, model_name, train_file, eval_file, preset, config_path, data, run_dir, seed, max_steps, epochs, batch_size,
-          learning_rate, eval_every, patience, eval_limit, num_beams, settings, resume, overwrite):
+          learning_rate, eval_every, patience, eval_limit, num_beams, keep_checkpoints, settings, resume, overwrite):
     """Train a model and evaluate it on the test split.
 
     quadratic: a T5 from scratch (character tokenizer, relative attention buckets sized for these
@@ -171,7 +173,7 @@ def train(task, model_name, train_file, eval_file, preset, config_path, data, ru
     options = {
         "task": task, "model_name": model_name, "train_file": train_file, "eval_file": eval_file, "data": data, "run_dir": run_dir, "seed": seed, "max_steps": max_steps, "epochs": epochs,
         "batch_size": batch_size, "learning_rate": learning_rate, "eval_every": eval_every, "patience": patience,
-        "eval_limit": eval_limit, "num_beams": num_beams, **_overrides(settings),
+        "eval_limit": eval_limit, "num_beams": num_beams, "keep_checkpoints": 1 if keep_checkpoints else None, **_overrides(settings),
     }
     if resume:
         if not run_dir:
@@ -289,6 +291,46 @@ def maps(run_dir, split, limit, examples, equation, heads, out_dir, batch_size, 
                          question=question, context=context)
     click.echo(f"wrote {len(result['figures'])} figures, maps.npz and index.html to {result['out_dir']} "
                f"(averages over {result['examples_averaged']} {split} examples in {result['average_seconds']} s)")
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path())
+@click.option("--split", type=click.Choice(["test", "validation", "train"]), default="test", show_default=True,
+              help="Quadratic runs: the split to analyse (SQuAD runs use their evaluation set).")
+@click.option("--limit", type=click.IntRange(min=0), default=1000, show_default=True,
+              help="Examples for the statistics, clustering, rollout, context variance and symbol shares (0: all).")
+@click.option("--eval-limit", type=click.IntRange(min=1), default=300, show_default=True,
+              help="Examples decoded (or answered) for head importance, symbol blocking and the accuracy of checkpoints.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True, help="Examples per forward pass.")
+@click.option("--clusters", type=click.IntRange(min=0), default=0, show_default=True,
+              help="KMeans clusters of per-example maps (0: choose 2..8 by silhouette).")
+@click.option("--compare", "compare", type=click.Path(), multiple=True,
+              help="Another run directory (repeatable): correlate context variance with accuracy across these runs' final "
+                   "models instead of across RUN_DIR's checkpoints.")
+@click.option("--no-importance", is_flag=True, help="Skip head ablation, gradient importance and symbol blocking (the slow part).")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None, help="Figures directory.  [default: figures/<run name>]")
+def heads(run_dir, split, limit, eval_limit, batch_size, clusters, compare, no_importance, out_dir):
+    """Head-level analysis of RUN_DIR (quadratic or SQuAD), written to <figures>/heads/ and added to
+    its index.html.
+
+    Per attention kind, layer and head: entropy against the uniform baseline, confidence, attention to
+    the previous / same / next token, mean distance, attention to each token role (CSV, JSON,
+    heatmaps); a pattern type (sharp diagonal, blurred diagonal, vertical, block, heterogeneous) by
+    the thresholds in the README, counted per layer; heads clustered by Jensen-Shannon distance (MDS
+    figure) and per-example maps clustered by KMeans, with each cluster's make-up by layer, head and
+    example class; head importance by ablation (metric drop) and by gradient E|dL/dxi|; attention
+    rollout of the encoder; context-vector variance, correlated with accuracy across the run's kept
+    checkpoints (train with --keep-checkpoints) or across --compare runs; the attention that the
+    special symbols (x, ^, = ; SQuAD: [CLS], [SEP], punctuation) receive against their share of the
+    keys, with 95% confidence intervals, and the accuracy when attention to them is blocked."""
+    from analyze.heads import analyze_heads, summary_lines
+
+    result = analyze_heads(Path(run_dir), Path(out_dir) if out_dir else None, split=split, limit=limit, eval_limit=eval_limit,
+                           batch_size=batch_size, clusters=clusters, compare=[Path(p) for p in compare], skip_importance=no_importance)
+    for line in summary_lines(result):
+        click.echo(line)
+    seconds = ", ".join(f"{k} {v} s" for k, v in result["seconds"].items())
+    click.echo(f"wrote {len(result['figures'])} figures, heads.json and CSV tables to {result['out_dir']} ({seconds})")
 
 
 @cli.command()

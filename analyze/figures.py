@@ -111,3 +111,150 @@ def role_share(share: np.ndarray, roles, baseline: np.ndarray | None, title: str
         ax.set_xlabel("key role (share of the keys that have it)")
     ax.set_title(title, fontsize=10)
     return save(fig, path)
+
+
+# ---------------------------------------------------------------------------------------------
+# Head-level figures (`cli.py heads`)
+
+
+def layer_head_panels(panels: dict, title: str, path: Path, diverging: bool = False) -> list[str]:
+    """One annotated layers x heads heatmap per statistic. (Plain imshow and fixed margins: with many
+    panels, constrained layout and seaborn took 20 s a figure.)"""
+    names = list(panels)
+    layers, heads = np.asarray(next(iter(panels.values()))).shape
+    columns = min(3, len(names))
+    rows = (len(names) + columns - 1) // columns
+    width, height = 0.5 * heads + 2.2, 0.38 * layers + 1.3
+    fig, axes = plt.subplots(rows, columns, figsize=(columns * width, rows * height + 0.6), squeeze=False)
+    fig.subplots_adjust(left=0.6 / (columns * width), right=0.97, bottom=0.45 / (rows * height + 0.6), top=1 - 0.75 / (rows * height + 0.6),
+                        wspace=0.45, hspace=0.75)
+    for ax, name in zip(axes.flat, names):
+        values = np.asarray(panels[name], dtype=float)
+        finite = values[np.isfinite(values)]
+        if diverging:
+            bound = max(float(np.abs(finite).max()) if finite.size else 0.0, 1e-9)
+            image = ax.imshow(values, cmap="RdBu_r", vmin=-bound, vmax=bound, aspect="auto", interpolation="nearest")
+        else:
+            image = ax.imshow(values, cmap="viridis", aspect="auto", interpolation="nearest")
+        if layers * heads <= 200:
+            big = finite.size and np.abs(finite).max() >= 100
+            for l in range(layers):
+                for h in range(heads):
+                    light = image.norm(values[l, h]) < 0.5 if not diverging else abs(image.norm(values[l, h]) - 0.5) > 0.3
+                    ax.text(h, l, f"{values[l, h]:.3g}" if big else f"{values[l, h]:.2f}", ha="center", va="center", fontsize=6,
+                            color="white" if light else "black")
+        ax.set_xticks(np.arange(heads), [f"h{h}" for h in range(heads)], fontsize=6)
+        ax.set_yticks(np.arange(layers), [f"L{l}" for l in range(layers)], fontsize=6)
+        ax.set_title(name, fontsize=8)
+        fig.colorbar(image, ax=ax, fraction=0.08, pad=0.03).ax.tick_params(labelsize=6)
+    for ax in list(axes.flat)[len(names):]:
+        ax.axis("off")
+    fig.suptitle(title, fontsize=10)
+    return save(fig, path)
+
+
+PATTERN_COLOURS = ("#1b9e77", "#66c2a5", "#d95f02", "#7570b3", "#bbbbbb")
+
+
+def pattern_types(types: np.ndarray, names, title: str, path: Path) -> list[str]:
+    """Left: the type of every head (layers x heads); right: the count of each type per layer."""
+    from matplotlib.colors import ListedColormap
+    from matplotlib.patches import Patch
+
+    layers, heads = types.shape
+    fig, (left, right) = plt.subplots(1, 2, figsize=(0.5 * heads + 7.5, 0.45 * layers + 2.2), layout="constrained",
+                                      gridspec_kw={"width_ratios": [max(heads, 2), 6]})
+    left.imshow(types, cmap=ListedColormap(PATTERN_COLOURS), vmin=-0.5, vmax=len(names) - 0.5, aspect="auto")
+    left.set_xticks(np.arange(heads), [f"h{h}" for h in range(heads)], fontsize=7)
+    left.set_yticks(np.arange(layers), [f"layer {l}" for l in range(layers)], fontsize=7)
+    for l in range(layers):
+        for h in range(heads):
+            left.text(h, l, names[types[l, h]].replace(" diagonal", "\ndiagonal"), ha="center", va="center", fontsize=6)
+    left.set_title("type of each head", fontsize=9)
+    bottom = np.zeros(layers)
+    for index, name in enumerate(names):
+        counts = (types == index).sum(axis=1)
+        right.barh(np.arange(layers), counts, left=bottom, color=PATTERN_COLOURS[index], label=name)
+        bottom += counts
+    right.set_yticks(np.arange(layers), [f"layer {l}" for l in range(layers)], fontsize=7)
+    right.invert_yaxis()
+    right.set_xlabel("heads")
+    right.set_title("count per layer", fontsize=9)
+    fig.legend(handles=[Patch(color=c, label=n) for c, n in zip(PATTERN_COLOURS, names)], loc="outside lower center", ncol=len(names), fontsize=7)
+    fig.suptitle(title, fontsize=10)
+    return save(fig, path)
+
+
+def head_mds(coords: np.ndarray, labels: np.ndarray, layout: tuple[int, int], title: str, path: Path) -> list[str]:
+    """Heads placed by MDS of their JS distances, coloured by layer (left) and by cluster (right)."""
+    layers, heads = layout
+    layer_of = np.repeat(np.arange(layers), heads)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.4), layout="constrained")
+    for ax, colour, name in ((axes[0], layer_of, "layer"), (axes[1], labels, "cluster")):
+        points = ax.scatter(coords[:, 0], coords[:, 1], c=colour, cmap="viridis" if name == "layer" else "tab10", s=40)
+        for p, (x, y) in enumerate(coords):
+            ax.annotate(f"{p // heads}.{p % heads}", (x, y), fontsize=6, xytext=(2, 2), textcoords="offset points")
+        fig.colorbar(points, ax=ax, label=name)
+        ax.set_title(f"coloured by {name} (labels: layer.head)", fontsize=9)
+        ax.set_xlabel("MDS 1")
+        ax.set_ylabel("MDS 2")
+    fig.suptitle(title, fontsize=10)
+    return save(fig, path)
+
+
+def cluster_makeup(clusters: list[dict], class_name: str, title: str, path: Path) -> list[str]:
+    """For each KMeans cluster of maps: its make-up by layer (left) and by example class (right)."""
+    fig, axes = plt.subplots(1, 2, figsize=(11, 0.45 * len(clusters) + 2.4), layout="constrained")
+    labels = [f"cluster {c['cluster']} ({c['type']}, {c['maps']} maps)" for c in clusters]
+    for ax, key, name in ((axes[0], "by_layer", "layer"), (axes[1], "by_class", class_name)):
+        groups = sorted({k for c in clusters for k in c[key]}, key=str)
+        left = np.zeros(len(clusters))
+        for g_index, group in enumerate(groups):
+            values = np.array([c[key].get(group, 0) / max(c["maps"], 1) for c in clusters])
+            ax.barh(np.arange(len(clusters)), values, left=left, label=f"{name} {group}", color=plt.cm.tab10(g_index % 10))
+            left += values
+        ax.set_yticks(np.arange(len(clusters)), labels, fontsize=7)
+        ax.invert_yaxis()
+        ax.set_xlabel("share of the cluster's maps")
+        ax.legend(fontsize=6, loc="lower right")
+    fig.suptitle(title, fontsize=10)
+    return save(fig, path)
+
+
+def context_scatter(points: list[dict], kinds, metrics, correlation: dict, title: str, path: Path) -> list[str]:
+    """One panel per kind and metric: mean layer context variance against the metric, one point per model."""
+    fig, axes = plt.subplots(len(metrics), len(kinds), figsize=(3.8 * len(kinds) + 0.6, 3.2 * len(metrics)), squeeze=False, layout="constrained")
+    for col, kind in enumerate(kinds):
+        for row, metric in enumerate(metrics):
+            ax = axes[row, col]
+            x = [p["variance"][kind]["mean"] for p in points]
+            y = [p["metrics"][metric] for p in points]
+            ax.scatter(x, y, s=22)
+            for p, xi, yi in zip(points, x, y):
+                ax.annotate(Path(p["model"]).name, (xi, yi), fontsize=6, xytext=(2, 2), textcoords="offset points")
+            c = correlation.get(f"{kind}/{metric}", {})
+            r = c.get("r")
+            ax.set_title(f"{kind}: r = {r:+.2f}, p = {c['p']:.2g}" if r is not None and r == r else f"{kind}: r undefined", fontsize=8)
+            ax.set_xlabel("mean layer context variance", fontsize=7)
+            ax.set_ylabel(metric.replace("_", " "), fontsize=7)
+    fig.suptitle(title, fontsize=10)
+    return save(fig, path)
+
+
+def symbol_shares(symbols: dict, title: str, path: Path) -> list[str]:
+    """Per symbol set: the share of attention by layer with its 95% CI, against the uniform baseline."""
+    fig, ax = plt.subplots(figsize=(6.5, 3.8), layout="constrained")
+    for index, (name, rows) in enumerate(symbols.items()):
+        layers = [r["layer"] for r in rows]
+        share = np.array([r["share"] for r in rows])
+        lo, hi = np.array([r["ci"][0] for r in rows]), np.array([r["ci"][1] for r in rows])
+        colour = plt.cm.tab10(index % 10)
+        ax.plot(layers, share, "o-", color=colour, label=f"{name}")
+        ax.fill_between(layers, lo, hi, color=colour, alpha=0.25)
+        ax.axhline(rows[0]["baseline"], color=colour, linestyle=":", linewidth=1)
+    ax.set_xticks(sorted({r["layer"] for rows in symbols.values() for r in rows}))
+    ax.set_xlabel("layer")
+    ax.set_ylabel("share of attention received")
+    ax.legend(fontsize=7, title="keys (dotted: uniform)", title_fontsize=7)
+    ax.set_title(title, fontsize=9)
+    return save(fig, path)

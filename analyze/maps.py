@@ -42,11 +42,12 @@ def _display(tokens: list[str]) -> list[str]:
 
 
 def teacher_forced_batch(tokenizer, equations: list[str], solutions: list[str]) -> dict:
-    """Tensors for one teacher-forced pass (decoder input = start token + solution), with the
-    tokens and role indices of every position (-1 for padding)."""
+    """Tensors for one teacher-forced pass (decoder input = start token + solution; labels = solution
+    + </s>), with the tokens and role indices of every position (-1 for padding)."""
     pad = tokenizer.pad_token_id
     enc = tokenizer(equations)["input_ids"]
-    dec = [[pad] + ids[:-1] for ids in tokenizer(solutions)["input_ids"]]  # drop the final </s>: it is only predicted
+    targets = tokenizer(solutions)["input_ids"]
+    dec = [[pad] + ids[:-1] for ids in targets]  # drop the final </s>: it is only predicted
     width_enc, width_dec = max(map(len, enc)), max(map(len, dec))
 
     def pad_to(rows, width, value):
@@ -62,6 +63,7 @@ def teacher_forced_batch(tokenizer, equations: list[str], solutions: list[str]) 
         "decoder_input_ids": decoder_input_ids, "decoder_attention_mask": pad_to([[1] * len(r) for r in dec], width_dec, 0),
         "encoder_tokens": enc_tokens, "decoder_tokens": dec_tokens,
         "encoder_roles": pad_to(enc_roles, width_enc, -1), "decoder_roles": pad_to(dec_roles, width_dec, -1),
+        "labels": pad_to(targets, width_dec, -100),  # what each decoder position predicts
     }
 
 
@@ -231,7 +233,10 @@ def render_maps(run_dir: Path, out_dir: Path | None = None, split: str = "test",
             "figures": written, "arrays": {name: list(a.shape) for name, a in arrays.items()},
         }
         (tmp / "index.json").write_text(json.dumps(index, indent=2) + "\n")
-        write_report(tmp, index, shown)
+        (tmp / "viewer.json").write_text(json.dumps({"examples": shown}, separators=(",", ":")))
+        if (out_dir / "heads" / "heads.json").exists():  # `cli.py heads` output stays, and stays in the report
+            shutil.move(out_dir / "heads", tmp / "heads")
+        write_report(tmp)
         if out_dir.exists():
             shutil.rmtree(out_dir)
         out_dir.parent.mkdir(parents=True, exist_ok=True)

@@ -99,17 +99,37 @@ SECTION_TITLES = {
     "layer x role summary": "Layer x role summaries over the split",
     "symbol statistics": "Symbol statistics: share of attention by key role (in brackets: share of the keys)",
     "bertviz view (needs a network)": "bertviz views",
+    "head statistics": "Head statistics (layers x heads)",
+    "pattern types": "Pattern types of the heads, and their count per layer",
+    "clustering": "Heads clustered by Jensen-Shannon distance; per-example maps clustered by KMeans",
+    "head importance": "Head importance: metric drop when the head is ablated, and gradient importance",
+    "rollout": "Attention rollout (encoder)",
+    "context variance": "Context-vector variance",
+    "special symbols": "The special-symbol hypothesis: attention the symbols receive against their share of the keys",
 }
 
 
-def write_report(out_dir: Path, index: dict, examples: list[dict]) -> Path:
+def write_report(out_dir: Path) -> Path:
+    """index.html of a figures directory, from what is there: the maps of `cli.py maps` (index.json,
+    viewer.json) and the head analysis of `cli.py heads` (heads/heads.json)."""
+    index_path, heads_path = out_dir / "index.json", out_dir / "heads" / "heads.json"
+    index = json.loads(index_path.read_text()) if index_path.exists() else None
+    heads = json.loads(heads_path.read_text()) if heads_path.exists() else None
+    viewer = json.loads((out_dir / "viewer.json").read_text()) if (out_dir / "viewer.json").exists() else {"examples": []}
+    items = (index["figures"] if index else []) + (heads["figures"] if heads else [])
     sections = []
+    if heads:
+        from analyze.heads import summary_lines
+
+        sections.append("<h2>Head analysis (cli.py heads)</h2>\n<p>Numbers: <code>heads/heads.json</code>, "
+                        "<code>heads/head-stats-*.csv</code>, <code>heads/heads.npz</code>.</p>\n<pre>"
+                        + html.escape("\n".join(summary_lines(heads))) + "</pre>")
     for what, title in SECTION_TITLES.items():
-        items = [f for f in index["figures"] if f["what"] == what]
-        if not items:
+        chosen = [f for f in items if f["what"] == what]
+        if not chosen:
             continue
         parts = [f"<h2>{html.escape(title)}</h2>"]
-        for item in items:
+        for item in chosen:
             caption = ", ".join(f"{k} {item[k]}" for k in ("kind", "example", "layer", "head") if k in item)
             if item["file"].endswith(".html"):
                 parts.append(f'<p><a href="{html.escape(item["file"])}">{html.escape(item["file"])}</a></p>')
@@ -118,10 +138,12 @@ def write_report(out_dir: Path, index: dict, examples: list[dict]) -> Path:
                 parts.append(f'<figure><img src="{html.escape(item["file"])}" alt="{html.escape(caption)}" loading="eager">'
                              f"<figcaption>{html.escape(caption)}{svg}</figcaption></figure>")
         sections.append("\n".join(parts))
-    payload = json.dumps({"examples": examples}, separators=(",", ":")).replace("</", "<\\/")
+    source = index or {"run": heads["run"], "examples_averaged": heads["rows"], "split": heads["split"],
+                       "averaged_on": "no maps yet: run `cli.py maps` for the viewer"}
+    payload = json.dumps(viewer, separators=(",", ":")).replace("</", "<\\/")
     page = PAGE.format(
-        title=html.escape(Path(index["run"]).name), run=html.escape(index["run"]), n=index["examples_averaged"],
-        split=html.escape(index["split"]), averaged_on=html.escape(index["averaged_on"]), sections="\n".join(sections), data=payload,
+        title=html.escape(Path(source["run"]).name), run=html.escape(source["run"]), n=source["examples_averaged"],
+        split=html.escape(source["split"]), averaged_on=html.escape(source["averaged_on"]), sections="\n".join(sections), data=payload,
     )
     path = out_dir / "index.html"
     tmp = path.with_suffix(".tmp")

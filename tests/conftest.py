@@ -39,7 +39,7 @@ def equations(draw, ranges: Ranges = DEFAULT):
     return a, -a * s, a * p, kind
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def run_cli():
     """Run `python cli.py ARGS` in a subprocess; returns the CompletedProcess."""
     import subprocess

@@ -130,3 +130,17 @@ def test_squad_v2_with_unanswerable_questions_end_to_end(small_squad, tmp_path):
     metrics = train_run(config, progress=False)
     assert metrics["squad_version"] == "2.0"
     assert metrics["HasAns_total"] + metrics["NoAns_total"] == metrics["total"] and metrics["NoAns_total"] > 0
+
+
+def test_heads_on_a_squad_run_share_the_analysis_path(squad_run, tmp_path):
+    from analyze.heads import analyze_heads
+
+    result = analyze_heads(squad_run, tmp_path / "figs", limit=6, eval_limit=4, batch_size=4, progress=False)
+    assert set(result["kinds"]) == {"encoder"} and result["layout"] == {"encoder": [2, 2]}
+    assert len(result["importance"]) == 4 and set(result["importance"][0]["drop"]) == {"f1", "exact_match"}
+    assert 0 <= result["baseline_metrics"]["f1"] <= 1 and "symbol_blocking" not in result
+    encoder = result["kinds"]["encoder"]
+    assert set(encoder["symbols"]) == {"[CLS]", "[SEP]", "punct", "all"}
+    classes = {k for c in encoder["map_clusters"]["clusters"] for k, n in c["by_class"].items() if n}
+    assert classes <= {"what", "who", "when", "where", "which", "why", "how", "other"} and classes
+    assert (tmp_path / "figs" / "heads" / "rollout-roles.png").exists() and (tmp_path / "figs" / "index.html").exists()
