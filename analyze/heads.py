@@ -76,6 +76,7 @@ class QuadraticTask:
         columns = dataset.select(range(min(max(limit, eval_limit), len(dataset)))).to_dict()
         self.rows = {k: v[:limit] for k, v in columns.items()}
         self.eval_rows = {k: v[:eval_limit] for k, v in columns.items()}
+        self.split, self.n_rows, self.n_eval_rows = split, len(self.rows["equation"]), len(self.eval_rows["equation"])
 
     def load_model(self, path: Path):
         from transformers import AutoModelForSeq2SeqLM
@@ -104,6 +105,9 @@ class QuadraticTask:
             })
         return out
 
+    def gradient_batches(self, batch_size: int) -> list[dict]:
+        return self.batches(batch_size)  # they carry the labels
+
     def query_masks(self, batch: dict) -> dict:
         i = batch["inputs"]
         return {"encoder": i["attention_mask"].bool(), "decoder": i["decoder_attention_mask"].bool(), "cross": i["decoder_attention_mask"].bool()}
@@ -130,16 +134,15 @@ class QuadraticTask:
         device = next(model.parameters()).device
         ids, mask = input_ids.repeat(repeat, 1).to(device), mask.repeat(repeat, 1).to(device)
         block_layers, block_keys = block if block else ({}, None)
+        block_keys = block_keys.repeat(repeat, 1).to(device) if block_keys is not None else None
         if encoder_hidden is None:
             with interventions.gated(model, {k: v for k, v in gates.items() if k == "encoder"}), \
-                    interventions.blocked(model, {k: v for k, v in block_layers.items() if k == "encoder"},
-                                          block_keys.repeat(repeat, 1).to(device) if block_keys is not None else None):
+                    interventions.blocked(model, {k: v for k, v in block_layers.items() if k == "encoder"}, block_keys):
                 encoder_hidden = model.get_encoder()(input_ids=ids, attention_mask=mask).last_hidden_state
         else:
             encoder_hidden = encoder_hidden.repeat(repeat, 1, 1)
         with interventions.gated(model, {k: v for k, v in gates.items() if k != "encoder"}), \
-                interventions.blocked(model, {k: v for k, v in block_layers.items() if k != "encoder"},
-                                      block_keys.repeat(repeat, 1).to(device) if block_keys is not None else None):
+                interventions.blocked(model, {k: v for k, v in block_layers.items() if k != "encoder"}, block_keys):
             generated = model.generate(encoder_outputs=BaseModelOutput(last_hidden_state=encoder_hidden), attention_mask=mask,
                                        do_sample=False, num_beams=1, cache_implementation="static")
         return self.tokenizer.batch_decode(generated, skip_special_tokens=True)
@@ -234,6 +237,7 @@ class SquadTask:
         self.version_2 = data["version_2"]
         self.rows = drop_long_questions(self.tokenizer, data["eval"][: limit or None], self.config.max_length, data["skipped"])
         self.eval_rows = drop_long_questions(self.tokenizer, data["eval"][: eval_limit or None], self.config.max_length, data["skipped"])
+        self.split, self.n_rows, self.n_eval_rows = "evaluation", len(self.rows), len(self.eval_rows)
 
     def load_model(self, path: Path):
         from transformers import AutoModelForQuestionAnswering
@@ -318,10 +322,6 @@ class SquadTask:
 # The analysis
 
 
-def _device_inputs(batch: dict, device) -> dict:
-    return {k: v.to(device) for k, v in batch["inputs"].items()}
-
-
 def stream(task, model, batches: list[dict], progress: bool, with_attention: bool = True) -> dict:
     """One pass over the batches: per kind the per-map features, role averages, JS sums, symbol
     shares, rollout (encoder) and the context-vector variance."""
@@ -336,7 +336,7 @@ def stream(task, model, batches: list[dict], progress: bool, with_attention: boo
     with variance:
         for batch in tqdm(batches, desc="heads", unit="batch", disable=None if progress else True):
             variance.query_masks = task.query_masks(batch)
-            inputs = _device_inputs(batch, device)
+            inputs = {k: v.to(device) for k, v in batch["inputs"].items()}
             if not with_attention:
                 with torch.no_grad():
                     model(**inputs)
@@ -538,8 +538,8 @@ def analyze_heads(run_dir: Path, out_dir: Path | None = None, split: str = "test
     if torch.cuda.is_available():
         model.to("cuda")
     model.eval()
-    if not task.rows or (isinstance(task.rows, dict) and not task.rows["equation"]):
-        raise QuadlabError(f"no rows to analyse in the {split} split")
+    if not task.n_rows:
+        raise QuadlabError(f"no rows to analyse in the {task.split} split")
     interventions.sites(model)  # a model the hooks do not know fails here, before any work
     timings = {}
     clock = time.perf_counter()
@@ -547,9 +547,8 @@ def analyze_heads(run_dir: Path, out_dir: Path | None = None, split: str = "test
     found = stream(task, model, batches, progress)
     timings["statistics pass"] = time.perf_counter() - clock
     layout = interventions.shape(model)
-    result = {"run": str(run_dir), "task": task.name, "split": split if task.name == "quadratic" else "evaluation",
-              "rows": len(task.rows["equation"]) if task.name == "quadratic" else len(task.rows), "maps_examples": len(found["classes"]),
-              "eval_rows": len(task.eval_rows["equation"]) if task.name == "quadratic" else len(task.eval_rows),
+    result = {"run": str(run_dir), "task": task.name, "split": task.split, "rows": task.n_rows, "maps_examples": len(found["classes"]),
+              "eval_rows": task.n_eval_rows,
               "layout": {k: list(v) for k, v in layout.items()}, "thresholds": {k: list(v) for k, v in head_stats.THRESHOLDS.items()},
               "band": head_stats.BAND, "vertical_keys": head_stats.VERTICAL_KEYS, "kinds": {}}
     arrays = {}
@@ -597,8 +596,7 @@ def analyze_heads(run_dir: Path, out_dir: Path | None = None, split: str = "test
         base = ablations[0]
         result["baseline_metrics"] = base
         clock = time.perf_counter()
-        grad_batches = task.gradient_batches(batch_size) if hasattr(task, "gradient_batches") else batches
-        gradients = gradient_importance(task, model, grad_batches, progress)
+        gradients = gradient_importance(task, model, task.gradient_batches(batch_size), progress)
         timings["gradient importance"] = time.perf_counter() - clock
         ranked = []
         for spec, metrics in zip(specs[1:], ablations[1:]):
