@@ -532,6 +532,9 @@ def analyze_heads(run_dir: Path, out_dir: Path | None = None, split: str = "test
     for other in compare:
         if not (other / "config.yaml").exists():
             raise QuadlabError(f"--compare {other} is not a run directory made by `cli.py train`")
+        mine, theirs = run_dir / "tokenizer.json", other / "tokenizer.json"
+        if mine.exists() and (not theirs.exists() or theirs.read_bytes() != mine.read_bytes()):
+            raise QuadlabError(f"--compare {other} has another tokenizer than {run_dir}; compare runs of the same task and vocabulary")
     config = load_yaml(run_dir / "config.yaml")
     task = (SquadTask if config.task == "squad" else QuadraticTask)(run_dir, split, limit, eval_limit)
     model = task.model

@@ -235,7 +235,7 @@ def render_maps(run_dir: Path, out_dir: Path | None = None, split: str = "test",
         (tmp / "index.json").write_text(json.dumps(index, indent=2) + "\n")
         (tmp / "viewer.json").write_text(json.dumps({"examples": shown}, separators=(",", ":")))
         if (out_dir / "heads" / "heads.json").exists():  # `cli.py heads` output stays, and stays in the report
-            shutil.move(out_dir / "heads", tmp / "heads")
+            shutil.copytree(out_dir / "heads", tmp / "heads")  # a copy: a failure below leaves the old folder whole
         write_report(tmp)
         if out_dir.exists():
             shutil.rmtree(out_dir)

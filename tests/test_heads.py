@@ -358,3 +358,19 @@ def test_heads_bad_input_is_one_line_and_exit_2(run_cli, run_with_checkpoints, t
         done = run_cli(*args)
         assert done.returncode == 2 and message in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
     assert not (tmp_path / "figures").exists()
+
+
+def test_compare_correlates_across_runs(run_with_checkpoints, tmp_path):
+    from analyze.heads import analyze_heads
+    from gen import QuadlabError
+
+    result = analyze_heads(run_with_checkpoints, tmp_path / "figs", limit=4, eval_limit=2, batch_size=4, compare=[run_with_checkpoints] * 2,
+                           skip_importance=True, progress=False)
+    assert [p["model"] for p in result["context_points"]] == [str(run_with_checkpoints)] * 3
+    assert result["context_correlation"]["encoder/character_accuracy"]["note"] == "one series is constant"  # the same model three times
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "config.yaml").write_text((run_with_checkpoints / "config.yaml").read_text())
+    (other / "tokenizer.json").write_text("{}")
+    with pytest.raises(QuadlabError, match="another tokenizer"):
+        analyze_heads(run_with_checkpoints, tmp_path / "figs2", compare=[other], progress=False)
