@@ -301,7 +301,8 @@ def maps(run_dir, split, limit, examples, equation, heads, out_dir, batch_size, 
               help="Examples for the statistics, clustering, rollout, context variance and symbol shares (0: all).")
 @click.option("--eval-limit", type=click.IntRange(min=1), default=300, show_default=True,
               help="Examples decoded (or answered) for head importance, symbol blocking and the accuracy of checkpoints.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True, help="Examples per forward pass.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=None,
+              help="Examples (SQuAD: windows) per forward pass.  [default: 64; SQuAD 8, as a window's maps are large]")
 @click.option("--clusters", type=click.IntRange(min=0), default=0, show_default=True,
               help="KMeans clusters of per-example maps (0: choose 2..8 by silhouette).")
 @click.option("--compare", "compare", type=click.Path(), multiple=True,

@@ -104,11 +104,11 @@ def js_divergence_sums(attention: torch.Tensor, q_mask: torch.Tensor) -> torch.T
     own = -torch.special.xlogy(rows, rows).sum(dim=-1)  # (P, B, Q)
     valid = q_mask[None].double()
     out = torch.zeros(layers * heads, layers * heads, dtype=torch.float64, device=attention.device)
-    for p in range(layers * heads):
-        m = (rows[p][None] + rows) / 2
-        js = -torch.special.xlogy(m, m).sum(dim=-1) - (own[p][None] + own) / 2
-        out[p] = (js.clamp(min=0).double() * valid).sum(dim=(1, 2))
-    return out
+    for p in range(layers * heads):  # the upper triangle; JS is symmetric
+        m = (rows[p][None] + rows[p:]) / 2
+        js = -torch.special.xlogy(m, m).sum(dim=-1) - (own[p][None] + own[p:]) / 2
+        out[p, p:] = (js.clamp(min=0).double() * valid).sum(dim=(1, 2))
+    return torch.triu(out, diagonal=1) + torch.triu(out).T
 
 
 def rollout(attention: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -99,6 +99,21 @@ def test_jensen_shannon_distance_between_heads():
     np.testing.assert_allclose(js, js.T, atol=1e-7)
 
 
+def test_jensen_shannon_sums_equal_the_textbook_formula_with_padding():
+    torch.manual_seed(0)
+    a = torch.softmax(torch.randn(2, 3, 4, 5, 5), dim=-1)
+    q_mask = torch.ones(3, 5, dtype=torch.bool)
+    q_mask[1, 3:] = False
+    rows = a.permute(0, 2, 1, 3, 4).reshape(8, 3, 5, 5).double()
+
+    def js(p, q):
+        m = (p + q) / 2
+        return 0.5 * (p * torch.log(p / m)).sum(-1) + 0.5 * (q * torch.log(q / m)).sum(-1)
+
+    expected = torch.stack([torch.stack([(js(rows[i], rows[j]) * q_mask).sum() for j in range(8)]) for i in range(8)])
+    np.testing.assert_allclose(js_divergence_sums(a, q_mask).numpy(), expected.numpy(), atol=1e-5)
+
+
 def test_rollout_on_a_two_layer_hand_example():
     # layer 1: two heads with mean [[.5,.5],[.5,.5]]; layer 2: two heads with mean [[1,0],[1,0]]
     a = torch.tensor([[[[1.0, 0.0], [0.0, 1.0]], [[0.0, 1.0], [1.0, 0.0]]], [[[1.0, 0.0], [1.0, 0.0]]] * 2])[:, None]
