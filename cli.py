@@ -16,21 +16,27 @@ import click
 from gen import QuadlabError
 
 
-class IntRange(click.ParamType):
-    """`LO:HI`, both ends included, e.g. `-30:30`."""
+class IntPair(click.ParamType):
+    """Two integers written `A:B`: a range `LO:HI` with both ends included (`ordered`, e.g. `-30:30`),
+    or a layer and a head `LAYER:HEAD` (e.g. `1:3`)."""
 
-    name = "LO:HI"
+    def __init__(self, name: str, malformed: str, ordered: bool = False):
+        self.name, self.malformed, self.ordered = name, malformed, ordered
 
     def convert(self, value, param, ctx):
         if isinstance(value, tuple):
             return value
         try:
-            lo, hi = (int(part) for part in str(value).split(":"))
+            first, second = (int(part) for part in str(value).split(":"))
         except ValueError:
-            self.fail(f"{value!r} is not a range; write LO:HI, e.g. -30:30", param, ctx)
-        if lo > hi:
-            self.fail(f"{value!r} is empty; write LO:HI with LO <= HI", param, ctx)
-        return lo, hi
+            self.fail(self.malformed.format(value=value), param, ctx)
+        if self.ordered and first > second:
+            self.fail(f"{value!r} is empty; write {self.name} with LO <= HI", param, ctx)
+        return first, second
+
+
+INT_RANGE = IntPair("LO:HI", "{value!r} is not a range; write LO:HI, e.g. -30:30", ordered=True)
+LAYER_HEAD = IntPair("LAYER:HEAD", "{value!r} is not LAYER:HEAD, e.g. 1:3")
 
 
 class Shares(click.ParamType):
@@ -60,9 +66,9 @@ def cli():
               help="Shares of equations with two, one and no real roots; must sum to 1.")
 @click.option("--test-fraction", default=0.2, show_default=True, type=float,
               help="Share of each class that goes to the test split (the rest is train).")
-@click.option("--a-range", default="-30:30", show_default=True, type=IntRange(),
+@click.option("--a-range", default="-30:30", show_default=True, type=INT_RANGE,
               help="Leading coefficient a, LO:HI inclusive (0 is skipped).")
-@click.option("--root-range", default="-500:500", show_default=True, type=IntRange(),
+@click.option("--root-range", default="-500:500", show_default=True, type=INT_RANGE,
               help="Integer roots r, LO:HI inclusive; b and c follow from a and the roots.")
 @click.option("--format", "fmt", default="published", show_default=True, type=click.Choice(["published", "steps"]),
               help="Solution format: 'published' (the study's) or 'steps' (every intermediate product).")
@@ -239,21 +245,6 @@ def eval_command(run_dir, split, limit, batch_size, num_beams):
     _print_metrics(run_dir, {"test": metrics[split]})
 
 
-class LayerHead(click.ParamType):
-    """`LAYER:HEAD`, e.g. `1:3`."""
-
-    name = "LAYER:HEAD"
-
-    def convert(self, value, param, ctx):
-        if isinstance(value, tuple):
-            return value
-        try:
-            layer, head = (int(part) for part in str(value).split(":"))
-        except ValueError:
-            self.fail(f"{value!r} is not LAYER:HEAD, e.g. 1:3", param, ctx)
-        return layer, head
-
-
 def _run_or_newest(run):
     from analyze.maps import newest_run
 
@@ -266,7 +257,7 @@ def _run_or_newest(run):
 @click.option("--limit", type=click.IntRange(min=0), default=0, show_default=True, help="Rows of the split to average over (0: all).")
 @click.option("--example", "examples", type=click.IntRange(min=0), multiple=True, help="Row of the split to draw per-head maps for (repeatable).  [default: 0]")
 @click.option("--equation", default=None, help="Draw per-head maps for this equation instead of a row of the split.")
-@click.option("--head", "heads", type=LayerHead(), multiple=True, help="Also draw this head alone, large, with every token labelled (repeatable).")
+@click.option("--head", "heads", type=LAYER_HEAD, multiple=True, help="Also draw this head alone, large, with every token labelled (repeatable).")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None, help="Output directory.  [default: figures/<run name>]")
 @click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True, help="Examples per forward pass when averaging.")
 @click.option("--bertviz", is_flag=True, help="Also export bertviz head_view and model_view pages for the first example (they need a network).")
@@ -337,7 +328,7 @@ def heads(run_dir, split, limit, eval_limit, batch_size, clusters, compare, no_i
 @cli.command()
 @click.argument("equation")
 @click.option("--run", "run_dir", type=click.Path(), default=None, help="Run directory.  [default: the newest finished run under runs/]")
-@click.option("--head", "heads", type=LayerHead(), multiple=True, help="Also draw this head alone (repeatable).")
+@click.option("--head", "heads", type=LAYER_HEAD, multiple=True, help="Also draw this head alone (repeatable).")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None, help="Output directory.  [default: figures/<run name>/explain]")
 def explain(equation, run_dir, heads, out_dir):
     """Solve EQUATION with a trained model and show how: the solution, the grader's verdict, for
@@ -360,7 +351,7 @@ def explain(equation, run_dir, heads, out_dir):
 @click.option("--run", "run_dir", type=click.Path(), required=True, help="A SQuAD run directory from `cli.py train --task squad`.")
 @click.option("--question", required=True, help="The question.")
 @click.option("--context", required=True, help="The passage that holds the answer.")
-@click.option("--head", "heads", type=LayerHead(), multiple=True, help="Also draw this head alone (repeatable).")
+@click.option("--head", "heads", type=LAYER_HEAD, multiple=True, help="Also draw this head alone (repeatable).")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None, help="Output directory.  [default: figures/<run name>/ask]")
 def ask(run_dir, question, context, heads, out_dir):
     """Answer QUESTION from CONTEXT with a SQuAD run and show how: the answer, its score, for each
