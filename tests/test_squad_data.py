@@ -1,4 +1,6 @@
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -7,17 +9,17 @@ from gen import QuadlabError
 from train.metrics import exact_match, f1_score, normalize_answer, squad_metrics
 from train.squad_data import Skipped, eval_features, examples_from, postprocess, read_squad, split_by_article, train_features
 
-from conftest import SQUAD_DEV as DEV, needs_squad_dev
+from conftest import ROOT, SQUAD_DEV as DEV, SQUAD_SAMPLE, SQUAD_SAMPLE_V2, needs_squad_dev
 
 
 @pytest.fixture(scope="module")
 def tokenizer(tmp_path_factory):
-    """A WordPiece tokenizer trained here on the dev set's text (no download)."""
+    """A WordPiece tokenizer trained here on the fixture's text (no download)."""
     from tokenizers import BertWordPieceTokenizer
     from transformers import BertTokenizerFast
 
-    _, articles = read_squad(DEV)
-    texts = [p["context"] for a in articles[:5] for p in a["paragraphs"]] + [q["question"] for a in articles[:5] for p in a["paragraphs"] for q in p["qas"]]
+    _, articles = read_squad(SQUAD_SAMPLE)
+    texts = [p["context"] for a in articles for p in a["paragraphs"]] + [q["question"] for a in articles for p in a["paragraphs"] for q in p["qas"]]
     wordpiece = BertWordPieceTokenizer(lowercase=True)
     wordpiece.train_from_iterator(texts, vocab_size=3000)
     folder = tmp_path_factory.mktemp("tok")
@@ -53,14 +55,45 @@ def test_squad_metrics_take_the_best_gold_and_break_down_v2():
     assert "HasAns_exact" not in squad_metrics({"q1": "broncos"}, {"q1": ["Broncos"]})
 
 
+def test_fixture_splits_by_article_and_reads_in_both_versions():
+    version, articles = read_squad(SQUAD_SAMPLE)
+    train, evaluate = split_by_article(articles, 2)
+    assert version == "1.1" and [len(train), len(evaluate)] == [4, 2] and train[0]["title"] == "Super_Bowl_50"
+    assert [a["title"] for a in evaluate] == ["Computational_complexity_theory", "Teacher"]
+    skipped = Skipped()
+    rows = examples_from(articles, skipped)
+    assert len(rows) == len({r["id"] for r in rows}) == 207 and str(skipped) == "none"
+    assert {r["title"] for r in examples_from(evaluate, Skipped())}.isdisjoint(r["title"] for r in examples_from(train, Skipped()))
+    with pytest.raises(QuadlabError, match="cannot keep 6 of 6 articles"):
+        split_by_article(articles, 6)
+    version_2, articles_2 = read_squad(SQUAD_SAMPLE_V2)
+    rows_2 = examples_from(articles_2, Skipped())
+    unanswerable = [r for r in rows_2 if not r["answers"]["text"]]
+    assert version_2 == "v2.0" and [r["id"] for r in rows_2] == [r["id"] for r in rows] and 0 < len(unanswerable) < len(rows_2)
+    assert all(r["answers"]["answer_start"] == [] for r in unanswerable)
+
+
 @needs_squad_dev
-def test_dev_set_splits_by_article():
+def test_dev_set_splits_by_article():  # the exact counts of the full dev set
     version, articles = read_squad(DEV)
     train, evaluate = split_by_article(articles, 10)
     assert version == "1.1" and len(train) == 38 and len(evaluate) == 10 and train[0]["title"] == "Super_Bowl_50"
     skipped = Skipped()
     rows = examples_from(articles, skipped)
     assert len(rows) == 10570 and str(skipped) == "none"
+
+
+@needs_squad_dev
+def test_fixture_is_the_documented_cut_of_the_dev_set(tmp_path):
+    script = ROOT / "tests" / "fixtures" / "squad" / "make_fixture.py"
+    result = subprocess.run([sys.executable, str(script), "--source", str(DEV), "--out", str(tmp_path)],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    for fixture in (SQUAD_SAMPLE, SQUAD_SAMPLE_V2):
+        assert (tmp_path / fixture.name).read_bytes() == fixture.read_bytes(), f"{fixture.name} differs: regenerate it (see its README)"
+    wrong = subprocess.run([sys.executable, str(script), "--source", str(ROOT / "README.md"), "--out", str(tmp_path / "x")],
+                           capture_output=True, text=True, timeout=120)
+    assert wrong.returncode != 0 and "sha256" in wrong.stderr and not (tmp_path / "x").exists()
 
 
 def _write(path, data):
@@ -95,7 +128,6 @@ def test_bad_examples_are_skipped_and_counted(tmp_path):
     assert skipped.counts == {"whose answer_start does not match the context": 1, "with an empty context": 1}
 
 
-@needs_squad_dev
 def test_sliding_windows_label_the_answer_only_where_it_lies(tokenizer):
     context = " ".join(f"word{i}" for i in range(300)) + " The answer is Zanzibar island today."
     start = context.index("Zanzibar")
@@ -134,3 +166,16 @@ def test_postprocess_picks_the_best_span_across_windows():
     start[:, 0], end[:, 0] = 20.0, 20.0
     assert postprocess([row], features, start, end, version_2=True)[0] == {"q": ""}
     assert postprocess([row], features, start, end, version_2=True, null_threshold=100.0)[0]["q"] != ""
+
+
+@pytest.mark.parametrize("field, value", [("answer_start", True), ("answer_start", "12"), ("answer_start", "١٢"), ("answer_start", 12.0),
+                                          ("answer_start", -1), ("answer_start", float("nan")), ("id", 7), ("id", True)])
+def test_ids_and_answer_starts_of_the_wrong_type_are_one_line_errors(tmp_path, field, value):
+    qa = {"id": "q", "question": "Where is Paris?", "answers": [{"text": "France", "answer_start": 12}]}
+    if field == "id":
+        qa["id"] = value
+    else:
+        qa["answers"][0]["answer_start"] = value
+    path = _write(tmp_path / "s.json", [{"title": "t", "paragraphs": [{"context": "Paris is in France.", "qas": [qa]}]}])
+    with pytest.raises(QuadlabError, match="question 0 lacks an 'id' string, .* 'answer_start': integer >= 0"):
+        read_squad(path)

@@ -7,21 +7,17 @@ from train.config import resolve
 from train.squad import train_run
 from train.squad_data import read_squad
 
-from conftest import SQUAD_DEV as DEV, needs_squad_dev
-
-pytestmark = needs_squad_dev
+from conftest import SQUAD_SAMPLE, SQUAD_SAMPLE_V2
 
 
 @pytest.fixture(scope="module")
 def small_squad(tmp_path_factory):
-    """Three articles of the dev set (a few paragraphs each) and a tiny BERT built here, untrained."""
+    """The fixture's six articles (four paragraphs each) and a tiny BERT built here, untrained."""
     from tokenizers import BertWordPieceTokenizer
     from transformers import BertConfig, BertForQuestionAnswering, BertTokenizerFast
 
     root = tmp_path_factory.mktemp("squad")
-    _, articles = read_squad(DEV)
-    small = [{"title": a["title"], "paragraphs": a["paragraphs"][:4]} for a in articles[:3]]
-    (root / "small.json").write_text(json.dumps({"version": "1.1", "data": small}))
+    _, small = read_squad(SQUAD_SAMPLE)
     texts = [p["context"] for a in small for p in a["paragraphs"]] + [q["question"] for a in small for p in a["paragraphs"] for q in p["qas"]]
     wordpiece = BertWordPieceTokenizer(lowercase=True)
     wordpiece.train_from_iterator(texts, vocab_size=1500)
@@ -36,17 +32,17 @@ def small_squad(tmp_path_factory):
 
 def test_squad_end_to_end_on_a_tiny_encoder(small_squad):
     run = small_squad / "run"
-    config = resolve("squad", None, {"model_name": str(small_squad / "encoder"), "train_file": str(small_squad / "small.json"),
+    config = resolve("squad", None, {"model_name": str(small_squad / "encoder"), "train_file": str(SQUAD_SAMPLE),
                                      "eval_articles": 1, "run_dir": str(run), "max_steps": 12, "eval_every": 6, "batch_size": 8,
                                      "max_length": 96, "stride": 32, "learning_rate": 1e-3})
     result = train_run(config, progress=False)
     predictions = json.loads((run / "predictions.json").read_text())
-    _, articles = read_squad(small_squad / "small.json")
+    _, articles = read_squad(SQUAD_SAMPLE)
     eval_ids = {q["id"] for p in articles[-1]["paragraphs"] for q in p["qas"]}
     assert set(predictions) == eval_ids and all(isinstance(v, str) for v in predictions.values())  # the official format
     metrics = json.loads((run / "metrics.json").read_text())
     assert 0 <= metrics["exact_match"] <= metrics["f1"] <= 100 and metrics["total"] == len(eval_ids)
-    assert metrics["data"]["eval_articles"] == [articles[-1]["title"]] and len(metrics["data"]["train_articles"]) == 2
+    assert metrics["data"]["eval_articles"] == [articles[-1]["title"]] and len(metrics["data"]["train_articles"]) == 5
     assert result["training"]["steps"] == 12 and (run / "training_curve.png").exists()
     from transformers import AutoModelForQuestionAnswering, AutoTokenizer
 
@@ -66,7 +62,7 @@ def test_squad_bad_inputs(small_squad, tmp_path):
         train_run(resolve("squad", None, {"model_name": str(small_squad / "encoder"), "train_file": str(tmp_path / "none.json"),
                                           "run_dir": str(tmp_path / "r")}), progress=False)
     with pytest.raises(QuadlabError, match="cannot load model"):
-        train_run(resolve("squad", None, {"model_name": str(tmp_path / "no-model"), "train_file": str(small_squad / "small.json"),
+        train_run(resolve("squad", None, {"model_name": str(tmp_path / "no-model"), "train_file": str(SQUAD_SAMPLE),
                                           "eval_articles": 1, "run_dir": str(tmp_path / "r")}), progress=False)
     assert not (tmp_path / "r").exists()
 
@@ -74,7 +70,7 @@ def test_squad_bad_inputs(small_squad, tmp_path):
 @pytest.fixture(scope="module")
 def squad_run(small_squad):
     run = small_squad / "run-maps"
-    config = resolve("squad", None, {"model_name": str(small_squad / "encoder"), "train_file": str(small_squad / "small.json"),
+    config = resolve("squad", None, {"model_name": str(small_squad / "encoder"), "train_file": str(SQUAD_SAMPLE),
                                      "eval_articles": 1, "run_dir": str(run), "max_steps": 4, "eval_every": 4, "batch_size": 8,
                                      "max_length": 96, "stride": 32})
     train_run(config, progress=False)
@@ -117,14 +113,7 @@ def test_eval_command_on_a_squad_run(squad_run, run_cli):
 
 
 def test_squad_v2_with_unanswerable_questions_end_to_end(small_squad, tmp_path):
-    _, articles = read_squad(small_squad / "small.json")
-    for article in articles:  # every third question becomes unanswerable, as in SQuAD v2.0
-        for paragraph in article["paragraphs"]:
-            for i, qa in enumerate(paragraph["qas"]):
-                if i % 3 == 0:
-                    qa["is_impossible"], qa["plausible_answers"], qa["answers"] = True, qa["answers"], []
-    (tmp_path / "v2.json").write_text(json.dumps({"version": "v2.0", "data": articles}))
-    config = resolve("squad", None, {"model_name": str(small_squad / "encoder"), "train_file": str(tmp_path / "v2.json"),
+    config = resolve("squad", None, {"model_name": str(small_squad / "encoder"), "train_file": str(SQUAD_SAMPLE_V2),
                                      "eval_articles": 1, "run_dir": str(tmp_path / "run"), "max_steps": 4, "eval_every": 4,
                                      "batch_size": 8, "max_length": 96, "stride": 32, "null_threshold": 0.0})
     metrics = train_run(config, progress=False)
