@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from gen.grader import grade
 
 ROOT_CLASSES = {2: "two", 1: "one", 0: "none"}
@@ -23,6 +25,7 @@ def judge(a: int, b: int, c: int, target: str, prediction: str) -> dict:
         "char_accuracy": character_accuracy(prediction, target),
         "roots_correct": verdict.answer_correct,
         "steps_valid": verdict.well_formed and verdict.steps_valid,
+        "diagnosis": diagnose(target, prediction, verdict.answer_correct),
     }
 
 
@@ -46,6 +49,115 @@ def quadratic_metrics(judged: list[dict], num_roots: list[int]) -> dict:
         name: _summary([j for j, k in zip(judged, num_roots) if k == count]) for count, name in ROOT_CLASSES.items()
     }
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Diagnosis: which statement of a worked solution limits a model
+
+
+def _statements(solution: str) -> list[str]:
+    return [s for s in solution.split(";")[:-1]] if solution.endswith(";") else solution.split(";")
+
+
+def _is_final(statement: str) -> bool:
+    """`x=VALUE` or `x=none`: part of the final answer, not a formula."""
+    value = statement[2:]
+    return statement.startswith("x=") and (value == "none" or value.lstrip("-").isascii() and value.lstrip("-").isdigit())
+
+
+def statement_names(target: str) -> list[str]:
+    """A name for each statement of a reference solution, in order: its left side (`D`, `b^2`,
+    `4*a*c`, `sqrt(D)`, `2*a`, ...), `x1` and `x2` for the root formulas, and `answer` for the
+    trailing run of `x=VALUE;` statements (the final answer), which is judged as one."""
+    parts = _statements(target)
+    final = len(parts)
+    while final > 0 and _is_final(parts[final - 1]):
+        final -= 1
+    names, roots = [], 0
+    for part in parts[:final]:
+        name = part.split("=", 1)[0]
+        if name == "x":
+            roots += 1
+            name = f"x{roots}"
+        names.append(name)
+    return names + (["answer"] if final < len(parts) else [])
+
+
+_PUBLISHED_ROOT = re.compile(r"x=\(-(?:\d+|\(-\d+\))-(\d+)\)/")
+
+
+def diagnose(target: str, prediction: str, answer_correct: bool) -> dict:
+    """Which statements of `prediction` are right, in the order of the reference `target`, and the
+    first that goes wrong (None when all are right). A statement is compared with the reference's
+    statement at the same place, character for character, in two parts: `NAME: formula` (every side
+    but the last: the formula written out with this equation's numbers) and `NAME: value` (the last
+    side, the computed number). The final answer is right when the grader says so
+    (`answer_correct`), whatever its order. In the published format the square root of D appears only
+    inside the root formulas, so `sqrt(D)` is judged there: the number after `-B-` in x1's formula."""
+    names = statement_names(target)
+    ref, pred = _statements(target), _statements(prediction)
+    right = {}
+    for i, name in enumerate(names):
+        if name == "answer":
+            right[name] = bool(answer_correct)
+            continue
+        want = ref[i].rsplit("=", 1)
+        got = pred[i].rsplit("=", 1) if i < len(pred) else None
+        right[f"{name}: formula"] = got is not None and got[0] == want[0]
+        right[f"{name}: value"] = got is not None and len(got) == 2 and got[1] == want[1]
+        if name == "D" and names[i + 1 : i + 2] == ["x1"]:  # published: sqrt(D) sits in x1's formula
+            root = _PUBLISHED_ROOT.match(ref[i + 1])
+            written = _PUBLISHED_ROOT.match(pred[i + 1]) if i + 1 < len(pred) else None
+            if root:
+                right["sqrt(D)"] = bool(written) and written.group(1) == root.group(1)
+    first_wrong = next((name for name, ok in right.items() if not ok), None)
+    return {"statements": right, "first_wrong": first_wrong}
+
+
+def digits(n: int) -> int:
+    """Decimal digits of |n| (1 for 0)."""
+    return len(str(abs(n)))
+
+
+def diagnosis(records: list[dict]) -> dict:
+    """Per-statement accuracy, where outputs first go wrong, and accuracy by the size of the numbers
+    (digits of |b|, |c|, |D|) and by root class, over records that carry `a, b, c, num_roots`,
+    `exact`, `roots_correct`, `char_accuracy` and `diagnosis` (from `diagnose`)."""
+    from collections import Counter
+
+    n = len(records)
+    if n == 0:
+        return {"n": 0}
+    names = list(dict.fromkeys(name for r in records for name in r["diagnosis"]["statements"]))
+
+    def statement_accuracy(rows):
+        out = {}
+        for name in names:
+            having = [r["diagnosis"]["statements"][name] for r in rows if name in r["diagnosis"]["statements"]]
+            if having:
+                out[name] = {"n": len(having), "accuracy": sum(having) / len(having)}
+        return out
+
+    def group(key):
+        groups = {}
+        for r in records:
+            groups.setdefault(key(r), []).append(r)
+        return {str(k): {"n": len(rows), "full_solution_accuracy": sum(r["exact"] for r in rows) / len(rows),
+                         "roots_accuracy": sum(r["roots_correct"] for r in rows) / len(rows),
+                         "character_accuracy": sum(r["char_accuracy"] for r in rows) / len(rows),
+                         "statements": statement_accuracy(rows)}
+                for k, rows in sorted(groups.items())}
+
+    first = Counter(r["diagnosis"]["first_wrong"] or "none wrong" for r in records)
+    return {
+        "n": n,
+        "statement_accuracy": statement_accuracy(records),
+        "first_wrong": {name: first[name] / n for name in [*names, "none wrong"] if first[name]},
+        "by_digits_of_b": group(lambda r: digits(r["b"])),
+        "by_digits_of_c": group(lambda r: digits(r["c"])),
+        "by_digits_of_D": group(lambda r: digits(r["b"] * r["b"] - 4 * r["a"] * r["c"])),
+        "by_num_roots": group(lambda r: ROOT_CLASSES[r["num_roots"]]),
+    }
 
 
 # ---------------------------------------------------------------------------------------------

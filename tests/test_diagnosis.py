@@ -1,0 +1,58 @@
+"""Issue 12, item 1: which statement of a worked solution limits a model, on hand-made outputs."""
+
+from gen.equations import write_solution
+from train.metrics import diagnose, diagnosis, judge, statement_names
+
+PUBLISHED = write_solution(-3, -15, 18)  # D=((-15)^2-4*(-3)*18)=441;x=(-(-15)-21)/(2*(-3))=1;...
+STEPS = write_solution(-3, -15, 18, "steps")
+
+
+def test_statement_names_follow_the_reference_format():
+    assert statement_names(PUBLISHED) == ["D", "x1", "x2", "answer"]
+    assert statement_names(write_solution(5, 3, 7)) == ["D", "answer"]  # no real root: x=none
+    assert statement_names(STEPS) == ["b^2", "4*a*c", "D", "sqrt(D)", "-b-sqrt(D)", "-b+sqrt(D)", "2*a", "x1", "x2", "answer"]
+
+
+def test_a_right_solution_has_no_wrong_statement():
+    verdict = diagnose(PUBLISHED, PUBLISHED, answer_correct=True)
+    assert all(verdict["statements"].values()) and verdict["first_wrong"] is None
+    assert list(verdict["statements"]) == ["D: formula", "D: value", "sqrt(D)", "x1: formula", "x1: value", "x2: formula", "x2: value", "answer"]
+
+
+def test_the_first_wrong_statement_is_named():
+    wrong_d = diagnose(PUBLISHED, PUBLISHED.replace(")=441;", ")=440;"), answer_correct=True)
+    assert wrong_d["first_wrong"] == "D: value"
+    assert wrong_d["statements"]["D: formula"] and not wrong_d["statements"]["D: value"] and wrong_d["statements"]["answer"]
+    wrong_copy = diagnose(PUBLISHED, PUBLISHED.replace("4*(-3)*18", "4*(-3)*19"), answer_correct=True)
+    assert wrong_copy["first_wrong"] == "D: formula" and wrong_copy["statements"]["D: value"]
+    wrong_root = diagnose(PUBLISHED, PUBLISHED.replace("(-(-15)-21)", "(-(-15)-23)"), answer_correct=False)
+    assert wrong_root["first_wrong"] == "sqrt(D)" and not wrong_root["statements"]["x1: formula"] and wrong_root["statements"]["x1: value"]
+    truncated = diagnose(STEPS, STEPS[: STEPS.index("D=b^2")], answer_correct=False)
+    assert truncated["first_wrong"] == "D: formula"
+    assert truncated["statements"]["b^2: value"] and truncated["statements"]["4*a*c: value"] and not truncated["statements"]["answer"]
+    assert diagnose(PUBLISHED, "", answer_correct=False)["first_wrong"] == "D: formula"
+
+
+def test_reordered_final_answer_is_judged_by_the_grader():
+    reordered = PUBLISHED.replace("x=1;x=-6;", "x=-6;x=1;")
+    record = judge(-3, -15, 18, PUBLISHED, reordered)
+    assert record["diagnosis"]["first_wrong"] is None and not record["exact"]
+
+
+def test_breakdown_by_statement_size_and_class():
+    rows = [(-3, -15, 18), (7, 3556, 451612), (5, 3, 7), (1, -3, 2)]
+    records = []
+    for (a, b, c), ok in zip(rows, [True, False, True, False]):
+        target = write_solution(a, b, c)
+        prediction = target if ok else target.replace("=", "=1", 1)
+        k = 2 if b * b > 4 * a * c else 1 if b * b == 4 * a * c else 0
+        records.append({"a": a, "b": b, "c": c, "num_roots": k, **judge(a, b, c, target, prediction)})
+    d = diagnosis(records)
+    assert d["n"] == 4
+    assert d["statement_accuracy"]["D: formula"] == {"n": 4, "accuracy": 0.5}
+    assert d["statement_accuracy"]["sqrt(D)"]["n"] == 3  # the equation with no real root has none
+    assert d["first_wrong"] == {"D: formula": 0.5, "none wrong": 0.5}
+    assert d["by_digits_of_b"]["4"]["n"] == 1 and d["by_digits_of_b"]["4"]["full_solution_accuracy"] == 0.0
+    assert d["by_digits_of_D"]["1"]["n"] == 2  # D = 0 (7x^2+3556x+451612) and D = 1 (x^2-3x+2)
+    assert d["by_num_roots"]["none"]["full_solution_accuracy"] == 1.0
+    assert d["by_num_roots"]["two"]["statements"]["D: formula"]["accuracy"] == 0.5
