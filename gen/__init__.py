@@ -1,6 +1,28 @@
 """Generating and grading quadratic equations with worked solutions."""
 
+import math
+import re
+
+# Numbers are ASCII only: int() and float() alone also read other scripts' digits (`١`, `１`),
+# surrounding white space and `_` separators, and float() reads `nan` and `inf`.
+_INTEGER = re.compile(r"[-+]?[0-9]+")
+_DECIMAL = re.compile(r"[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][-+]?[0-9]+)?")
+
 
 class QuadlabError(Exception):
     """Bad input from a user (an option, a file, a directory). The command line prints the
     message as one line and exits 2, so the message says what is wrong and how to fix it."""
+
+
+def ascii_int(text: str) -> int:
+    """An integer written as an optional sign and the digits 0-9, nothing else; ValueError otherwise."""
+    if not isinstance(text, str) or not _INTEGER.fullmatch(text):
+        raise ValueError(f"{text!r} is not an integer written with the digits 0-9")
+    return int(text)
+
+
+def ascii_float(text: str) -> float:
+    """A finite number written with the digits 0-9, e.g. `2`, `-0.5`, `3e-4`; ValueError otherwise."""
+    if not isinstance(text, str) or not _DECIMAL.fullmatch(text) or not math.isfinite(value := float(text)):
+        raise ValueError(f"{text!r} is not a finite number written with the digits 0-9")
+    return value

@@ -13,13 +13,14 @@ import multiprocessing
 import os
 import random
 import shutil
+import signal
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from gen import QuadlabError
 from gen.equations import CLASSES, FORMATS, NUM_ROOTS, Ranges, capacity, sample_coefficients, write_equation, write_solution
-from gen.grader import grade, parse_equation
+from gen.grader import MAX_SOLUTION_CHARS, grade, parse_equation
 
 MAX_ABS_VALUE = 10**6  # bound on |a| and |root|, so every number stays far inside the grader's limits
 CARD_JSON, CARD_MD = "card.json", "README.md"
@@ -51,7 +52,7 @@ class GenOptions:
     def validate(self) -> None:
         if self.rows <= 0:
             raise QuadlabError(f"--rows must be a positive number of equations, not {self.rows}")
-        if len(self.mix) != 3 or any(share < 0 for share in self.mix) or abs(sum(self.mix) - 1) > 1e-9:
+        if len(self.mix) != 3 or any(not 0 <= share <= 1 for share in self.mix) or abs(sum(self.mix) - 1) > 1e-9:  # `not`: nan too
             shown = ",".join(f"{share:g}" for share in self.mix)
             raise QuadlabError(f"--mix {shown}: give three non-negative shares (two,one,none roots) that sum to 1, e.g. 0.5,0.3,0.2")
         if not 0 < self.test_fraction < 1:
@@ -83,6 +84,9 @@ def _write_and_verify(job: tuple) -> list[tuple[str, str]]:
     out = []
     for a, b, c, cls in rows:
         equation, solution = write_equation(a, b, c), write_solution(a, b, c, fmt)
+        if len(solution) > MAX_SOLUTION_CHARS:  # the long format with wide ranges: the grader would refuse the row
+            raise QuadlabError(f"--format {fmt} writes {len(solution)} characters for {equation}, more than the grader reads "
+                               f"({MAX_SOLUTION_CHARS}); narrow --a-range/--root-range or choose a shorter --format")
         parsed = parse_equation(equation)
         verdict = grade(*parsed, solution)
         if parsed != (a, b, c) or not verdict.ok or verdict.num_roots != NUM_ROOTS[cls]:
@@ -109,20 +113,22 @@ def build_splits(options: GenOptions, workers: int = 1, progress: bool = False) 
 
     order = [(name, i) for name in splits for i in range(0, len(splits[name]), CHUNK_ROWS)]
     jobs = [(splits[name][i : i + CHUNK_ROWS], options.format) for name, i in order]
-    bar = tqdm(total=options.rows, desc="write+verify", unit="row", disable=None if progress else True, file=sys.stderr)
     written = {name: [] for name in splits}
-    if workers > 1 and len(jobs) > 1:
-        context = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
-        with context.Pool(min(workers, len(jobs))) as pool:
-            results = pool.imap(_write_and_verify, jobs)
-            for (name, _), result in zip(order, results):
-                written[name] += result
-                bar.update(len(result))
-    else:
-        for (name, _), job in zip(order, jobs):
-            written[name] += _write_and_verify(job)
-            bar.update(len(job[0]))
-    bar.close()
+    # `with`: Ctrl-C closes the bar too, so that the interruption message starts a line of its own
+    with tqdm(total=options.rows, desc="write+verify", unit="row", disable=None if progress else True, file=sys.stderr) as bar:
+        if workers > 1 and len(jobs) > 1:
+            context = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
+            # Ctrl-C reaches every process of the terminal's group; workers ignore it, so that only
+            # the parent stops (one message, no traceback per worker) and `with` terminates them.
+            with context.Pool(min(workers, len(jobs)), initializer=signal.signal, initargs=(signal.SIGINT, signal.SIG_IGN)) as pool:
+                results = pool.imap(_write_and_verify, jobs)
+                for (name, _), result in zip(order, results):
+                    written[name] += result
+                    bar.update(len(result))
+        else:
+            for (name, _), job in zip(order, jobs):
+                written[name] += _write_and_verify(job)
+                bar.update(len(job[0]))
 
     out = {}
     for name, rows in splits.items():
@@ -215,6 +221,7 @@ def save(splits: dict[str, dict[str, list]], options: GenOptions, out_dir: Path,
     card = dataset_card(splits, options)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_dir.parent / f".{out_dir.name}.partial-{os.getpid()}"
+    old = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         dd = datasets.DatasetDict(
@@ -230,14 +237,13 @@ def save(splits: dict[str, dict[str, list]], options: GenOptions, out_dir: Path,
         if out_dir.exists():
             if not overwrite:
                 raise QuadlabError(f"{out_dir} exists; pass --overwrite to replace it")
-            old = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}"
             out_dir.rename(old)
-            tmp.rename(out_dir)
-            shutil.rmtree(old)
-        else:
-            tmp.rename(out_dir)
+        tmp.rename(out_dir)
     finally:
+        if old.exists() and not out_dir.exists():  # stopped between the two renames: put the old dataset back
+            old.rename(out_dir)
         shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
     return card
 
 

@@ -19,7 +19,7 @@ from math import isqrt
 
 CLASSES = ("two", "one", "none")  # names of the classes, by number of real roots
 NUM_ROOTS = {"two": 2, "one": 1, "none": 0}
-FORMATS = ("published", "steps")
+FORMATS = ("published", "steps", "long")
 
 
 @dataclass(frozen=True)
@@ -104,6 +104,63 @@ def write_equation(a: int, b: int, c: int) -> str:
     return f"{a}x^2{b:+d}x{c:+d}=0"
 
 
+# The `long` format: every operation on numbers of several digits is written as schoolbook steps,
+# each a true equality that the grader checks. A step by a digit 0 is left out, because it would
+# stay true with a wrong operand (3556*0=0), and so would the grader's verdict.
+
+
+def _long_product(x: int, y: int) -> list[str]:
+    """Steps of x*y (x, y >= 0), long multiplication: x times each non-zero digit of y, most
+    significant first (`3556*5=17780`), each added to the running sum shifted by place value
+    (`106680+17780=124460`). The product is the last sum followed by y's trailing zeros."""
+    steps, total, shift = [], None, 0
+    if x == 0:
+        return steps
+    for digit in map(int, str(y)):
+        if total is not None:
+            shift += 1
+        if digit:
+            part = x * digit
+            steps.append(f"{x}*{digit}={part}")
+            if total is None:
+                total = part
+            else:
+                steps.append(f"{total}{'0' * shift}+{part}={total * 10**shift + part}")
+                total = total * 10**shift + part
+            shift = 0
+    return steps
+
+
+def _long_square_root(n: int) -> list[str]:
+    """Steps of the square root of a perfect square n > 0, digit by digit: n's digits in pairs from
+    the left; the remainder so far followed by the next pair is R; the next digit d of the root is
+    the largest with (20*P+d)*d <= R, P the root so far (`(20*35+5)*5=3525`; `3*3=9` for the first
+    digit), and the new remainder is R minus that (`4000-3525=475`)."""
+    digits = "0" * (len(str(n)) % 2) + str(n)
+    steps, root, remainder = [], 0, 0
+    for i in range(0, len(digits), 2):
+        r = remainder * 100 + int(digits[i : i + 2])
+        d = next(d for d in range(9, -1, -1) if (20 * root + d) * d <= r)
+        t = (20 * root + d) * d
+        if d:
+            steps += [f"{d}*{d}={t}" if root == 0 else f"(20*{root}+{d})*{d}={t}", f"{r}-{t}={r - t}"]
+        root, remainder = 10 * root + d, r - t
+    return steps
+
+
+def _long_division(n: int, m: int) -> list[str]:
+    """Steps of n/m (n >= 0 a multiple of m > 0), long division: n's digits brought down one by one;
+    each partial dividend r with a quotient digit q >= 1 gives `r-m*q=remainder` (`75-14*5=5`)."""
+    steps, remainder = [], 0
+    for digit in str(n):
+        r = remainder * 10 + int(digit)
+        q = r // m
+        if q:
+            steps.append(f"{r}-{m}*{q}={r - m * q}")
+        remainder = r - m * q
+    return steps
+
+
 def write_solution(a: int, b: int, c: int, fmt: str = "published") -> str:
     """The worked solution in one of FORMATS (grammar in the README)."""
     disc = b * b - 4 * a * c
@@ -112,6 +169,10 @@ def write_solution(a: int, b: int, c: int, fmt: str = "published") -> str:
         text = f"D=({lb}^2-4*{la}*{_lit(c)})={disc};"
     elif fmt == "steps":
         text = f"b^2={lb}^2={b * b};4*a*c=4*{la}*{_lit(c)}={4 * a * c};D=b^2-4*a*c={b * b}-{_lit(4 * a * c)}={disc};"
+    elif fmt == "long":
+        # 4*a and its product with c first, so that b^2 ends right before D: one long copy, not two
+        work = [f"4*a={4 * a}"] + _long_product(abs(c), abs(4 * a)) + _long_product(abs(b), abs(b))
+        text = "".join(f"{step};" for step in work) + f"D={b * b}-{_lit(4 * a * c)}={disc};"
     else:
         raise ValueError(f"unknown format {fmt!r}")
     if disc < 0:
@@ -124,6 +185,11 @@ def write_solution(a: int, b: int, c: int, fmt: str = "published") -> str:
     x1, x2 = (-b - root) // (2 * a), (-b + root) // (2 * a)
     if fmt == "published":
         text += f"x=(-{lb}-{root})/(2*{la})={x1};x=(-{lb}+{root})/(2*{la})={x2};"
+    elif fmt == "long":
+        work = (_long_square_root(disc) if disc else []) + [f"sqrt(D)={root}", f"2*a={2 * a}"]
+        for sign, n, x in (("-", -b - root, x1), ("+", -b + root, x2)):
+            work += [f"{-b}{sign}{root}={n}", *_long_division(abs(n), abs(2 * a)), f"x={n}/{_lit(2 * a)}={x}"]
+        text += "".join(f"{step};" for step in work)
     else:
         n1, n2 = -b - root, -b + root
         text += (

@@ -1,10 +1,11 @@
 """The grader: judges a written solution of a quadratic equation, exactly, with sympy numbers.
 
 Model outputs and user input are hostile, so nothing here hands a string to `eval`, `sympify` or
-`parse_expr`. A small recursive-descent parser accepts only the grammar in the README (integers,
-`+ - * / ^`, parentheses, `sqrt(...)`, the symbols `a b c D x` and the word `none`), with limits on
-the length of the input, the digits of a number, the nesting depth, the size of exponents and the
-size of every intermediate value. Every value is an exact rational of sympy's QQ domain.
+`parse_expr`. A small recursive-descent parser accepts only the grammar in the README (integers
+in the ASCII digits 0-9, `+ - * / ^`, parentheses, `sqrt(...)`, the symbols `a b c D x` and the
+word `none`), with limits on the length of the input, the digits of a number, the nesting depth,
+the size of exponents and the size of every intermediate value. Every value is an exact rational
+of sympy's QQ domain.
 """
 
 from __future__ import annotations
@@ -29,11 +30,19 @@ MAX_BITS = 2048  # bits in the numerator or denominator of any intermediate valu
 _Q = QQ.dtype  # sympy's exact rational type (gmpy2's mpq when gmpy2 is installed)
 _TOKEN = re.compile(r"#|sqrt|[abcD]|[-+*/^()]|\s+|.")
 _SHAPE_WORDS = frozenset(("#", "sqrt", "a", "b", "c", "D", "+", "-", "*", "/", "^", "(", ")"))
-_NUMBER = re.compile(r"\d+")
+_NUMBER = re.compile(r"[0-9]+")  # not \d, which also matches other scripts' digits
 
 
 class GradeError(ValueError):
     """Input that cannot be judged: malformed, too large, or not computable exactly."""
+
+
+def _check_ascii(text: str) -> None:
+    """The grammar is ASCII: a digit of another script (`١`, `１`) is not a number here."""
+    if not text.isascii():
+        position, char = next((i, ch) for i, ch in enumerate(text) if not ch.isascii())
+        raise GradeError(f"non-ASCII character {char!r} (U+{ord(char):04X}) at position {position}; "
+                         "write numbers with the digits 0-9")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -247,8 +256,8 @@ def _substitutes(template, written: Expr, env: dict) -> bool:
 # Equations
 
 
-_CANONICAL_EQUATION = re.compile(r"(-?[1-9]\d{0,%d})x\^2([+-]\d{1,%d})x([+-]\d{1,%d})=0" % ((MAX_DIGITS - 1,) + (MAX_DIGITS,) * 2))
-_EQ_TERM = re.compile(r"([+-]?)(\d*)((?:(?<=\d)\*)?x(?:\^(\d+))?)?")
+_CANONICAL_EQUATION = re.compile(r"(-?[1-9][0-9]{0,%d})x\^2([+-][0-9]{1,%d})x([+-][0-9]{1,%d})=0" % ((MAX_DIGITS - 1,) + (MAX_DIGITS,) * 2))
+_EQ_TERM = re.compile(r"([+-]?)([0-9]*)((?:(?<=[0-9])\*)?x(?:\^([0-9]+))?)?")
 
 
 def _parse_side(side: str) -> list[int]:
@@ -275,6 +284,7 @@ def parse_equation(text: str) -> tuple[int, int, int]:
     """(a, b, c) of `a x^2 + b x + c = 0`, read leniently: `x^2-5x+6=0`, `2*x^2 = 8`, ..."""
     if len(text) > MAX_EQUATION_CHARS:
         raise GradeError(f"equation longer than {MAX_EQUATION_CHARS} characters")
+    _check_ascii(text)
     canonical = _CANONICAL_EQUATION.fullmatch(text)  # the dataset's own form, read fast
     if canonical:
         return int(canonical.group(1)), int(canonical.group(2)), int(canonical.group(3))
@@ -335,6 +345,7 @@ def _parse_solution(solution: str) -> list:
     parsed expressions with a flag for those that contain symbols, or is None for `x=none`."""
     if len(solution) > MAX_SOLUTION_CHARS:
         raise GradeError(f"solution longer than {MAX_SOLUTION_CHARS} characters")
+    _check_ascii(solution)
     text = solution.strip()
     if not text.endswith(";"):
         raise GradeError("a solution ends with ';'")

@@ -1,7 +1,15 @@
 import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
 
 import datasets
 import pytest
+from conftest import ROOT
 
 PUBLISHED = ("7x^2+3556x+451612=0", "D=(3556^2-4*7*451612)=0;x=(-3556-0)/(2*7)=-254;x=(-3556+0)/(2*7)=-254;x=-254;x=-254;")
 
@@ -42,6 +50,16 @@ def test_gen_writes_a_loadable_dataset(run_cli, tmp_path):
         ["--format", "latex"],
         ["--workers", "0"],
         ["--no-such-option"],
+        # numbers are ASCII digits, nothing else (int() and float() would read every one of these)
+        ["--rows", "١٠٠"],
+        ["--rows", "1_000"],
+        ["--seed", " 1"],
+        ["--workers", "２"],
+        ["--test-fraction", "nan"],
+        ["--mix", "nan,0.5,0.5"],
+        ["--mix", "0.5, 0.3, 0.2"],
+        ["--a-range", "-５:5"],
+        ["--root-range", "-20: 20"],
     ],
 )
 def test_gen_bad_options_one_line_exit_2(run_cli, tmp_path, args):
@@ -71,6 +89,7 @@ HOSTILE = {
     "200k digits": "x=" + "9" * 200_000 + ";",
     "50k parentheses": "x=" + "(" * 50_000 + "1" + ")" * 50_000 + ";",
     "python": "__import__('os').system('touch quadlab-pwned')",
+    "full-width digit": PUBLISHED[1].replace("x=-254;x=-254;", "x=-254;x=-２54;"),  # int() reads `２54` as 254
 }
 
 
@@ -83,7 +102,111 @@ def test_verify_hostile_solution_exit_1_no_traceback(run_cli, tmp_path, name):
     assert not list(tmp_path.iterdir())
 
 
-@pytest.mark.parametrize("equation", ["__import__('os')", "x^3=0", "1" * 300 + "x^2=0", "9^9^9^9=0"], ids=lambda e: e[:20])
+@pytest.mark.parametrize("equation", ["__import__('os')", "x^3=0", "1" * 300 + "x^2=0", "9^9^9^9=0", "١x^2+3x+2=0", "x^2+3x+２=0"],
+                         ids=lambda e: e[:20])
 def test_verify_unreadable_equation_exit_2(run_cli, equation):
     result = run_cli("verify", equation, "x=1;")
     assert result.returncode == 2 and _one_line_error(result)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["maps", "--head", "١:2"],
+        ["maps", "--limit", "1_0"],
+        ["eval", "runs/none", "--limit", "٣"],
+        ["train", "--seed", "１"],
+        ["train", "--lr", "inf"],
+        ["train", "--set", "seed=٣"],
+        ["train", "--set", "learning_rate=nan"],
+    ],
+    ids=" ".join,
+)
+def test_other_commands_read_ascii_numbers_only(run_cli, tmp_path, args):
+    result = run_cli(*args, cwd=tmp_path)
+    assert result.returncode == 2 and _one_line_error(result), result.stderr
+    assert not list(tmp_path.iterdir())
+
+
+def _press_ctrl_c(args, ready: str, cwd, timeout=300):
+    """Run `cli.py ARGS` with stderr on a terminal, so that progress bars show as they do for a
+    person, and once stderr matches `ready` send SIGINT to its process group, as Ctrl-C does (every
+    worker process gets it too). Returns the exit code, stdout and the stderr lines (bar redraws,
+    which end in a carriage return, count as lines)."""
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    main, terminal = pty.openpty()
+    fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # tqdm draws nothing on a 0x0 terminal
+    proc = subprocess.Popen([sys.executable, str(ROOT / "cli.py"), *map(str, args)], cwd=cwd, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=terminal, start_new_session=True)
+    os.close(terminal)
+    chunks = []
+
+    def read():
+        while True:
+            try:
+                data = os.read(main, 4096)
+            except OSError:  # Linux: EIO once no process holds the terminal any more
+                return
+            if not data:
+                return
+            chunks.append(data)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        deadline = time.monotonic() + timeout
+        while not re.search(ready, b"".join(chunks).decode(errors="replace")):
+            assert proc.poll() is None, f"ended before it showed progress: {b''.join(chunks)!r}"
+            assert time.monotonic() < deadline, f"no progress in {timeout} s: {b''.join(chunks)!r}"
+            time.sleep(0.05)
+        os.killpg(proc.pid, signal.SIGINT)
+        stdout, _ = proc.communicate(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    reader.join(timeout)
+    os.close(main)
+    return proc.returncode, stdout.decode(), re.split(r"[\r\n]+", b"".join(chunks).decode(errors="replace"))
+
+
+def _messages(lines: list[str], bar: str) -> list[str]:
+    """What stderr says besides the progress bar `bar` and blank lines."""
+    return [line for line in lines if line.strip() and not line.startswith(bar)]
+
+
+needs_a_terminal = pytest.mark.skipif(sys.platform == "win32", reason="a pseudo-terminal and process groups are POSIX")
+
+
+@needs_a_terminal
+def test_ctrl_c_during_gen_prints_one_line_and_leaves_nothing(tmp_path):
+    code, stdout, lines = _press_ctrl_c(["gen", "--rows", 20000, "--workers", 2, "--out", tmp_path / "q"],
+                                        r"write\+verify: .*\b[1-9][0-9]*/20000", cwd=tmp_path)  # a chunk done: the pool works
+    text = "\n".join(lines)
+    assert code == 130 and stdout == "", text
+    assert "Traceback" not in text and "KeyboardInterrupt" not in text and "ForkPoolWorker" not in text, text
+    assert _messages(lines, "write+verify:") == ["quadlab: interrupted"], text
+    assert list(tmp_path.iterdir()) == []  # neither the dataset nor its hidden .q.partial-PID sibling
+
+
+@needs_a_terminal
+def test_ctrl_c_during_train_prints_one_line(tmp_path):
+    from gen.dataset import GenOptions, generate
+    from gen.equations import Ranges
+
+    data = tmp_path / "data"
+    generate(GenOptions(rows=400, ranges=Ranges(a_lo=-5, a_hi=5, root_lo=-30, root_hi=30)), data)
+    tiny = [f"--set={key}={value}" for key, value in
+            {"d_model": 16, "d_ff": 32, "d_kv": 8, "num_layers": 1, "num_decoder_layers": 1, "num_heads": 2, "val_size": 20}.items()]
+    # no evaluation (so no checkpoint write) before the interruption: Ctrl-C lands in a training step
+    code, stdout, lines = _press_ctrl_c(["train", "--data", data, "--run-dir", tmp_path / "run", "--max-steps", 100000,
+                                         "--eval-every", 100000, "--batch-size", 8, *tiny], r"train: .*\b[1-9][0-9]*/100000", cwd=tmp_path)
+    text = "\n".join(lines)
+    assert code == 130 and "Traceback" not in text and "KeyboardInterrupt" not in text, text
+    [message] = _messages(lines, "train:")
+    assert message.startswith("quadlab train: interrupted at step") and "--resume" in message, text
+    assert not [p.name for p in (tmp_path / "run").rglob("*") if re.search(r"\.tmp|\.old|partial", p.name)]

@@ -5,9 +5,11 @@ from pathlib import Path
 
 import datasets
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 import gen.dataset as dataset_module
-from gen import QuadlabError
+from gen import QuadlabError, ascii_float, ascii_int
 from gen.dataset import GenerationBug, GenOptions, build_splits, generate
 from gen.equations import CLASSES, NoRealRootIndex, Ranges, capacity, sample_coefficients
 from gen.grader import real_root_count
@@ -124,6 +126,7 @@ def test_every_row_is_verified_a_wrong_solution_stops_generation(monkeypatch):
         (GenOptions(rows=0), "--rows"),
         (GenOptions(mix=(0.5, 0.3, 0.3)), "--mix"),
         (GenOptions(mix=(1.2, -0.2, 0.0)), "--mix"),
+        (GenOptions(mix=(float("nan"), 0.5, 0.5)), "--mix"),  # nan compares false with everything
         (GenOptions(test_fraction=1.0), "--test-fraction"),
         (GenOptions(ranges=Ranges(a_lo=0, a_hi=0)), "--a-range"),
         (GenOptions(ranges=Ranges(root_lo=3, root_hi=1)), "--root-range"),
@@ -159,3 +162,63 @@ def test_interrupted_save_leaves_nothing_that_looks_complete(monkeypatch, tmp_pa
     with pytest.raises(type(failure)):
         generate(GenOptions(rows=200), tmp_path / "quadratic")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_an_overwrite_stopped_between_its_two_renames_puts_the_old_dataset_back(monkeypatch, tmp_path):
+    out = tmp_path / "quadratic"
+    generate(GenOptions(rows=200, seed=1), out)
+    before = _tree_digest(out)
+    rename = Path.rename
+
+    def stopped(self, target):
+        if ".partial-" in self.name:  # the new dataset moving into place
+            raise KeyboardInterrupt
+        return rename(self, target)
+
+    monkeypatch.setattr(Path, "rename", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        generate(GenOptions(rows=300, seed=2), out, overwrite=True)
+    assert _tree_digest(out) == before
+    assert [p.name for p in tmp_path.iterdir()] == ["quadratic"]
+
+
+# Numbers are ASCII: int() and float() alone would read all of these.
+LENIENT = ["١", "１", "٣.٥", "1١", " 1", "1 ", "\t1", "1\n", "1_000", "1_0.5", "nan", "NaN", "inf", "-inf", "Infinity", "1e999", "", "+", "-", "."]
+
+
+@pytest.mark.parametrize("text", LENIENT)
+def test_ascii_numbers_refuse_what_int_and_float_read_leniently(text):
+    with pytest.raises(ValueError):
+        ascii_int(text)
+    with pytest.raises(ValueError):
+        ascii_float(text)
+
+
+@given(st.integers(-10**40, 10**40), st.floats(allow_nan=False, allow_infinity=False))
+def test_ascii_numbers_read_what_python_writes(n, x):
+    assert ascii_int(str(n)) == n and ascii_int(f"+{n}" if n >= 0 else str(n)) == n
+    assert ascii_float(repr(x)) == x and ascii_float(str(n)) == float(n)
+
+
+@given(st.text(alphabet="0123456789+-.e"), st.integers(0, 50), st.characters(min_codepoint=128))
+def test_no_string_with_a_non_ascii_character_is_a_number(text, at, char):
+    """Any character outside ASCII, a digit of another script (category Nd) included, makes the
+    whole string not a number; what is accepted is exactly what int() / float() read."""
+    hostile = text[:at] + char + text[at:]
+    for parse in (ascii_int, ascii_float):
+        with pytest.raises(ValueError):
+            parse(hostile)
+    for parse, python in ((ascii_int, int), (ascii_float, float)):
+        try:
+            value = parse(text)
+        except ValueError:
+            continue
+        assert value == python(text)
+
+
+@given(st.characters(categories=["Nd"]).filter(lambda c: not c.isascii()))
+def test_no_digit_of_another_script_is_a_number(digit):
+    assert 0 <= int(digit) <= 9  # Python reads it ...
+    for parse in (ascii_int, ascii_float):
+        with pytest.raises(ValueError):  # ... we do not
+            parse(digit)

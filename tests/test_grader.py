@@ -4,6 +4,7 @@ import time
 import pytest
 from conftest import equations
 from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from gen.equations import FORMATS, write_equation, write_solution
 from gen.grader import GradeError, grade, parse_equation, true_roots
@@ -133,7 +134,9 @@ HOSTILE = {
 def test_hostile_solutions_end_fast_and_wrong(name):
     start = time.perf_counter()
     verdict = grade(1, -2, 1, HOSTILE[name])
-    assert time.perf_counter() - start < 0.5
+    # a guard against the exponential blow-up these strings aim at (hours unbounded), not a speed
+    # test: a bounded grader ends in a millisecond, so 10 s holds on any loaded machine
+    assert time.perf_counter() - start < 10
     assert not verdict.ok and verdict.errors
 
 
@@ -165,3 +168,42 @@ def test_true_roots_are_exact():
     assert true_roots(7, 3556, 451612) == ["-254"]
     assert true_roots(1, 0, -2) == ["-sqrt(2)", "sqrt(2)"]
     assert true_roots(1, 0, 1) == []
+
+
+# A digit of another script with the value of the ASCII digit it replaces: int() reads `١` as 1,
+# so before numbers were ASCII only, these strings were graded right.
+OTHER_DIGITS = st.characters(categories=["Nd"]).filter(lambda c: not c.isascii())
+
+
+def _same_value_elsewhere(text: str, position: int, digit: str) -> str:
+    """`text` with its `position`-th ASCII digit (modulo their count) written in `digit`'s script."""
+    places = [i for i, ch in enumerate(text) if ch.isascii() and ch.isdigit()]
+    i = places[position % len(places)]
+    zero = ord(digit) - int(digit)  # Unicode keeps each script's digits 0-9 in order
+    return text[:i] + chr(zero + int(text[i])) + text[i + 1 :]
+
+
+@settings(max_examples=200, deadline=None)
+@given(equations(), st.sampled_from(FORMATS), st.integers(0, 10**6), OTHER_DIGITS)
+def test_a_digit_of_another_script_is_never_a_number(eq, fmt, position, digit):
+    a, b, c, _ = eq
+    solution = _same_value_elsewhere(write_solution(a, b, c, fmt), position, digit)
+    verdict = grade(a, b, c, solution)
+    assert not verdict.well_formed and not verdict.ok and "non-ASCII" in verdict.errors[0]
+    with pytest.raises(GradeError, match="non-ASCII"):
+        parse_equation(_same_value_elsewhere(write_equation(a, b, c), position, digit))
+
+
+@pytest.mark.parametrize("equation", ["١x^2+3x+2=0", "x^2+３x+2=0", "x^2+3x+2=０", "x^2\u22123x+2=0", "x^2+3x+2=0\u00a0"],
+                         ids=["arabic-indic", "full-width", "full-width zero", "unicode minus", "no-break space"])
+def test_non_ascii_equations_raise(equation):
+    with pytest.raises(GradeError, match="non-ASCII"):
+        parse_equation(equation)
+
+
+@pytest.mark.parametrize("prediction", ["x=-１;x=-2;", "x=-1;x=-2;\u200b", "x=\udcff;", "\x00x=-1;x=-2;"])
+def test_hostile_model_output_is_judged_wrong_not_an_error(prediction):
+    from train.metrics import judge
+
+    judged = judge(1, 3, 2, "x=-1;x=-2;", prediction)
+    assert not judged["exact"] and not judged["roots_correct"] and not judged["steps_valid"]

@@ -7,10 +7,11 @@ that a run is reproduced by `cli.py train --config RUN_DIR/config.yaml`.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-from gen import QuadlabError
+from gen import QuadlabError, ascii_float, ascii_int
 
 
 @dataclass
@@ -101,19 +102,33 @@ PRESETS: dict[str, dict] = {
 
 
 def _coerce(name: str, value, current):
+    """`value` as the type of the key's default. Text (--set, or quoted in YAML) is read by gen's
+    ASCII number helpers: int() and float() alone also read `١`, ` 1 `, `1_000`, `nan`, `inf`."""
     kind = type(current)
-    if isinstance(value, kind) and not (kind is int and isinstance(value, bool)):
-        return value
     try:
+        if not isinstance(value, (str, int, float)):  # YAML null, lists, mappings, dates
+            raise TypeError
         if kind is bool:
+            if isinstance(value, bool):
+                return value
             if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
                 return value.lower() in ("true", "1", "yes")
             raise ValueError
-        if kind is int and isinstance(value, float) and value.is_integer():
-            return int(value)
+        if isinstance(value, bool):  # YAML true/false is no number, although int(True) == 1
+            raise TypeError
+        if kind is int:
+            if isinstance(value, float) and not value.is_integer():  # int() would drop the fraction
+                raise ValueError
+            return ascii_int(value) if isinstance(value, str) else int(value)
+        if kind is float:
+            number = ascii_float(value) if isinstance(value, str) else float(value)
+            if not math.isfinite(number):  # YAML's .nan and .inf
+                raise ValueError
+            return number
         return kind(value)
-    except (TypeError, ValueError):
-        raise QuadlabError(f"config key {name!r} takes a {kind.__name__}, not {value!r}") from None
+    except (TypeError, ValueError, OverflowError):
+        digits = " (written with the digits 0-9)" if kind in (int, float) else ""
+        raise QuadlabError(f"config key {name!r} takes a {kind.__name__}{digits}, not {value!r}") from None
 
 
 def resolve(preset: str = "tiny", yaml_path: str | None = None, overrides: dict | None = None, base: TrainConfig | None = None) -> TrainConfig:
@@ -125,17 +140,21 @@ def resolve(preset: str = "tiny", yaml_path: str | None = None, overrides: dict 
     from_yaml = {}
     if yaml_path:
         try:
-            from_yaml = yaml.safe_load(Path(yaml_path).read_text()) or {}
+            from_yaml = yaml.safe_load(Path(yaml_path).read_bytes().decode("utf-8"))
         except FileNotFoundError:
             raise QuadlabError(f"config file {yaml_path} does not exist") from None
+        except (OSError, UnicodeDecodeError) as err:  # a directory, no permission, not text
+            raise QuadlabError(f"config file {yaml_path} cannot be read as text ({type(err).__name__}); give a YAML file of KEY: VALUE lines") from None
         except yaml.YAMLError as err:
-            raise QuadlabError(f"config file {yaml_path} is not valid YAML: {str(err).splitlines()[0]}") from None
+            raise QuadlabError(f"config file {yaml_path} is not valid YAML: {(str(err).splitlines() or [''])[0]}") from None
+        if from_yaml is None:  # an empty file is a mistake, not a wish for the defaults
+            raise QuadlabError(f"config file {yaml_path} is empty; write KEY: VALUE lines (e.g. the config.yaml of a run), or drop --config")
         if not isinstance(from_yaml, dict):
-            raise QuadlabError(f"config file {yaml_path} must hold a mapping of keys to values")
+            raise QuadlabError(f"config file {yaml_path} must hold a mapping of keys to values, e.g. `max_steps: 500`")
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
     task = overrides.get("task") or from_yaml.get("task")
     preset = overrides.get("preset") or from_yaml.get("preset") or ("squad" if task == "squad" and preset == "tiny" else preset)
-    if preset not in PRESETS:
+    if not isinstance(preset, str) or preset not in PRESETS:
         raise QuadlabError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
     layers = [("preset " + preset, {**PRESETS[preset], "preset": preset}), (f"{yaml_path}", from_yaml), ("command line", overrides)]
     values = dataclasses.asdict(config)

@@ -29,22 +29,37 @@ class Skipped:
 def read_squad(path: Path) -> tuple[str, list[dict]]:
     """(version, articles) of an official-format file; a one-line error if it is not one."""
     path = Path(path)
+    shape = "expected {'version', 'data': [{'title', 'paragraphs': [{'context', 'qas': [{'id', 'question', 'answers'}]}]}]}"
+    if path.is_dir():
+        raise QuadlabError(f"SQuAD file {path} is a directory; give a SQuAD v1.1/v2.0 JSON file such as dev-v1.1.json")
     try:
-        raw = json.loads(path.read_text())
+        text = path.read_bytes().decode("utf-8")
+        raw = json.loads(text) if text.strip() else None
     except FileNotFoundError:
         raise QuadlabError(f"SQuAD file {path} does not exist") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise QuadlabError(f"SQuAD file {path} is not JSON: {err}") from None
+    except (OSError, ValueError) as err:  # unreadable, not UTF-8, not JSON
+        why = f"{type(err).__name__}: {(str(err).splitlines() or [''])[0][:120]}"
+        raise QuadlabError(f"SQuAD file {path} cannot be read ({why})" if isinstance(err, OSError)
+                           else f"SQuAD file {path} is not JSON ({why}); {shape}") from None
+    if raw is None:
+        raise QuadlabError(f"SQuAD file {path} is empty; {shape}")
     if not isinstance(raw, dict) or not isinstance(raw.get("data"), list):
-        raise QuadlabError(f"SQuAD file {path} has no 'data' list; expected {{'version', 'data': [{{'title', 'paragraphs'}}]}}")
+        raise QuadlabError(f"SQuAD file {path} has no 'data' list; {shape}")
     for a, article in enumerate(raw["data"]):
-        for p, paragraph in enumerate(article.get("paragraphs", []) if isinstance(article, dict) else [None]):
-            if not isinstance(paragraph, dict) or "context" not in paragraph or "qas" not in paragraph:
-                raise QuadlabError(f"SQuAD file {path}: article {a} paragraph {p} lacks 'context' or 'qas'")
+        paragraphs = article.get("paragraphs") if isinstance(article, dict) else None
+        for p, paragraph in enumerate(paragraphs if isinstance(paragraphs, list) else [None]):
+            if not (isinstance(paragraph, dict) and isinstance(paragraph.get("context"), str) and isinstance(paragraph.get("qas"), list)):
+                raise QuadlabError(f"SQuAD file {path}: article {a} paragraph {p} lacks 'context' (a string) or 'qas' (a list); {shape}")
             for q, qa in enumerate(paragraph["qas"]):
-                missing = [k for k in ("id", "question", "answers") if k not in qa]
+                missing = [k for k in ("id", "question", "answers") if not isinstance(qa, dict) or k not in qa]
+                answers = qa.get("answers") if isinstance(qa, dict) else None
+                # `type(...) is int`: isinstance takes true for 1; a string id, as in the official files
+                if not missing and not (isinstance(qa["id"], str) and isinstance(qa["question"], str) and isinstance(answers, list) and all(
+                        isinstance(x, dict) and isinstance(x.get("text"), str) and type(x.get("answer_start")) is int
+                        and x["answer_start"] >= 0 for x in answers)):
+                    missing = ["an 'id' string, a 'question' string or 'answers' of {'text': string, 'answer_start': integer >= 0}"]
                 if missing:
-                    raise QuadlabError(f"SQuAD file {path}: article {a} paragraph {p} question {q} lacks {', '.join(missing)}")
+                    raise QuadlabError(f"SQuAD file {path}: article {a} paragraph {p} question {q} lacks {', '.join(missing)}; {shape}")
     return str(raw.get("version", "1.1")), raw["data"]
 
 
@@ -73,7 +88,8 @@ def examples_from(articles: list[dict], skipped: Skipped) -> list[dict]:
 def split_by_article(articles: list[dict], eval_articles: int) -> tuple[list[dict], list[dict]]:
     """The first articles train, the last `eval_articles` evaluate (as GUIDE.md suggests: 38 / 10)."""
     if not 0 < eval_articles < len(articles):
-        raise QuadlabError(f"cannot keep {eval_articles} of {len(articles)} articles for evaluation")
+        raise QuadlabError(f"cannot keep {eval_articles} of {len(articles)} articles for evaluation; "
+                           f"pass --set eval_articles=N below {len(articles)}, or --eval-file")
     return articles[:-eval_articles], articles[-eval_articles:]
 
 
