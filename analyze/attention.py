@@ -62,7 +62,7 @@ def equation_roles(tokens: list[str]) -> list[str]:
 
 def solution_roles(tokens: list[str]) -> list[str]:
     """Role of each decoder token: `<start>` (T5's start token), digits, symbols, `none`, `sqrt`,
-    the names a, b, c of the steps format, `</s>`."""
+    the names a, b, c of the steps and long formats, `</s>`."""
     out = []
     for tok in tokens:
         if tok in ("<pad>", "<start>"):

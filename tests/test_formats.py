@@ -1,0 +1,178 @@
+"""Issue 12, item 2: the `long` format, every operation on numbers of several digits written as
+schoolbook steps that the grader checks one by one."""
+
+import json
+import re
+
+import pytest
+from conftest import equations
+from hypothesis import HealthCheck, given, settings
+
+from analyze.attention import solution_roles
+from gen import QuadlabError
+from gen.dataset import GenOptions, build_splits, generate
+from gen.equations import FORMATS, Ranges, write_equation, write_solution
+from gen.grader import grade, parse_equation
+from train.metrics import diagnose, statement_names
+
+LONG_EXAMPLE = (  # -3x^2-15x+18=0, as in the README
+    "4*a=-12;18*1=18;18*2=36;180+36=216;15*1=15;15*5=75;150+75=225;D=225-(-216)=441;"
+    "2*2=4;4-4=0;(20*2+1)*1=41;41-41=0;sqrt(D)=21;2*a=-6;"
+    "15-21=-6;6-6*1=0;x=-6/(-6)=1;15+21=36;36-6*6=0;x=36/(-6)=-6;x=1;x=-6;"
+)
+LONG_PUBLISHED = (  # 7x^2+3556x+451612=0, the published example
+    "4*a=28;451612*2=903224;451612*8=3612896;9032240+3612896=12645136;"
+    "3556*3=10668;3556*5=17780;106680+17780=124460;3556*5=17780;1244600+17780=1262380;3556*6=21336;12623800+21336=12645136;"
+    "D=12645136-12645136=0;sqrt(D)=0;2*a=14;"
+    "-3556-0=-3556;35-14*2=7;75-14*5=5;56-14*4=0;x=-3556/14=-254;"
+    "-3556+0=-3556;35-14*2=7;75-14*5=5;56-14*4=0;x=-3556/14=-254;x=-254;x=-254;"
+)
+
+
+@pytest.mark.parametrize("abc, solution", [((-3, -15, 18), LONG_EXAMPLE), ((7, 3556, 451612), LONG_PUBLISHED)])
+def test_long_format_of_the_documented_examples_is_graded_right(abc, solution):
+    assert write_solution(*abc, "long") == solution
+    verdict = grade(*parse_equation(write_equation(*abc)), solution)
+    assert verdict.ok, verdict.errors
+
+
+@pytest.mark.parametrize(
+    "abc, solution",
+    [
+        ((5, 3, 7), "4*a=20;7*2=14;3*3=9;D=9-140=-131;x=none;"),  # 4a = 20: its trailing 0 ends the product 140
+        ((1, 0, -4), "4*a=4;4*4=16;D=0-(-16)=16;4*4=16;16-16=0;sqrt(D)=4;2*a=2;0-4=-4;4-2*2=0;x=-4/2=-2;0+4=4;4-2*2=0;x=4/2=2;x=-2;x=2;"),
+        # b = -3550: the digit 0 of b and the root's last digit 0 get no step; c = 0 and the root 0 get none
+        ((10, -3550, 0), "4*a=40;3550*3=10650;3550*5=17750;106500+17750=124250;3550*5=17750;1242500+17750=1260250;"
+                         "D=12602500-0=12602500;3*3=9;12-9=3;(20*3+5)*5=325;360-325=35;(20*35+5)*5=3525;3525-3525=0;"
+                         "sqrt(D)=3550;2*a=20;3550-3550=0;x=0/20=0;3550+3550=7100;71-20*3=11;110-20*5=10;100-20*5=0;"
+                         "x=7100/20=355;x=0;x=355;"),
+    ],
+)
+def test_long_format_leaves_out_steps_by_zero(abc, solution):
+    assert write_solution(*abc, "long") == solution
+    assert grade(*abc, solution).ok
+
+
+@settings(max_examples=300, deadline=None)
+@given(equations())
+def test_long_solutions_are_graded_right(eq):
+    a, b, c, kind = eq
+    verdict = grade(a, b, c, write_solution(a, b, c, "long"))
+    assert verdict.ok, verdict.errors
+    assert verdict.num_roots == kind
+
+
+@settings(max_examples=300, deadline=None)
+@given(equations(Ranges(a_lo=-5, a_hi=5, root_lo=-30, root_hi=30)))
+def test_long_solutions_are_graded_right_on_small_ranges(eq):
+    a, b, c, _ = eq
+    assert grade(a, b, c, write_solution(a, b, c, "long")).ok
+
+
+def _corrupted_statements(solution: str):
+    """(statement, corrupted solution) for every digit of every statement before the final answer
+    replaced by another digit (no leading zero: that would be refused as malformed, not judged),
+    or deleted from a number of several digits."""
+    statements = solution.split(";")[:-1]
+    final = len(statements)
+    while final and re.fullmatch(r"x=-?\d+|x=none", statements[final - 1]):
+        final -= 1
+    for k, statement in enumerate(statements[:final]):
+        for m in re.finditer(r"\d+", statement):
+            for i in range(m.start(), m.end()):
+                changed = [d for d in "0123456789" if d != statement[i] and not (d == "0" and i == m.start() and m.end() - m.start() > 1)]
+                if m.end() - m.start() > 1:
+                    changed.append("")
+                for d in changed:
+                    corrupted = statement[:i] + d + statement[i + 1 :]
+                    yield statement, i, ";".join(statements[:k] + [corrupted] + statements[k + 1 :]) + ";"
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(equations())
+def test_every_intermediate_digit_is_checked(eq):
+    """Corrupting any digit of any step makes a false equality (steps_valid false): the grader's
+    verdict covers the whole scratchpad. The one exception is a copy that a value does not depend
+    on: 2a in `x=0/(2a)=0` (a root 0), which the substitution check catches instead (or the
+    division by zero, when deleting a digit leaves 0)."""
+    a, b, c, _ = eq
+    for statement, position, corrupted in _corrupted_statements(write_solution(a, b, c, "long")):
+        verdict = grade(a, b, c, corrupted)
+        if statement.startswith("x=0/") and position > statement.index("/"):
+            assert not (verdict.steps_valid and verdict.substitutions_valid), corrupted
+        else:
+            assert not verdict.steps_valid, corrupted
+
+
+def test_corruption_check_covers_the_zero_root_exception():
+    # the documented exception occurs: 2a in x=0/20=0, caught by the substitution check
+    corrupted = write_solution(10, -3550, 0, "long").replace("x=0/20=0", "x=0/21=0")
+    verdict = grade(10, -3550, 0, corrupted)
+    assert verdict.steps_valid and not verdict.substitutions_valid and not verdict.ok
+
+
+def test_same_seed_same_equations_in_every_format(tmp_path):
+    """Only the solution text depends on the format, so accuracies compare row for row."""
+    import datasets
+
+    columns = ("equation", "a", "b", "c", "num_roots")
+    loaded = {}
+    for fmt in FORMATS:
+        generate(GenOptions(rows=600, seed=5, format=fmt), tmp_path / fmt, workers=1)
+        loaded[fmt] = datasets.load_from_disk(str(tmp_path / fmt))
+    for split in ("train", "test"):
+        for fmt in FORMATS[1:]:
+            for col in columns:
+                assert loaded[fmt][split][col] == loaded["published"][split][col], (fmt, split, col)
+        rows = loaded["long"][split]
+        assert rows["solution"] == [write_solution(a, b, c, "long") for a, b, c in zip(rows["a"], rows["b"], rows["c"])]
+    card = json.loads((tmp_path / "long" / "card.json").read_text())
+    assert card["format"] == "long"
+    lengths = [len(s) for s in loaded["long"]["train"]["solution"]]
+    stats = card["lengths"]["train"]["solution"]
+    assert (stats["min"], stats["max"], stats["mean"]) == (min(lengths), max(lengths), round(sum(lengths) / len(lengths), 3))
+    readme = (tmp_path / "long" / "README.md").read_text()
+    assert "solution format `long`" in readme and f"| train | len(solution) | {min(lengths)} |" in readme
+
+
+def test_long_format_too_long_for_the_grader_is_refused(tmp_path):
+    wide = Ranges(a_lo=-10**6, a_hi=10**6, root_lo=-10**4, root_hi=10**4)
+    with pytest.raises(QuadlabError, match="more than the grader reads"):
+        generate(GenOptions(rows=100, format="long", ranges=wide), tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    assert build_splits(GenOptions(rows=100, ranges=wide), workers=1)  # the published format fits
+
+
+def test_gen_and_verify_on_the_command_line(run_cli, tmp_path):
+    done = run_cli("gen", "--format", "long", "--rows", 200, "--out", tmp_path / "q", "--workers", 2)
+    assert done.returncode == 0, done.stderr
+    assert json.loads((tmp_path / "q" / "card.json").read_text())["format"] == "long"
+    right = run_cli("verify", "--", "-3x^2-15x+18=0", LONG_EXAMPLE)
+    assert right.returncode == 0 and json.loads(right.stdout)["ok"]
+    wrong = run_cli("verify", "--", "-3x^2-15x+18=0", "-", input=LONG_EXAMPLE.replace("150+75=225", "150+75=235"))
+    verdict = json.loads(wrong.stdout)
+    assert wrong.returncode == 1 and not verdict["steps_valid"] and verdict["answer_correct"]
+    refused = run_cli("gen", "--format", "longhand", "--out", tmp_path / "r")
+    assert refused.returncode == 2 and "long" in refused.stderr and not (tmp_path / "r").exists()
+
+
+def test_diagnosis_names_on_the_long_format():
+    names = statement_names(LONG_EXAMPLE)
+    assert [n for n in names if " work " not in n] == ["4*a", "D", "sqrt(D)", "2*a", "x1", "x2", "answer"]
+    # scratch statements are named after the statement they lead to, the same for every equation
+    assert names[:8] == ["4*a"] + [f"D work {k}" for k in range(1, 7)] + ["D"]
+    assert names[8:13] == [f"sqrt(D) work {k}" for k in range(1, 5)] + ["sqrt(D)"]
+    assert len(names) == len(LONG_EXAMPLE.split(";")) - 2  # one per statement, the final answer judged as one
+    wrong = diagnose(LONG_EXAMPLE, LONG_EXAMPLE.replace("150+75=225", "150+75=235"), answer_correct=True)
+    order = list(wrong["statements"])
+    assert wrong["first_wrong"] == "D work 6: value" and order.index(wrong["first_wrong"]) < order.index("D: formula")
+    assert wrong["statements"]["D: value"] and wrong["statements"]["answer"]
+
+
+@settings(max_examples=100, deadline=None)
+@given(equations())
+def test_every_character_of_every_format_has_a_role(eq):
+    a, b, c, _ = eq
+    for fmt in FORMATS:
+        solution = write_solution(a, b, c, fmt)
+        assert "other" not in solution_roles(list(solution)), solution
