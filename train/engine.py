@@ -10,6 +10,14 @@ Run directory while training:
     best/                the best model so far, Hugging Face format
     checkpoints/step-N/  models kept for analyses over training (keep_checkpoints > 0)
     log.jsonl            one line per optimiser step, and one per evaluation
+
+Several processes (`accelerate launch --multi_gpu --num_processes N cli.py train ...`): each takes
+a disjoint share of every step's batches and DDP averages the gradients. Everything else is done
+by the main process alone while the others wait for its result (`on_main`): the run directory,
+the validation decoding (exact, and every process then takes the same early-stopping decision),
+every file; the end of the run (test decoding, metrics.json, predictions) is the main process's
+alone, the others return from `train` at once. A checkpoint is the one collective write: each
+process saves its own RNG state in it, for an exact resume under the same number of processes.
 """
 
 from __future__ import annotations
@@ -22,14 +30,17 @@ import shutil
 import sys
 import time
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
-from typing import Callable
+from typing import Callable, TypeVar
 
 import torch
 
 from train.config import TrainConfig
 
 CHECKPOINT, BEST, KEPT, LOG, STATE = "checkpoint", "best", "checkpoints", "log.jsonl", "trainer_state.json"
+STOP_AFTER_STEPS = "QUADLAB_STOP_AFTER_STEPS"  # tests of launched runs: `stop_after_steps` (Interrupted, with a checkpoint)
+T = TypeVar("T")
 
 
 class Interrupted(Exception):
@@ -79,6 +90,7 @@ class TrainerState:
     eval_seconds: float = 0.0
     tokens: int = 0
     finished: bool = False
+    processes: int = 1  # the data order and the RNG states of a checkpoint belong to this many processes
 
     def save(self, path: Path) -> None:
         path.write_text(json.dumps(self.__dict__, indent=2))
@@ -92,11 +104,54 @@ def _atomic_dir(target: Path, write: Callable[[Path], None]) -> None:
     tmp = target.with_name(target.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     write(tmp)
+    _swap_in(tmp, target)
+
+
+def _swap_in(tmp: Path, target: Path) -> None:
     old = target.with_name(target.name + ".old")
     if target.exists():
         target.rename(old)
     tmp.rename(target)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def process_state():
+    """Accelerate's view of this process: one alone, or one of those `accelerate launch` started.
+
+    Launched as several processes on a machine without CUDA, they train on the CPU over gloo
+    (accelerate would otherwise take each for a lone process). The timeout is long because the
+    other processes wait while the main one decodes the validation split."""
+    from accelerate import PartialState
+    from accelerate.utils import parse_flag_from_env
+
+    launched = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    cpu = parse_flag_from_env("ACCELERATE_USE_CPU") or (launched and not torch.cuda.is_available())
+    return PartialState(cpu=cpu, timeout=timedelta(hours=1))
+
+
+def on_main(job: Callable[[], T]) -> T:
+    """`job()` on the main process alone; every process gets its result, or raises its QuadlabError.
+
+    The others wait meanwhile, so that none reads what the main process is still writing, and a
+    refusal on the main process stops them all instead of leaving them waiting for it."""
+    from accelerate.utils import broadcast_object_list
+
+    from gen import QuadlabError
+
+    state = process_state()
+    if state.num_processes == 1:
+        return job()
+    outcome = [None]
+    if state.is_main_process:
+        try:
+            outcome = [(True, job())]
+        except QuadlabError as err:
+            outcome = [(False, str(err))]
+    broadcast_object_list(outcome)
+    ok, value = outcome[0]
+    if not ok:
+        raise QuadlabError(value)
+    return value
 
 
 def quiet_libraries() -> None:
@@ -129,24 +184,34 @@ def train(
     resume: bool = False,
     stop_after_steps: int | None = None,
     progress: bool = True,
-) -> dict:
-    """Train `model` on `train_set`; returns a summary. The best model ends up in `run_dir/best`."""
+) -> dict | None:
+    """Train `model` on `train_set`; returns a summary on the main process, None on the others
+    (see the module's docstring). The best model ends up in `run_dir/best`."""
     from accelerate import Accelerator
     from accelerate.utils import set_seed
     from tqdm import tqdm
     from transformers import get_scheduler
 
+    from gen import QuadlabError
+
     quiet_libraries()
     precision = config.precision
     if precision == "auto":
         precision = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp32"
+    process_state()  # before the Accelerator, which takes over its settings
     accelerator = Accelerator(mixed_precision="bf16" if precision == "bf16" else "no")
-    set_seed(config.seed)
+    main = accelerator.is_main_process
+    set_seed(config.seed, device_specific=True)  # each process its own dropout masks; process 0 as a lone run
+    if stop_after_steps is None and os.environ.get(STOP_AFTER_STEPS):
+        stop_after_steps = int(os.environ[STOP_AFTER_STEPS])
 
     # Data order is ours, not a prepared DataLoader's: a function of (seed, epoch) alone, so that a
     # resumed run skips exactly the batches it had consumed. Each process takes every n-th batch.
     sampler = LengthGroupedBatches(lengths, config.batch_size, config.seed)
-    per_process = len(sampler) // accelerator.num_processes if accelerator.num_processes > 1 else len(sampler)
+    per_process = len(sampler) // accelerator.num_processes
+    if per_process == 0:
+        raise QuadlabError(f"{len(lengths)} training rows make {len(sampler)} batches of {config.batch_size}, fewer than the "
+                           f"{accelerator.num_processes} processes; lower --batch-size or add rows")
     steps_per_epoch = math.ceil(per_process / config.grad_accum)
     total_steps = config.max_steps or math.ceil(config.epochs * steps_per_epoch)
 
@@ -161,33 +226,46 @@ def train(
     model, optimizer = accelerator.prepare(model, optimizer)
     accelerator.register_for_checkpointing(scheduler)  # stepped by us, once per optimiser step
 
-    state = TrainerState()
+    state = TrainerState(processes=accelerator.num_processes)
     checkpoint_dir, log_path = run_dir / CHECKPOINT, run_dir / LOG
     if resume:
         if not (checkpoint_dir / STATE).exists():
-            from gen import QuadlabError
-
             raise QuadlabError(f"{run_dir} has no checkpoint to resume from; start it again without --resume")
-        accelerator.load_state(str(checkpoint_dir))
         state = TrainerState.load(checkpoint_dir / STATE)
-        _truncate_log(log_path, state.step)
-    elif log_path.exists():
+        if state.processes != accelerator.num_processes:
+            launch = "python cli.py" if state.processes == 1 else f"accelerate launch --multi_gpu --num_processes {state.processes} cli.py"
+            raise QuadlabError(f"{run_dir} was trained by {state.processes} process(es), this is {accelerator.num_processes}; "
+                               f"resume it with as many: {launch} train --resume --run-dir {run_dir}")
+        accelerator.load_state(str(checkpoint_dir))
+        if main:
+            _truncate_log(log_path, state.step)
+    elif main and log_path.exists():
         log_path.unlink()
 
     def save_checkpoint():
-        def write(tmp: Path):
-            accelerator.save_state(str(tmp))
+        # Collective: every process writes its RNG state into the new directory (the main process
+        # the rest), and the main one swaps it in only after all have written.
+        tmp = checkpoint_dir.with_name(CHECKPOINT + ".tmp")
+        if main:
+            shutil.rmtree(tmp, ignore_errors=True)
+        accelerator.wait_for_everyone()
+        accelerator.save_state(str(tmp))
+        accelerator.wait_for_everyone()
+        if main:
             state.save(tmp / STATE)
+            _swap_in(tmp, checkpoint_dir)
+        accelerator.wait_for_everyone()
 
-        if accelerator.is_main_process:
-            _atomic_dir(checkpoint_dir, write)
+    def validate() -> dict:
+        model.eval()
+        metrics = evaluate(accelerator.unwrap_model(model))
+        model.train()
+        return metrics
 
     def run_evaluation():
-        model.eval()
         eval_start = time.perf_counter()
-        metrics = evaluate(accelerator.unwrap_model(model))
+        metrics = on_main(validate)
         state.eval_seconds += time.perf_counter() - eval_start
-        model.train()
         value = metrics[config.metric_for_best]
         improved = state.best_metric is None or value >= state.best_metric  # ties: the later, more trained model
         if improved:
@@ -195,7 +273,7 @@ def train(
             state.best_metric, state.best_step = value, state.step
         else:
             state.evals_without_improvement += 1
-        if accelerator.is_main_process:
+        if main:
             if improved:
                 _atomic_dir(run_dir / BEST, lambda tmp: accelerator.unwrap_model(model).save_pretrained(tmp))
             if config.keep_checkpoints:
@@ -203,8 +281,9 @@ def train(
             _log(log_path, {"step": state.step, "eval": metrics, "best": improved})
         return metrics
 
-    bar = tqdm(total=total_steps, initial=state.step, desc="train", unit="step", disable=None if progress else True, dynamic_ncols=True)
+    bar = tqdm(total=total_steps, initial=state.step, desc="train", unit="step", disable=None if progress and main else True, dynamic_ncols=True)
     last_eval = {}
+    step_tokens = 0  # this process's tokens since the last optimiser step
     model.train()
     started = time.perf_counter() - state.elapsed
     stop = state.finished or state.step >= total_steps
@@ -229,20 +308,26 @@ def train(
                     optimizer.step()
                     scheduler.step()
                     optimizer.zero_grad()
-                state.tokens += count_tokens(batch)
+                step_tokens += count_tokens(batch)
                 if not sync:
                     continue
+                step_loss = loss.item()
+                if accelerator.num_processes > 1:  # the log speaks for all processes, not the main one's share
+                    totals = accelerator.reduce(torch.tensor([step_loss, step_tokens], dtype=torch.float64, device=accelerator.device), "sum")
+                    step_loss, step_tokens = totals[0].item() / accelerator.num_processes, int(totals[1].item())
+                state.tokens += step_tokens
+                step_tokens = 0
                 state.step += 1
                 state.elapsed = time.perf_counter() - started
                 record = {
-                    "step": state.step, "epoch": state.epoch, "loss": round(loss.item(), 6),
+                    "step": state.step, "epoch": state.epoch, "loss": round(step_loss, 6),
                     "lr": scheduler.get_last_lr()[0], "grad_norm": None if grad_norm is None else round(float(grad_norm), 6),
                     "tokens": state.tokens, "elapsed": round(state.elapsed, 3),
                 }
-                if accelerator.is_main_process:
+                if main:
                     _log(log_path, record)
                 bar.update(1)
-                bar.set_postfix(loss=f"{loss.item():.4f}", **({"val": f"{last_eval[config.metric_for_best]:.3f}"} if last_eval else {}))
+                bar.set_postfix(loss=f"{step_loss:.4f}", **({"val": f"{last_eval[config.metric_for_best]:.3f}"} if last_eval else {}))
                 if state.step % config.eval_every == 0 or state.step >= total_steps:
                     last_eval = run_evaluation()
                     if config.patience and state.evals_without_improvement >= config.patience:
@@ -261,16 +346,19 @@ def train(
                 state.batches_in_epoch = 0
     except KeyboardInterrupt:
         # Ctrl-C can land in the middle of an optimiser step, so nothing is saved here: --resume
-        # continues exactly from the last checkpoint.
+        # continues exactly from the last checkpoint. Nor is anything awaited: under `accelerate
+        # launch` every process gets the Ctrl-C, and the launcher ends any that has not stopped.
         bar.close()
         raise Interrupted(TrainerState.load(checkpoint_dir / STATE).step if (checkpoint_dir / STATE).exists() else 0) from None
     except Interrupted:
-        save_checkpoint()
+        save_checkpoint()  # every process stops at the same step, so all of them take part
         bar.close()
         raise
     bar.close()
-    if not (run_dir / BEST).exists():  # a resumed run that had already finished, or no evaluation yet
+    if on_main(lambda: not (run_dir / BEST).exists()):  # a resumed run that had already finished, or no evaluation yet
         run_evaluation()
+    if not main:
+        return None
     training = state.elapsed - state.eval_seconds
     return {
         "steps": state.step, "epochs_started": state.epoch + 1, "best_step": state.best_step,
@@ -318,18 +406,23 @@ def prepare_run_dir(config: TrainConfig, resume: bool, overwrite: bool) -> Path:
     from train.config import save_yaml
 
     run_dir = config.resolved_run_dir()
-    if resume:
-        if not (run_dir / "config.yaml").exists():
-            raise QuadlabError(f"{run_dir} is not a run directory to resume (no config.yaml)")
-        return run_dir
-    if run_dir.exists() and any(run_dir.iterdir()):
-        if not overwrite:
-            raise QuadlabError(f"{run_dir} exists; pass --resume to continue it or --overwrite to start again")
-        shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    config.run_dir = str(run_dir)
-    save_yaml(config, run_dir / "config.yaml")
-    write_json(run_dir / "environment.json", environment())
+    if not resume:
+        config.run_dir = str(run_dir)
+
+    def prepare() -> None:
+        if resume:
+            if not (run_dir / "config.yaml").exists():
+                raise QuadlabError(f"{run_dir} is not a run directory to resume (no config.yaml)")
+            return
+        if run_dir.exists() and any(run_dir.iterdir()):
+            if not overwrite:
+                raise QuadlabError(f"{run_dir} exists; pass --resume to continue it or --overwrite to start again")
+            shutil.rmtree(run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_yaml(config, run_dir / "config.yaml")
+        write_json(run_dir / "environment.json", environment())
+
+    on_main(prepare)
     return run_dir
 
 
