@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import bisect
 import random
+import sys
 from dataclasses import dataclass
 from math import isqrt
 
@@ -69,6 +70,18 @@ def capacity(ranges: Ranges) -> dict[str, int]:
     }
 
 
+def _distinct_indices(population: int, k: int, rng: random.Random) -> list[int]:
+    """k distinct integers of range(population) in random order. `random.sample` cannot take a
+    range longer than sys.maxsize (wide ranges of roots make such classes), so past that we draw
+    and reject repeats: k is then a vanishing share of the population."""
+    if population <= sys.maxsize:
+        return rng.sample(range(population), k)
+    seen: dict[int, None] = {}
+    while len(seen) < k:
+        seen.setdefault(rng.randrange(population))
+    return list(seen)
+
+
 def sample_coefficients(ranges: Ranges, counts: dict[str, int], rng: random.Random) -> dict[str, list]:
     """Distinct (a, b, c) for each class, `counts[cls]` of them, in random order."""
     leading, n_r, lo = ranges.leading, ranges.n_roots, ranges.root_lo
@@ -77,7 +90,7 @@ def sample_coefficients(ranges: Ranges, counts: dict[str, int], rng: random.Rand
     out = {}
     for cls in CLASSES:
         rows = []
-        for i in rng.sample(range(len(leading) * per_a[cls]), counts[cls]):
+        for i in _distinct_indices(len(leading) * per_a[cls], counts[cls], rng):
             a, j = leading[i // per_a[cls]], i % per_a[cls]
             if cls == "two":  # j indexes the pairs u < v of root offsets, v-major
                 v = (1 + isqrt(1 + 8 * j)) // 2

@@ -1,6 +1,7 @@
 import hashlib
 import json
 import random
+import sys
 from pathlib import Path
 
 import datasets
@@ -222,3 +223,13 @@ def test_no_digit_of_another_script_is_a_number(digit):
     for parse in (ascii_int, ascii_float):
         with pytest.raises(ValueError):  # ... we do not
             parse(digit)
+
+
+def test_the_widest_ranges_sample_distinct_equations():
+    # the no-root class at +-10^6 holds more equations than random.sample can index
+    wide = Ranges(a_lo=-10**6, a_hi=10**6, root_lo=-10**6, root_hi=10**6)
+    assert capacity(wide)["none"] > sys.maxsize
+    rows = sample_coefficients(wide, {"two": 20, "one": 20, "none": 20}, random.Random(0))
+    for cls, expected in (("two", 2), ("one", 1), ("none", 0)):
+        assert len(set(rows[cls])) == 20
+        assert all(real_root_count(a, b, c) == expected for a, b, c in rows[cls])
