@@ -72,7 +72,7 @@ class QuadraticTask:
     def __init__(self, run_dir: Path, split: str, limit: int, eval_limit: int):
         from train.quadratic import load_run, load_splits
 
-        self.model, self.tokenizer, self.config = load_run(run_dir)
+        self.model, self.tokenizer, self.config = load_run(run_dir, "heads")
         dataset = load_splits(self.config)[split]
         columns = dataset.select(range(min(max(limit, eval_limit), len(dataset)))).to_dict()
         self.rows = {k: v[:limit] for k, v in columns.items()}
@@ -234,7 +234,7 @@ class SquadTask:
         from train.squad import load_data, load_run
         from train.squad_data import drop_long_questions
 
-        self.model, self.tokenizer, self.config = load_run(run_dir)
+        self.model, self.tokenizer, self.config = load_run(run_dir, "heads")
         data = load_data(self.config)
         self.version_2 = data["version_2"]
         self.rows = drop_long_questions(self.tokenizer, data["eval"][: limit or None], self.config.max_length, data["skipped"])
@@ -524,20 +524,19 @@ def correlations(task, points: list[dict]) -> dict:
 def analyze_heads(run_dir: Path, out_dir: Path | None = None, split: str = "test", limit: int = 1000, eval_limit: int = 300,
                   batch_size: int | None = None, clusters: int = 0, compare: list[Path] | None = None, skip_importance: bool = False,
                   progress: bool = True) -> dict:
-    from train.config import load_yaml
+    from train.runs import open_run, read_config
 
     run_dir = Path(run_dir)
-    if not (run_dir / "config.yaml").exists():
-        raise QuadlabError(f"{run_dir} is not a directory; give a run directory made by `cli.py train`" if not run_dir.is_dir()
-                           else f"{run_dir} is not a finished run directory (missing config.yaml)")
+    config = open_run(run_dir, "heads")
     compare = [Path(p) for p in compare or []]
     for other in compare:
-        if not (other / "config.yaml").exists():
-            raise QuadlabError(f"--compare {other} is not a run directory made by `cli.py train`")
-        mine, theirs = run_dir / "tokenizer.json", other / "tokenizer.json"
-        if mine.exists() and (not theirs.exists() or theirs.read_bytes() != mine.read_bytes()):
-            raise QuadlabError(f"--compare {other} has another tokenizer than {run_dir}; compare runs of the same task and vocabulary")
-    config = load_yaml(run_dir / "config.yaml")
+        theirs = other / "tokenizer.json"
+        try:
+            if read_config(other).task == config.task and theirs.is_file() and theirs.read_bytes() != (run_dir / "tokenizer.json").read_bytes():
+                raise QuadlabError(f"{other} has another tokenizer than {run_dir}; compare runs of the same task and vocabulary")
+            open_run(other, "heads --compare", task=config.task)
+        except QuadlabError as err:
+            raise QuadlabError(f"--compare {other}: {err}") from None
     task = (SquadTask if config.task == "squad" else QuadraticTask)(run_dir, split, limit, eval_limit)
     batch_size = batch_size or task.batch_size
     model = task.model

@@ -30,13 +30,6 @@ from gen import QuadlabError
 ROLES = {"encoder": (EQUATION_ROLES, EQUATION_ROLES), "decoder": (SOLUTION_ROLES, SOLUTION_ROLES), "cross": (SOLUTION_ROLES, EQUATION_ROLES)}
 
 
-def newest_run(root: Path = Path("runs")) -> Path:
-    runs = [p.parent for p in Path(root).glob("*/config.yaml") if (p.parent / "model.safetensors").exists()]
-    if not runs:
-        raise QuadlabError(f"no finished run under {root}/; train one with `python cli.py train` or pass --run DIR")
-    return max(runs, key=lambda p: (p / "model.safetensors").stat().st_mtime)
-
-
 def _display(tokens: list[str]) -> list[str]:
     return ["<start>" if t == "<pad>" else t for t in tokens]
 
@@ -146,6 +139,27 @@ def render_example(example: dict, name: str, out_dir: Path, heads: list[tuple[in
     return written
 
 
+def write_example(example: dict, name: str, out_dir: Path, heads: list[tuple[int, int]]) -> list[dict]:
+    """`render_example` and its maps.npz as out_dir/example-NAME, built in a hidden sibling and renamed
+    into place, so that Ctrl-C or a failure leaves the previous folder whole (`explain`, `ask`)."""
+    final = out_dir / f"example-{name}"
+    tmp, old = out_dir / f".example-{name}.partial-{os.getpid()}", out_dir / f".example-{name}.old-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        arrays = {}
+        written = render_example(example, name, tmp, heads, arrays)  # into tmp/example-NAME/
+        np.savez_compressed(tmp / final.name / "maps.npz", **arrays)
+        if final.exists():
+            final.rename(old)
+        (tmp / final.name).rename(final)
+    finally:
+        if old.exists() and not final.exists():  # stopped between the two renames: put the old folder back
+            old.rename(final)
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
+    return written
+
+
 def _short(text: str, width: int = 70) -> str:
     return text if len(text) <= width else text[: width - 3] + "..."
 
@@ -196,13 +210,14 @@ def render_maps(run_dir: Path, out_dir: Path | None = None, split: str = "test",
     """The standard set for a run (quadratic or SQuAD): maps of chosen examples, averages over a
     split by position and by role, the report."""
     from analyze.report import write_report
-    from train.config import load_yaml
+    from train.runs import open_run
 
     run_dir = Path(run_dir)
-    if not (run_dir / "config.yaml").exists():
-        raise QuadlabError(f"{run_dir} is not a directory; give a run directory made by `cli.py train`" if not run_dir.is_dir()
-                           else f"{run_dir} is not a finished run directory (missing config.yaml)")
-    task = load_yaml(run_dir / "config.yaml").task
+    task = open_run(run_dir, "maps").task
+    if task == "squad" and equation:
+        raise QuadlabError(f"{run_dir} is a SQuAD run; --equation is for quadratic runs (give --question and --context)")
+    if task != "squad" and (question or context):
+        raise QuadlabError(f"{run_dir} is a quadratic run; --question and --context are for SQuAD runs (give --equation)")
     out_dir = Path(out_dir or Path("figures") / run_dir.name)
     heads = heads or []
     if task == "squad":
@@ -249,7 +264,7 @@ def render_maps(run_dir: Path, out_dir: Path | None = None, split: str = "test",
 def _quadratic_material(run_dir, split, limit, examples, equation, heads, batch_size, progress) -> dict:
     from train.quadratic import decode, load_run, load_splits
 
-    model, tokenizer, config = load_run(run_dir)
+    model, tokenizer, config = load_run(run_dir, "maps")
     if torch.cuda.is_available():
         model = model.to("cuda")
     check_heads(heads, {"encoder": model.config.num_layers, "decoder": model.config.num_decoder_layers}, model.config.num_heads)
@@ -302,7 +317,7 @@ def explain(run_dir: Path, equation: str, out_dir: Path | None = None, heads: li
     from train.quadratic import decode, load_run
 
     run_dir = Path(run_dir)
-    model, tokenizer, _ = load_run(run_dir)
+    model, tokenizer, _ = load_run(run_dir, "explain")
     from gen.equations import write_equation
 
     try:
@@ -320,9 +335,6 @@ def explain(run_dir: Path, equation: str, out_dir: Path | None = None, heads: li
     most = {kind: [enc_tokens[int(np.argmax(row))] + f" (position {int(np.argmax(row))}, {float(row.max()):.2f})"
                    for row in example["summaries"][kind]] for kind in ("encoder", "cross")}
     out_dir = Path(out_dir or Path("figures") / run_dir.name / "explain")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    arrays = {}
-    written = render_example(example, "explain", out_dir, heads, arrays)
-    np.savez_compressed(out_dir / "example-explain" / "maps.npz", **arrays)
+    written = write_example(example, "explain", out_dir, heads)
     return {"equation": equation, "solution": solution, "verdict": verdict.as_dict(), "most_attended_input_token": most,
             "figures": [str(out_dir / w["file"]) for w in written]}

@@ -67,7 +67,7 @@ def material(run_dir: Path, limit: int, examples: list[int] | None, question: st
     from analyze.maps import check_heads
     from train.squad import load_data, load_run
 
-    model, tokenizer, config = load_run(run_dir)
+    model, tokenizer, config = load_run(run_dir, "maps")
     if torch.cuda.is_available():
         model = model.to("cuda")
     check_heads(heads, {"encoder": model.config.num_hidden_layers}, model.config.num_attention_heads)
@@ -109,11 +109,11 @@ def _given(question: str, context: str | None, tokenizer, config) -> dict:
 def ask(run_dir: Path, question: str, context: str, out_dir: Path | None = None, heads: list | None = None) -> dict:
     """The answer, its score, and per layer the question token that receives the most attention
     from the answer span (mean over heads and answer tokens); writes the example's figures."""
-    from analyze.maps import check_heads, render_example
+    from analyze.maps import check_heads, write_example
     from train.squad import load_run
 
     run_dir = Path(run_dir)
-    model, tokenizer, config = load_run(run_dir)
+    model, tokenizer, config = load_run(run_dir, "ask")
     heads = heads or []
     check_heads(heads, {"encoder": model.config.num_hidden_layers}, model.config.num_attention_heads)
     example = one_example(model, tokenizer, config, _given(question, context, tokenizer, config), "ask")
@@ -125,9 +125,6 @@ def ask(run_dir: Path, question: str, context: str, out_dir: Path | None = None,
         received = maps[:, :, answer_idx][:, :, :, question_idx].mean(axis=(1, 2))  # (layers, question tokens)
         most = [f"{tokens[question_idx[int(np.argmax(r))]]} ({float(r.max()):.2f})" for r in received]
     out_dir = Path(out_dir or Path("figures") / run_dir.name / "ask")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    arrays = {}
-    written = render_example(example, "ask", out_dir, heads, arrays)
-    np.savez_compressed(out_dir / "example-ask" / "maps.npz", **arrays)
+    written = write_example(example, "ask", out_dir, heads)
     return {"answer": example["output"], "score": example["score"], "most_attended_question_token": most,
             "figures": [str(out_dir / w["file"]) for w in written]}

