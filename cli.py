@@ -6,6 +6,7 @@ solution is wrong.
 
 from __future__ import annotations
 
+import codecs
 import json
 import os
 import sys
@@ -13,7 +14,38 @@ from pathlib import Path
 
 import click
 
-from gen import QuadlabError
+from gen import QuadlabError, ascii_float, ascii_int
+from gen.equations import FORMATS
+
+
+class AsciiNumber:
+    """Mixed into click's number types: typed text must be a number in the digits 0-9 (click's own
+    types call int() and float(), which also read `١`, `１`, ` 1 `, `1_000`, `nan` and `inf`)."""
+
+    parse = staticmethod(ascii_int)
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, str):
+            try:
+                value = self.parse(value)
+            except ValueError as err:
+                self.fail(str(err), param, ctx)
+        return super().convert(value, param, ctx)
+
+
+class Int(AsciiNumber, click.types.IntParamType):
+    pass
+
+
+class IntRange(AsciiNumber, click.IntRange):
+    pass
+
+
+class Float(AsciiNumber, click.types.FloatParamType):
+    parse = staticmethod(ascii_float)
+
+
+INT, FLOAT = Int(), Float()
 
 
 class IntPair(click.ParamType):
@@ -27,7 +59,7 @@ class IntPair(click.ParamType):
         if isinstance(value, tuple):
             return value
         try:
-            first, second = (int(part) for part in str(value).split(":"))
+            first, second = (ascii_int(part) for part in str(value).split(":"))
         except ValueError:
             self.fail(self.malformed.format(value=value), param, ctx)
         if self.ordered and first > second:
@@ -35,8 +67,8 @@ class IntPair(click.ParamType):
         return first, second
 
 
-INT_RANGE = IntPair("LO:HI", "{value!r} is not a range; write LO:HI, e.g. -30:30", ordered=True)
-LAYER_HEAD = IntPair("LAYER:HEAD", "{value!r} is not LAYER:HEAD, e.g. 1:3")
+INT_RANGE = IntPair("LO:HI", "{value!r} is not a range; write LO:HI with the digits 0-9, e.g. -30:30", ordered=True)
+LAYER_HEAD = IntPair("LAYER:HEAD", "{value!r} is not LAYER:HEAD; write it with the digits 0-9, e.g. 1:3")
 
 
 class Shares(click.ParamType):
@@ -48,9 +80,9 @@ class Shares(click.ParamType):
         if isinstance(value, tuple):
             return value
         try:
-            return tuple(float(part) for part in str(value).split(","))
+            return tuple(ascii_float(part) for part in str(value).split(","))
         except ValueError:
-            self.fail(f"{value!r} is not a list of numbers; write e.g. 0.5,0.3,0.2", param, ctx)
+            self.fail(f"{value!r} is not a list of finite numbers; write them with the digits 0-9, e.g. 0.5,0.3,0.2", param, ctx)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -60,22 +92,23 @@ def cli():
 
 
 @cli.command()
-@click.option("--rows", default=100_000, show_default=True, type=int, help="Number of equations in all (train + test).")
-@click.option("--seed", default=0, show_default=True, type=int, help="Random seed; the same seed and options give the same bytes.")
+@click.option("--rows", default=100_000, show_default=True, type=INT, help="Number of equations in all (train + test).")
+@click.option("--seed", default=0, show_default=True, type=INT, help="Random seed; the same seed and options give the same bytes.")
 @click.option("--mix", default="0.5,0.3,0.2", show_default=True, type=Shares(),
               help="Shares of equations with two, one and no real roots; must sum to 1.")
-@click.option("--test-fraction", default=0.2, show_default=True, type=float,
+@click.option("--test-fraction", default=0.2, show_default=True, type=FLOAT,
               help="Share of each class that goes to the test split (the rest is train).")
 @click.option("--a-range", default="-30:30", show_default=True, type=INT_RANGE,
               help="Leading coefficient a, LO:HI inclusive (0 is skipped).")
 @click.option("--root-range", default="-500:500", show_default=True, type=INT_RANGE,
               help="Integer roots r, LO:HI inclusive; b and c follow from a and the roots.")
-@click.option("--format", "fmt", default="published", show_default=True, type=click.Choice(["published", "steps"]),
-              help="Solution format: 'published' (the study's) or 'steps' (every intermediate product).")
+@click.option("--format", "fmt", default="published", show_default=True, type=click.Choice(FORMATS),
+              help="Solution format: 'published' (the study's), 'steps' (every intermediate product) or 'long' "
+                   "(schoolbook steps: long multiplication, digit-by-digit square root, long division).")
 @click.option("--out", default="data/quadratic", show_default=True, type=click.Path(file_okay=False),
               help="Output directory (a datasets.DatasetDict saved with save_to_disk, plus card.json and README.md).")
 @click.option("--overwrite", is_flag=True, help="Replace the output directory if it exists.")
-@click.option("--workers", default=os.cpu_count() or 1, show_default="all cores", type=click.IntRange(min=1),
+@click.option("--workers", default=os.cpu_count() or 1, show_default="all cores", type=IntRange(min=1),
               help="Processes that write and verify rows; the output does not depend on it.")
 def gen(rows, seed, mix, test_fraction, a_range, root_range, fmt, out, overwrite, workers):
     """Generate the verified quadratic-equation dataset.
@@ -89,6 +122,7 @@ def gen(rows, seed, mix, test_fraction, a_range, root_range, fmt, out, overwrite
     from gen.dataset import GenOptions, generate
     from gen.equations import Ranges
 
+    _check_out(out, "--out")
     options = GenOptions(
         rows=rows, seed=seed, mix=mix, test_fraction=test_fraction, format=fmt,
         ranges=Ranges(a_lo=a_range[0], a_hi=a_range[1], root_lo=root_range[0], root_hi=root_range[1]),
@@ -106,7 +140,7 @@ def verify(equation, solution):
     """Grade SOLUTION for EQUATION and print one line of JSON (SOLUTION `-` reads standard input).
 
     EQUATION is like 7x^2+3556x+451612=0 (spaces, `*` and omitted 1s are accepted); SOLUTION is in
-    either dataset format. The verdict says whether the solution is well formed, whether every
+    any dataset format. The verdict says whether the solution is well formed, whether every
     stated equality is true (steps_valid), whether each formula was written out with this
     equation's coefficients (substitutions_valid) and whether the final answer is the set of real
     roots. Exit 0 when all of that holds, 1 when the solution is wrong, 2 when the equation cannot
@@ -114,7 +148,14 @@ def verify(equation, solution):
     from gen.grader import MAX_SOLUTION_CHARS, GradeError, grade, parse_equation, true_roots
 
     if solution == "-":
-        solution = sys.stdin.read(MAX_SOLUTION_CHARS + 1)  # enough to tell that it is too long
+        limit = 4 * MAX_SOLUTION_CHARS + 4  # bytes: enough UTF-8 to tell that it is too long
+        data = sys.stdin.buffer.read(limit)
+        try:  # a character cut at the limit is no error; the solution is too long anyway
+            solution = codecs.getincrementaldecoder("utf-8")().decode(data, final=len(data) < limit)
+        except UnicodeDecodeError:
+            raise QuadlabError("standard input is not UTF-8 text; pipe in the solution, e.g. `echo 'x=1;' | quadlab verify EQUATION -`") from None
+        if not solution.strip():
+            raise QuadlabError("standard input is empty; pipe in the solution, e.g. `echo 'x=1;' | quadlab verify EQUATION -`")
 
     try:
         a, b, c = parse_equation(equation)
@@ -147,15 +188,15 @@ def _overrides(pairs: tuple[str, ...]) -> dict:
               help="YAML file of configuration keys; applied after the preset, before the options here.")
 @click.option("--data", default=None, help="Dataset directory from `cli.py gen`.  [default: data/quadratic]")
 @click.option("--run-dir", default=None, help="Where the run goes.  [default: runs/<task>-<preset>-seed<seed>]")
-@click.option("--seed", type=int, default=None, help="Seed for initialisation, data order and the validation split.  [default: 0]")
-@click.option("--max-steps", type=int, default=None, help="Optimiser steps (0: use --epochs).")
-@click.option("--epochs", type=float, default=None, help="Epochs, when --max-steps is 0.")
-@click.option("--batch-size", type=int, default=None, help="Rows per optimiser step (per device, before accumulation).")
-@click.option("--lr", "learning_rate", type=float, default=None, help="Peak learning rate.")
-@click.option("--eval-every", type=int, default=None, help="Steps between validation evaluations (and checkpoints).")
-@click.option("--patience", type=int, default=None, help="Evaluations without improvement before stopping (0: never).")
-@click.option("--eval-limit", type=int, default=None, help="Test rows evaluated at the end (0: all).")
-@click.option("--num-beams", type=int, default=None, help="Also decode the test split with this many beams, reranked by the grader.")
+@click.option("--seed", type=INT, default=None, help="Seed for initialisation, data order and the validation split.  [default: 0]")
+@click.option("--max-steps", type=INT, default=None, help="Optimiser steps (0: use --epochs).")
+@click.option("--epochs", type=FLOAT, default=None, help="Epochs, when --max-steps is 0.")
+@click.option("--batch-size", type=INT, default=None, help="Rows per optimiser step (per device, before accumulation).")
+@click.option("--lr", "learning_rate", type=FLOAT, default=None, help="Peak learning rate.")
+@click.option("--eval-every", type=INT, default=None, help="Steps between validation evaluations (and checkpoints).")
+@click.option("--patience", type=INT, default=None, help="Evaluations without improvement before stopping (0: never).")
+@click.option("--eval-limit", type=INT, default=None, help="Test rows evaluated at the end (0: all).")
+@click.option("--num-beams", type=INT, default=None, help="Also decode the test split with this many beams, reranked by the grader.")
 @click.option("--keep-checkpoints", is_flag=True, default=None,
               help="Also keep the model at every evaluation in checkpoints/step-N/, for `cli.py heads` to correlate with accuracy.")
 @click.option("--set", "settings", multiple=True, metavar="KEY=VALUE",
@@ -173,8 +214,9 @@ def train(task, model_name, train_file, eval_file, preset, config_path, data, ru
     config.yaml, environment.json, log.jsonl, training_curve.png, metrics.json and predictions.jsonl.
     Ctrl-C stops; --resume continues from the last checkpoint with the same result as an
     uninterrupted run."""
-    from train.config import load_yaml, resolve
+    from train.config import resolve
     from train.engine import Interrupted
+    from train.runs import check_checkpoint, read_config
 
     options = {
         "task": task, "model_name": model_name, "train_file": train_file, "eval_file": eval_file, "data": data, "run_dir": run_dir, "seed": seed, "max_steps": max_steps, "epochs": epochs,
@@ -187,12 +229,12 @@ def train(task, model_name, train_file, eval_file, preset, config_path, data, ru
         given = [k for k, v in options.items() if v is not None and k not in ("task", "run_dir")]
         if given or preset or config_path:
             raise QuadlabError("--resume continues with the run's saved configuration; drop the other options")
-        config_file = Path(run_dir) / "config.yaml"
-        if not config_file.exists():
-            raise QuadlabError(f"{run_dir} is not a run directory to resume (no config.yaml)")
-        config = load_yaml(config_file)
+        config = read_config(Path(run_dir))
+        check_checkpoint(Path(run_dir))
+        config.run_dir = run_dir  # the directory given, also when the run was moved or copied since
     else:
         config = resolve(preset or "tiny", config_path, {**options, "preset": preset})
+        _check_out(config.resolved_run_dir(), "--run-dir")
     if config.task == "squad":
         from train.squad import train_run
     else:
@@ -202,6 +244,8 @@ def train(task, model_name, train_file, eval_file, preset, config_path, data, ru
     except Interrupted as stop:
         click.echo(f"quadlab train: {stop}", err=True)
         sys.exit(130)
+    if result is None:  # another process of `accelerate launch`: the main one evaluates and reports
+        return
     if config.task == "squad":
         click.echo(f"{config.resolved_run_dir()}: exact match {result['exact_match']:.2f}, F1 {result['f1']:.2f} "
                    f"on {result['total']} questions")
@@ -217,25 +261,31 @@ def _print_metrics(run_dir, metrics: dict) -> None:
             click.echo(f"{run_dir} test ({test['rows']} rows, {name}): " + ", ".join(parts))
             by = ", ".join(f"{k} {v['full_solution_accuracy']:.4f}" for k, v in m["by_num_roots"].items() if v["n"])
             click.echo(f"  full-solution accuracy by root count: {by}")
+    diagnosed = test.get("diagnosis")
+    if diagnosed and diagnosed["n"]:
+        statements = ", ".join(f"{k} {v['accuracy']:.3f}" for k, v in diagnosed["statement_accuracy"].items())
+        click.echo(f"  greedy, each statement right: {statements}")
+        first = ", ".join(f"{k} {v:.3f}" for k, v in sorted(diagnosed["first_wrong"].items(), key=lambda kv: -kv[1]))
+        click.echo(f"  first statement to go wrong: {first} (diagnosis.png)")
 
 
 @cli.command(name="eval")
 @click.argument("run_dir", type=click.Path())
 @click.option("--split", type=click.Choice(["test", "validation", "train"]), default="test", show_default=True, help="Split to decode.")
-@click.option("--limit", type=int, default=0, show_default=True, help="Rows to decode (0: all).")
-@click.option("--batch-size", type=int, default=None, help="Decoding batch size.  [default: the run's eval_batch_size]")
-@click.option("--num-beams", type=int, default=0, show_default=True, help="Also decode with this many beams, reranked by the grader.")
+@click.option("--limit", type=INT, default=0, show_default=True, help="Rows to decode (0: all).")
+@click.option("--batch-size", type=INT, default=None, help="Decoding batch size.  [default: the run's eval_batch_size]")
+@click.option("--num-beams", type=INT, default=0, show_default=True, help="Also decode with this many beams, reranked by the grader.")
 def eval_command(run_dir, split, limit, batch_size, num_beams):
     """Evaluate a trained run. Quadratic: full-solution and character accuracy, roots accuracy and
     valid-steps rate (judged by the grader of `cli.py verify`), overall and by root count; writes
     metrics.json and predictions.jsonl. SQuAD: exact match and F1 on the evaluation set; writes
     predictions.json (official format) and metrics.json."""
-    from train.config import load_yaml
     from train.quadratic import evaluate_run
+    from train.runs import open_run
 
     if limit < 0 or (batch_size is not None and batch_size <= 0) or num_beams < 0:
         raise QuadlabError("--limit, --batch-size and --num-beams must not be negative")
-    if (Path(run_dir) / "config.yaml").exists() and load_yaml(Path(run_dir) / "config.yaml").task == "squad":
+    if open_run(Path(run_dir), "eval").task == "squad":
         from train.squad import evaluate_run as evaluate_squad
 
         m = evaluate_squad(Path(run_dir), limit)
@@ -245,21 +295,30 @@ def eval_command(run_dir, split, limit, batch_size, num_beams):
     _print_metrics(run_dir, {"test": metrics[split]})
 
 
-def _run_or_newest(run):
-    from analyze.maps import newest_run
+def _check_out(path, option: str) -> None:
+    """An output directory that a file stands in the way of is refused before any work."""
+    if path is None:
+        return
+    existing = next(p for p in (Path(path).absolute(), *Path(path).absolute().parents) if p.exists())
+    if not existing.is_dir():
+        raise QuadlabError(f"{option} {path} cannot be made: {existing} is a file; give a directory path")
 
-    return Path(run) if run else newest_run()
+
+def _run_or_newest(run, command: str, task: str | None = None):
+    from train.runs import newest_run
+
+    return Path(run) if run else newest_run(command, task)
 
 
 @cli.command()
 @click.option("--run", "run_dir", type=click.Path(), default=None, help="Run directory.  [default: the newest finished run under runs/]")
 @click.option("--split", type=click.Choice(["test", "validation", "train"]), default="test", show_default=True, help="Split to average over.")
-@click.option("--limit", type=click.IntRange(min=0), default=0, show_default=True, help="Rows of the split to average over (0: all).")
-@click.option("--example", "examples", type=click.IntRange(min=0), multiple=True, help="Row of the split to draw per-head maps for (repeatable).  [default: 0]")
+@click.option("--limit", type=IntRange(min=0), default=0, show_default=True, help="Rows of the split to average over (0: all).")
+@click.option("--example", "examples", type=IntRange(min=0), multiple=True, help="Row of the split to draw per-head maps for (repeatable).  [default: 0]")
 @click.option("--equation", default=None, help="Draw per-head maps for this equation instead of a row of the split.")
 @click.option("--head", "heads", type=LAYER_HEAD, multiple=True, help="Also draw this head alone, large, with every token labelled (repeatable).")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None, help="Output directory.  [default: figures/<run name>]")
-@click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True, help="Examples per forward pass when averaging.")
+@click.option("--batch-size", type=IntRange(min=1), default=256, show_default=True, help="Examples per forward pass when averaging.")
 @click.option("--bertviz", is_flag=True, help="Also export bertviz head_view and model_view pages for the first example (they need a network).")
 @click.option("--question", default=None, help="SQuAD runs: draw per-head maps for this question (with --context).")
 @click.option("--context", default=None, help="SQuAD runs: the passage for --question.")
@@ -276,7 +335,8 @@ def maps(run_dir, split, limit, examples, equation, heads, out_dir, batch_size, 
     ([CLS], question, context, answer, [SEP], punct)."""
     from analyze.maps import render_maps
 
-    run = _run_or_newest(run_dir)
+    _check_out(out_dir, "--out")
+    run = _run_or_newest(run_dir, "maps")
     result = render_maps(run, Path(out_dir) if out_dir else None, split=split, limit=limit,
                          examples=list(examples) or None, equation=equation, heads=list(heads), batch_size=batch_size, bertviz=bertviz,
                          question=question, context=context)
@@ -288,13 +348,13 @@ def maps(run_dir, split, limit, examples, equation, heads, out_dir, batch_size, 
 @click.argument("run_dir", type=click.Path())
 @click.option("--split", type=click.Choice(["test", "validation", "train"]), default="test", show_default=True,
               help="Quadratic runs: the split to analyse (SQuAD runs use their evaluation set).")
-@click.option("--limit", type=click.IntRange(min=0), default=1000, show_default=True,
+@click.option("--limit", type=IntRange(min=0), default=1000, show_default=True,
               help="Examples for the statistics, clustering, rollout, context variance and symbol shares (0: all).")
-@click.option("--eval-limit", type=click.IntRange(min=1), default=300, show_default=True,
+@click.option("--eval-limit", type=IntRange(min=1), default=300, show_default=True,
               help="Examples decoded (or answered) for head importance, symbol blocking and the accuracy of checkpoints.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=None,
+@click.option("--batch-size", type=IntRange(min=1), default=None,
               help="Examples (SQuAD: windows) per forward pass.  [default: 64; SQuAD 8, as a window's maps are large]")
-@click.option("--clusters", type=click.IntRange(min=0), default=0, show_default=True,
+@click.option("--clusters", type=IntRange(min=0), default=0, show_default=True,
               help="KMeans clusters of per-example maps (0: choose 2..8 by silhouette).")
 @click.option("--compare", "compare", type=click.Path(), multiple=True,
               help="Another run directory (repeatable): correlate context variance with accuracy across these runs' final "
@@ -317,6 +377,7 @@ def heads(run_dir, split, limit, eval_limit, batch_size, clusters, compare, no_i
     keys, with 95% confidence intervals, and the accuracy when attention to them is blocked."""
     from analyze.heads import analyze_heads, summary_lines
 
+    _check_out(out_dir, "--out")
     result = analyze_heads(Path(run_dir), Path(out_dir) if out_dir else None, split=split, limit=limit, eval_limit=eval_limit,
                            batch_size=batch_size, clusters=clusters, compare=[Path(p) for p in compare], skip_importance=no_importance)
     for line in summary_lines(result):
@@ -327,7 +388,7 @@ def heads(run_dir, split, limit, eval_limit, batch_size, clusters, compare, no_i
 
 @cli.command()
 @click.argument("equation")
-@click.option("--run", "run_dir", type=click.Path(), default=None, help="Run directory.  [default: the newest finished run under runs/]")
+@click.option("--run", "run_dir", type=click.Path(), default=None, help="A quadratic run directory.  [default: the newest finished quadratic run under runs/]")
 @click.option("--head", "heads", type=LAYER_HEAD, multiple=True, help="Also draw this head alone (repeatable).")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None, help="Output directory.  [default: figures/<run name>/explain]")
 def explain(equation, run_dir, heads, out_dir):
@@ -336,7 +397,8 @@ def explain(equation, run_dir, heads, out_dir):
     and the per-head figures for the equation."""
     from analyze.maps import explain as explain_equation
 
-    result = explain_equation(_run_or_newest(run_dir), equation, Path(out_dir) if out_dir else None, list(heads))
+    _check_out(out_dir, "--out")
+    result = explain_equation(_run_or_newest(run_dir, "explain", "quadratic"), equation, Path(out_dir) if out_dir else None, list(heads))
     verdict = result["verdict"]
     click.echo(f"equation: {result['equation']}")
     click.echo(f"solution: {result['solution']}")
@@ -359,6 +421,7 @@ def ask(run_dir, question, context, heads, out_dir):
     per-head figures."""
     from analyze.squad_maps import ask as ask_question
 
+    _check_out(out_dir, "--out")
     result = ask_question(Path(run_dir), question, context, Path(out_dir) if out_dir else None, list(heads))
     click.echo(f"answer: {result['answer']!r} (score {result['score']:.3f})" if result["score"] is not None else "answer: (none found)")
     for layer, token in enumerate(result["most_attended_question_token"]):
@@ -366,13 +429,63 @@ def ask(run_dir, question, context, heads, out_dir):
     click.echo(f"figures: {Path(result['figures'][0]).parent}")
 
 
+@cli.command(name="gpu-job")
+@click.argument("recipe")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
+              help="Directory for the archive <recipe name>.tar.gz (on the lent GPU machine: $OUT).")
+@click.option("--work", default=None, type=click.Path(file_okay=False),
+              help="Work directory (data, run, figures, job.json), kept between calls.  [default: runs/job-<recipe name>]")
+@click.option("--budget-seconds", type=IntRange(min=0), default=500, show_default=True,
+              help="Seconds this call may take: training stops with a checkpoint at the first step after them; maps and "
+                   "heads start only with half of them left. 500 leaves a 10-minute call room for its start and the "
+                   "test evaluation after training.")
+@click.option("--set", "settings", multiple=True, metavar="KEY=VALUE",
+              help="Change a training key of the recipe, e.g. --set max_steps=12000 (recorded with the job). Repeatable.")
+def gpu_job(recipe, out_dir, work, budget_seconds, settings):
+    """Run the whole experiment of RECIPE (a name in train/recipes/, or a YAML file) in calls of
+    limited time: generate its dataset, train (resuming across calls), evaluate on the test split,
+    maps, heads; after each stage pack the results into OUT/<recipe name>.tar.gz (at most 16 MiB).
+    Call the same command again until it says the job is done; a finished job packs again."""
+    import time
+
+    from train.job import STAGES, read_recipe, run_job
+
+    deadline = time.monotonic() + budget_seconds
+    path, text, gen_options = read_recipe(recipe)
+    work = Path(work or f"runs/job-{path.stem}")
+    _check_out(work, "--work")
+    _check_out(out_dir, "--out")
+    # the recipe's gen: section holds the options of `cli.py gen` (a_range for --a-range), parsed as gen parses them
+    names = {p.opts[0][2:].replace("-", "_"): p.opts[0] for p in gen.params if p.name not in ("out", "overwrite", "workers")}
+    args = []
+    for key, value in gen_options.items():
+        if key not in names:
+            raise QuadlabError(f"recipe {path}: gen: has no option {key!r}; those of `cli.py gen` are {', '.join(names)}")
+        if key.endswith("_range") and not isinstance(value, str):  # YAML reads -30:30 as a number in base 60
+            raise QuadlabError(f"recipe {path}: gen: {key} must be quoted, e.g. {key}: \"-30:30\"")
+        args.append(f"{names[key]}={value}")
+    try:
+        gen_context = gen.make_context("gen", [*args, f"--out={work / 'data'}", "--overwrite"])
+    except click.ClickException as err:
+        raise QuadlabError(f"recipe {path}: gen: {err.format_message()}") from None
+
+    def make_data():
+        with gen_context:
+            gen.invoke(gen_context)
+
+    state = run_job(path, text, make_data, _overrides(settings), work, Path(out_dir), deadline, budget_seconds)
+    todo = [stage for stage in STAGES if not state["stages"].get(stage, {}).get("done")]
+    click.echo(f"gpu-job: {path.stem}: " + (f"not done ({todo[0]} next); run the same command again" if todo else "done"))
+
+
 def main(argv=None) -> None:
-    """Entry point: click's errors and ours as one line on stderr, exit 2; no tracebacks."""
+    """Entry point: click's errors and ours as one line on stderr, exit 2; Ctrl-C as one line, exit
+    130; no tracebacks."""
     try:
         cli.main(args=argv, prog_name="quadlab", standalone_mode=False)
     except click.exceptions.Exit as stop:
         sys.exit(stop.exit_code)
-    except click.exceptions.Abort:
+    except (click.exceptions.Abort, KeyboardInterrupt):  # Ctrl-C: click turns it into Abort inside a command
         click.echo("quadlab: interrupted", err=True)
         sys.exit(130)
     except click.ClickException as err:
@@ -382,9 +495,6 @@ def main(argv=None) -> None:
     except QuadlabError as err:
         click.echo(f"quadlab: error: {err}", err=True)
         sys.exit(2)
-    except KeyboardInterrupt:
-        click.echo("quadlab: interrupted; no output was left half-written", err=True)
-        sys.exit(130)
 
 
 if __name__ == "__main__":

@@ -47,6 +47,9 @@ class TrainConfig:
     epochs: float = 1.0
     max_grad_norm: float = 1.0
     precision: str = "auto"  # auto (bf16 on a GPU, fp32 on CPU) | bf16 | fp32
+    # torch.compile of the training forward and backward, with dynamic shapes (every length-grouped
+    # batch has its own widths): auto = on a GPU only; on CPU compiling takes minutes
+    compile: str = "auto"  # auto | true | false
     # evaluation, early stopping, checkpoints
     eval_every: int = 250
     val_size: int = 500  # rows carved from train for validation; 0 validates on the training rows
@@ -114,8 +117,10 @@ def _coerce(name: str, value, current):
             if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
                 return value.lower() in ("true", "1", "yes")
             raise ValueError
-        if isinstance(value, bool):  # YAML true/false is no number, although int(True) == 1
-            raise TypeError
+        if isinstance(value, bool):
+            if kind is str:  # YAML's true/false (compile: true) as written, not "True"
+                return "true" if value else "false"
+            raise TypeError  # YAML true/false is no number, although int(True) == 1
         if kind is int:
             if isinstance(value, float) and not value.is_integer():  # int() would drop the fraction
                 raise ValueError
@@ -151,6 +156,9 @@ def resolve(preset: str = "tiny", yaml_path: str | None = None, overrides: dict 
             raise QuadlabError(f"config file {yaml_path} is empty; write KEY: VALUE lines (e.g. the config.yaml of a run), or drop --config")
         if not isinstance(from_yaml, dict):
             raise QuadlabError(f"config file {yaml_path} must hold a mapping of keys to values, e.g. `max_steps: 500`")
+        # a recipe (train/recipes/) also holds the options of `cli.py gen` that make its data, which
+        # `cli.py gpu-job` reads; training takes its data from --data
+        from_yaml = {k: v for k, v in from_yaml.items() if k != "gen"}
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
     task = overrides.get("task") or from_yaml.get("task")
     preset = overrides.get("preset") or from_yaml.get("preset") or ("squad" if task == "squad" and preset == "tiny" else preset)
@@ -175,6 +183,7 @@ def validate(config: TrainConfig) -> TrainConfig:
         (0 <= config.warmup_ratio < 1, "warmup_ratio must lie in [0, 1)"),
         (config.scheduler in ("linear", "cosine", "constant_with_warmup"), "scheduler must be linear, cosine or constant_with_warmup"),
         (config.precision in ("auto", "bf16", "fp32"), "precision must be auto, bf16 or fp32"),
+        (config.compile in ("auto", "true", "false"), "compile must be auto, true or false"),
         (config.eval_every > 0, "eval_every must be positive"),
         (config.val_size >= 0, "val_size must not be negative"),
         (config.d_model > 0 and config.num_heads > 0 and config.num_layers > 0, "model sizes must be positive"),

@@ -184,9 +184,12 @@ def train(
     resume: bool = False,
     stop_after_steps: int | None = None,
     progress: bool = True,
+    deadline: float | None = None,
 ) -> dict | None:
     """Train `model` on `train_set`; returns a summary on the main process, None on the others
-    (see the module's docstring). The best model ends up in `run_dir/best`."""
+    (see the module's docstring). The best model ends up in `run_dir/best`. `stop_after_steps`
+    and `deadline` (a time.monotonic() value: the first optimiser step that ends after it) stop
+    with a checkpoint and Interrupted, for --resume to continue exactly."""
     from accelerate import Accelerator
     from accelerate.utils import set_seed
     from tqdm import tqdm
@@ -225,6 +228,10 @@ def train(
     scheduler = get_scheduler(config.scheduler, optimizer, int(config.warmup_ratio * total_steps), total_steps)
     model, optimizer = accelerator.prepare(model, optimizer)
     accelerator.register_for_checkpointing(scheduler)  # stepped by us, once per optimiser step
+    # Only the training forward is compiled: evaluation and checkpoints use the model itself, so
+    # generate() and the saved weights (no `_orig_mod.` prefix) do not see the compiled wrapper.
+    compiled = config.compile == "true" or (config.compile == "auto" and torch.cuda.is_available())
+    forward = torch.compile(model, dynamic=True) if compiled else model
 
     state = TrainerState(processes=accelerator.num_processes)
     checkpoint_dir, log_path = run_dir / CHECKPOINT, run_dir / LOG
@@ -296,11 +303,13 @@ def train(
             mine = batches[accelerator.process_index :: accelerator.num_processes]
             while state.batches_in_epoch < len(mine):
                 rows = [train_set[i] for i in mine[state.batches_in_epoch]]
-                batch = {k: v.to(accelerator.device) for k, v in collate(rows).items()}
+                batch = collate(rows)
+                step_tokens += count_tokens(batch)  # on the CPU copy: counting on the GPU would wait for it
+                batch = {k: v.to(accelerator.device) for k, v in batch.items()}
                 state.batches_in_epoch += 1
                 sync = state.batches_in_epoch % config.grad_accum == 0 or state.batches_in_epoch == len(mine)
                 with contextlib.nullcontext() if sync else accelerator.no_sync(model):
-                    loss = model(**batch).loss
+                    loss = forward(**batch).loss
                     accelerator.backward(loss / config.grad_accum)
                 grad_norm = None
                 if sync:
@@ -308,13 +317,13 @@ def train(
                     optimizer.step()
                     scheduler.step()
                     optimizer.zero_grad()
-                step_tokens += count_tokens(batch)
                 if not sync:
                     continue
                 step_loss = loss.item()
-                if accelerator.num_processes > 1:  # the log speaks for all processes, not the main one's share
-                    totals = accelerator.reduce(torch.tensor([step_loss, step_tokens], dtype=torch.float64, device=accelerator.device), "sum")
-                    step_loss, step_tokens = totals[0].item() / accelerator.num_processes, int(totals[1].item())
+                late = deadline is not None and time.monotonic() >= deadline
+                if accelerator.num_processes > 1:  # the log speaks for all processes, not the main one's share; all stop together
+                    totals = accelerator.reduce(torch.tensor([step_loss, step_tokens, late], dtype=torch.float64, device=accelerator.device), "sum")
+                    step_loss, step_tokens, late = totals[0].item() / accelerator.num_processes, int(totals[1].item()), totals[2].item() > 0
                 state.tokens += step_tokens
                 step_tokens = 0
                 state.step += 1
@@ -339,7 +348,7 @@ def train(
                     save_checkpoint()
                 if stop:
                     break
-                if stop_after_steps is not None and state.step >= stop_after_steps:
+                if late or (stop_after_steps is not None and state.step >= stop_after_steps):
                     raise Interrupted(state.step)
             else:
                 state.epoch += 1
@@ -365,7 +374,7 @@ def train(
         "best_validation": state.best_metric, "wall_seconds": round(state.elapsed, 2), "eval_seconds": round(state.eval_seconds, 2),
         "train_seconds": round(training, 2), "train_tokens": state.tokens,
         "train_tokens_per_second": round(state.tokens / training, 1) if training > 0 else None,
-        "precision": precision, "devices": accelerator.num_processes, "device": str(accelerator.device),
+        "precision": precision, "compiled": compiled, "devices": accelerator.num_processes, "device": str(accelerator.device),
     }
 
 

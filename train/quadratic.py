@@ -14,6 +14,7 @@ Run directory (`runs/quadratic-<preset>-seed<seed>` by default):
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 from pathlib import Path
@@ -21,11 +22,13 @@ from pathlib import Path
 import torch
 
 from gen import QuadlabError
-from train.config import TrainConfig, load_yaml
-from train.metrics import judge, quadratic_metrics
+from train import runs
+from train.config import TrainConfig
+from train.metrics import diagnosis, judge, quadratic_metrics
 
 SPECIAL_TOKENS = ("<pad>", "</s>", "<unk>")  # ids 0, 1, 2: T5 starts decoding with the pad id
 MODEL_FILES = ("config.json", "model.safetensors", "generation_config.json")
+COLUMNS = ("equation", "solution", "a", "b", "c", "num_roots")  # what `cli.py gen` writes
 
 
 # ---------------------------------------------------------------------------------------------
@@ -34,20 +37,40 @@ MODEL_FILES = ("config.json", "model.safetensors", "generation_config.json")
 
 def load_splits(config: TrainConfig):
     """train / validation (`val_size` rows carved from train; 0: the training rows themselves,
-    for overfitting checks) / test."""
+    for overfitting checks) / test, checked to be a dataset that `cli.py gen` writes."""
     import datasets
 
     path = Path(config.data)
-    if not (path / "dataset_dict.json").exists():
-        raise QuadlabError(f"no dataset at {path}; run `python cli.py gen` first (or pass --data DIR)")
+    elsewhere = "or point --data (for a run: `data:` in its config.yaml) at one"
+    if not path.exists():
+        remake = f"make it with `python cli.py gen --out {path}` (the same options give the same rows), {elsewhere}"
+    elif (path / "card.json").is_file():  # written by `cli.py gen`, then damaged: safe to replace
+        remake = f"make it again with `python cli.py gen --out {path} --overwrite`, {elsewhere}"
+    else:  # something else, which a hint must not tell anyone to overwrite
+        remake = "point --data (for a run: `data:` in its config.yaml) at a directory made by `python cli.py gen --out DIR`"
+    if not path.is_dir():
+        why = "it is a file" if path.exists() else "it does not exist"
+        raise QuadlabError(f"no quadratic dataset at {path} ({why}); {remake}")
+    if not (path / "dataset_dict.json").is_file():
+        why = "one split saved alone" if (path / "state.json").exists() else "no dataset_dict.json in it"
+        raise QuadlabError(f"{path} is not a dataset from `cli.py gen` ({why}); {remake}")
     try:
         dd = datasets.load_from_disk(str(path))
-    except Exception as err:  # a damaged directory: say so in one line
-        raise QuadlabError(f"cannot load the dataset at {path} ({type(err).__name__}); run `python cli.py gen --overwrite`") from None
+        for name in ("train", "test"):
+            missing = [c for c in COLUMNS if name in dd and c not in dd[name].column_names]
+            if name not in dd or missing or not len(dd[name]):
+                why = (f"no {name} split" if name not in dd else f"its {name} split lacks {', '.join(missing)}" if missing
+                       else f"its {name} split is empty")
+                raise QuadlabError(f"{path} is not a dataset from `cli.py gen` ({why}); {remake}")
+    except QuadlabError:
+        raise
+    except Exception as err:  # a damaged directory: whatever the library raises, said in one line
+        raise QuadlabError(f"the dataset at {path} is damaged: it cannot be loaded ({type(err).__name__}); {remake}") from None
     if config.val_size == 0:
         return datasets.DatasetDict({"train": dd["train"], "validation": dd["train"], "test": dd["test"]})
     if config.val_size >= len(dd["train"]):
-        raise QuadlabError(f"val_size {config.val_size} leaves no training rows (train has {len(dd['train'])})")
+        raise QuadlabError(f"val_size {config.val_size} leaves no training rows (train has {len(dd['train'])}); "
+                           f"pass a smaller --set val_size=N")
     carved = dd["train"].train_test_split(test_size=config.val_size, seed=config.seed)
     return datasets.DatasetDict({"train": carved["train"], "validation": carved["test"], "test": dd["test"]})
 
@@ -102,10 +125,24 @@ def build_model(config: TrainConfig, tokenizer):
         decoder_start_token_id=tokenizer.pad_token_id,
     )  # transformers 5 always ties T5's input and output embeddings
     torch.manual_seed(config.seed)
-    # eager attention: faster than sdpa for these small models on CPU, and it returns attention maps
+    # sdpa (fused attention kernels) to train on a GPU; eager on CPU, where it is faster for these
+    # small models; analyses load runs with eager, which returns attention maps
     model = T5ForConditionalGeneration(t5)
     model.set_attn_implementation("sdpa" if torch.cuda.is_available() else "eager")
     return model
+
+
+def generation_config(tokenizer, longest: int):
+    """Greedy decoding of up to 16 tokens more than the longest training solution (`longest`)."""
+    from transformers import GenerationConfig
+
+    return GenerationConfig(
+        decoder_start_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id, max_new_tokens=longest + 16, do_sample=False,
+        # generate() would compile the model on a GPU for the static cache, again as the batch
+        # shape changes (input width, batch size): tens of seconds each, for one pass of decoding
+        disable_compile=True,
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -161,8 +198,10 @@ def evaluate_rows(model, tokenizer, dataset, batch_size: int, num_beams: int = 0
     coefficients = list(zip(columns["a"], columns["b"], columns["c"]))
     records = []
     for (a, b, c), eq, target, pred, k in zip(coefficients, columns["equation"], columns["solution"], greedy, columns["num_roots"]):
-        records.append({"equation": eq, "target": target, "prediction": pred, "num_roots": k, **judge(a, b, c, target, pred)})
-    metrics = {"greedy": quadratic_metrics(records, columns["num_roots"]), "greedy_seconds": round(time.perf_counter() - start, 2)}
+        records.append({"equation": eq, "a": a, "b": b, "c": c, "target": target, "prediction": pred, "num_roots": k,
+                        **judge(a, b, c, target, pred)})
+    metrics = {"greedy": quadratic_metrics(records, columns["num_roots"]), "greedy_seconds": round(time.perf_counter() - start, 2),
+               "diagnosis": diagnosis(records)}
     if num_beams > 1:
         start = time.perf_counter()
         reranked = rerank_with_grader(coefficients, decode(model, tokenizer, columns["equation"], batch_size, num_beams, progress))
@@ -179,37 +218,38 @@ def evaluate_rows(model, tokenizer, dataset, batch_size: int, num_beams: int = 0
 # Runs
 
 
-def train_run(config: TrainConfig, resume: bool = False, overwrite: bool = False, stop_after_steps: int | None = None, progress: bool = True) -> dict:
-    """Train, keep the best model in the run directory, evaluate it on the test split."""
-    from transformers import AutoTokenizer, GenerationConfig
-
+def train_run(config: TrainConfig, resume: bool = False, overwrite: bool = False, stop_after_steps: int | None = None, progress: bool = True,
+              deadline: float | None = None) -> dict | None:
+    """Train, keep the best model in the run directory, evaluate it on the test split; the metrics
+    (None on the processes other than the main one of a multi-process run). `stop_after_steps`
+    and `deadline` stop training with a checkpoint (engine.train)."""
     from train import engine
 
     splits = load_splits(config)  # before the run directory: a missing dataset leaves nothing behind
     run_dir = engine.prepare_run_dir(config, resume, overwrite)
     if resume:
-        tokenizer = AutoTokenizer.from_pretrained(str(run_dir))
+        tokenizer = runs.load_tokenizer(run_dir)
     else:
         columns = splits["train"].select_columns(["equation", "solution"]).to_dict()
         tokenizer = build_tokenizer(columns["equation"] + columns["solution"])
-        tokenizer.save_pretrained(str(run_dir))
+        engine.on_main(lambda: tokenizer.save_pretrained(str(run_dir)))  # every process built the same one
 
     train_rows = encode(tokenizer, splits["train"])
     model = build_model(config, tokenizer)
-    longest = max(len(r["labels"]) for r in train_rows)
-    model.generation_config = GenerationConfig(
-        decoder_start_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id, max_new_tokens=longest + 16, do_sample=False,
-    )
+    model.generation_config = generation_config(tokenizer, max(len(r["labels"]) for r in train_rows))
 
     def evaluate(model_to_evaluate) -> dict:
         metrics, _ = evaluate_rows(model_to_evaluate, tokenizer, splits["validation"], config.eval_batch_size)
-        return {k: v for k, v in metrics["greedy"].items() if k != "by_num_roots"}
+        # the per-statement accuracies make learning curves of each step (figure statements.png)
+        statements = {name: m["accuracy"] for name, m in metrics["diagnosis"]["statement_accuracy"].items()}
+        return {**{k: v for k, v in metrics["greedy"].items() if k != "by_num_roots"}, "statements": statements}
 
     summary = engine.train(
         model, train_rows, [len(r["input_ids"]) + len(r["labels"]) for r in train_rows], collator(tokenizer.pad_token_id),
-        evaluate, config, run_dir, resume=resume, stop_after_steps=stop_after_steps, progress=progress,
+        evaluate, config, run_dir, resume=resume, stop_after_steps=stop_after_steps, progress=progress, deadline=deadline,
     )
+    if summary is None:  # not the main process of a multi-process run: that one alone evaluates and writes
+        return None
     for name in MODEL_FILES:  # the best model becomes the run's model
         shutil.copyfile(run_dir / engine.BEST / name, run_dir / name)
     engine.plot_curve(run_dir, config.metric_for_best)
@@ -219,28 +259,53 @@ def train_run(config: TrainConfig, resume: bool = False, overwrite: bool = False
     return evaluate_run(run_dir, limit=config.eval_limit, batch_size=config.eval_batch_size, num_beams=config.num_beams, progress=progress)
 
 
-def load_run(run_dir: Path):
-    """(model, tokenizer, config) of a run directory, or a one-line error if it is not one."""
-    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+def plot_diagnosis(run_dir: Path, diagnosed: dict, name: str = "diagnosis.png") -> Path:
+    """Which step limits the model: accuracy of each statement and where outputs first go wrong;
+    accuracy by the digits of |D|; and each statement's validation accuracy along training."""
+    import matplotlib
 
-    from train.engine import quiet_libraries
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
 
-    quiet_libraries()
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise QuadlabError(f"{run_dir} is not a directory; give a run directory made by `cli.py train`")
-    missing = [n for n in ("config.yaml", "tokenizer.json", *MODEL_FILES) if not (run_dir / n).exists()]
-    if missing:
-        raise QuadlabError(f"{run_dir} is not a finished run directory (missing {', '.join(missing)})")
-    try:
-        config = load_yaml(run_dir / "config.yaml")
-        tokenizer = AutoTokenizer.from_pretrained(str(run_dir))
-        model = AutoModelForSeq2SeqLM.from_pretrained(str(run_dir), attn_implementation="eager")
-    except QuadlabError:
-        raise
-    except Exception as err:
-        raise QuadlabError(f"{run_dir} is damaged: {type(err).__name__}: {str(err).splitlines()[0][:200]}") from None
-    return model, tokenizer, config
+    from train import engine
+
+    _, evals = engine.read_log(run_dir)
+    curves = [e for e in evals if "statements" in e["eval"]]
+    fig, axes = plt.subplots(1, 3 if curves else 2, figsize=(17 if curves else 11, 4.2))
+    names = list(diagnosed["statement_accuracy"])
+    axes[0].barh(names, [diagnosed["statement_accuracy"][n]["accuracy"] for n in names], color="tab:blue", label="statement right")
+    axes[0].barh(names, [diagnosed["first_wrong"].get(n, 0) for n in names], color="tab:red", height=0.4, label="first wrong here")
+    axes[0].invert_yaxis()
+    axes[0].set(xlim=(0, 1), xlabel="share of outputs", title=f"Statements ({diagnosed['n']} outputs)")
+    axes[0].legend(loc="lower right", fontsize=8)
+    by_d = diagnosed["by_digits_of_D"]
+    digits_d = list(by_d)
+    for key, label in (("full_solution_accuracy", "full solution"), ("roots_accuracy", "roots")):
+        axes[1].plot(digits_d, [by_d[d][key] for d in digits_d], marker="o", label=label)
+    for statement in ("D: value", "sqrt(D)", "sqrt(D): value"):
+        if statement in names:
+            axes[1].plot(digits_d, [by_d[d]["statements"].get(statement, {}).get("accuracy", float("nan")) for d in digits_d],
+                         marker=".", ls="--", label=statement)
+    axes[1].set(ylim=(0, 1.02), xlabel="digits of |D|", ylabel="accuracy", title="By the size of D")
+    axes[1].legend(fontsize=8)
+    if curves:
+        steps = [e["step"] for e in curves]
+        for statement in dict.fromkeys(n for e in curves for n in e["eval"]["statements"]):
+            axes[2].plot(steps, [e["eval"]["statements"].get(statement, float("nan")) for e in curves], label=statement)
+        axes[2].set(ylim=(0, 1.02), xlabel="step", ylabel="validation accuracy", title="Each statement along training")
+        axes[2].legend(fontsize=6, ncol=2)
+    fig.tight_layout()
+    path = Path(run_dir) / name
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
+
+
+def load_run(run_dir: Path, command: str = "eval"):
+    """(model, tokenizer, config) of a finished quadratic run, or a one-line error (train/runs.py)."""
+    return runs.load_run(run_dir, command, task="quadratic")
 
 
 def evaluate_run(run_dir: Path, split: str = "test", limit: int = 0, batch_size: int | None = None, num_beams: int = 0, progress: bool = True) -> dict:
@@ -260,4 +325,6 @@ def evaluate_run(run_dir: Path, split: str = "test", limit: int = 0, batch_size:
     everything[split] = {"rows": len(dataset), "decoding": "greedy, batched, sorted by input length, key-value cache", **metrics}
     engine.write_json(metrics_path, everything)
     engine.write_jsonl(run_dir / ("predictions.jsonl" if split == "test" else f"predictions-{split}.jsonl"), records)
+    if records:
+        plot_diagnosis(run_dir, metrics["diagnosis"], "diagnosis.png" if split == "test" else f"diagnosis-{split}.png")
     return everything

@@ -1,0 +1,143 @@
+"""`cli.py gpu-job` at miniature size on the CPU, and the engine's GPU speed options where a CPU
+can run them (torch.compile, through dynamo's eager backend: the same graph capture without
+compiling kernels, which takes minutes on a CPU)."""
+
+import functools
+import json
+import tarfile
+
+import pytest
+import torch
+
+import cli
+from gen.dataset import GenOptions, generate
+from gen.equations import Ranges
+from train.config import resolve
+from train.engine import read_log
+from train.job import ARCHIVE_LIMIT, STAGES
+from train.quadratic import train_run
+
+RECIPE = """\
+gen:
+  rows: 120
+  seed: 3
+  a_range: "-2:2"
+  root_range: "-5:5"
+preset: tiny
+d_model: 32
+d_ff: 64
+d_kv: 8
+num_layers: 1
+num_decoder_layers: 1
+num_heads: 2
+batch_size: 16
+max_steps: 8
+eval_every: 4
+val_size: 8
+eval_batch_size: 64
+"""
+
+
+@pytest.fixture
+def one_thread():
+    """A model this small runs fastest on one thread (and the test does not fight other work)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def gpu_job(recipe, work, out, *options):
+    cli.main(["gpu-job", str(recipe), "--work", str(work), "--out", str(out), *map(str, options)])
+
+
+def test_gpu_job_trains_across_calls_and_packs_the_results(tmp_path, one_thread, capsys):
+    recipe, work, out = tmp_path / "mini.yaml", tmp_path / "work", tmp_path / "out"
+    recipe.write_text(RECIPE)
+    archive = out / "mini.tar.gz"
+
+    gpu_job(recipe, work, out, "--budget-seconds", 0)  # the budget is spent at once: one training step
+    state = json.loads((work / "job.json").read_text())
+    assert state["stages"]["gen"]["done"] and state["stages"]["train"] == {"done": False, "step": 1, "max_steps": 8}
+    assert not state["done"] and "maps" not in state["stages"]
+    assert (work / "run" / "checkpoint" / "trainer_state.json").is_file() and archive.is_file()
+    assert "not done (train next); run the same command again" in capsys.readouterr().out
+    (work / "run" / "left-by-call-1").touch()  # a fresh start would empty the run directory
+
+    gpu_job(recipe, work, out, "--budget-seconds", 600)
+    state = json.loads((work / "job.json").read_text())
+    assert state["done"] and all(state["stages"][stage]["done"] for stage in STAGES) and state["calls"] == 2
+    assert (work / "run" / "left-by-call-1").exists()  # resumed
+    assert [r["step"] for r in read_log(work / "run")[0]] == list(range(1, 9))
+    assert capsys.readouterr().out.rstrip().endswith("gpu-job: mini: done")
+
+    assert archive.stat().st_size <= ARCHIVE_LIMIT
+    with tarfile.open(archive) as tar:
+        names = set(tar.getnames())
+        manifest = json.load(tar.extractfile("mini/job.json"))
+        metrics = json.load(tar.extractfile("mini/run/metrics.json"))
+    for name in ("recipe.yaml", "data/card.json", "run/metrics.json", "run/predictions.jsonl", "run/config.yaml",
+                 "run/environment.json", "run/log.jsonl", "run/training_curve.png", "run/diagnosis.png", "run/model.safetensors",
+                 "run/tokenizer.json", "figures/index.html", "figures/heads/heads.json", "figures/average/encoder-roles.png"):
+        assert f"mini/{name}" in names, name
+    assert not any("/checkpoint/" in name or "/best/" in name for name in names)
+    assert manifest["done"] and manifest["archive"]["left_out"] == [] and manifest["archive"]["weights"] == "float32"
+    assert metrics["recipe"]["recipe_text"] == RECIPE and metrics["test"]["rows"] == 24 and metrics["test"]["diagnosis"]["n"] == 24
+
+    archive.unlink()
+    gpu_job(recipe, work, out)  # a finished job packs again
+    assert archive.is_file() and json.loads((work / "job.json").read_text())["calls"] == 3
+
+    with pytest.raises(SystemExit) as stop:  # the work directory belongs to the job as it was started
+        gpu_job(recipe, work, out, "--set", "max_steps=9")
+    assert stop.value.code == 2
+    assert "holds the job of another recipe or other --set keys" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("change, message", [
+    (("gen:", "gen:\n  colour: blue"), "gen: has no option 'colour'"),
+    (('a_range: "-2:2"', "a_range: -2:2"), 'a_range must be quoted, e.g. a_range: "-30:30"'),
+    (("rows: 120", "rows: many"), "gen: Invalid value for '--rows': 'many' is not an integer"),
+    (("max_steps: 8", "max_steps: many"), "bad.yaml: config key 'max_steps' takes a int"),
+    (("preset: tiny", "preset: tiny\ndata: elsewhere"), "the job keeps its data and run in its work directory"),
+    (("gen:\n  rows: 120", "generate:\n  rows: 120"), "has no gen: section"),
+])
+def test_gpu_job_refuses_a_bad_recipe_in_one_line_before_any_work(tmp_path, capsys, change, message):
+    recipe = tmp_path / "bad.yaml"
+    recipe.write_text(RECIPE.replace(*change))
+    with pytest.raises(SystemExit) as stop:
+        gpu_job(recipe, tmp_path / "work", tmp_path / "out")
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and err.startswith("quadlab: error: ") and message in err and err.count("\n") == 1
+    assert not (tmp_path / "work").exists() and not (tmp_path / "out").exists()
+
+
+def test_recipes_in_the_repository_resolve():
+    from train.job import RECIPES, read_recipe
+
+    for path in sorted(RECIPES.glob("*.yaml")):
+        _, _, gen_options = read_recipe(path.stem)
+        config = resolve(yaml_path=str(path))
+        assert config.preset == "small" and config.eval_limit == 0 and gen_options["rows"] == 100_000
+        assert gen_options["format"] == path.stem.split("-")[0]
+
+
+def test_compiled_training_matches_eager_training(tmp_path, one_thread, monkeypatch):
+    """compile=true: the training forward goes through torch.compile with dynamic shapes (batches
+    of different widths, no recompilation per width), evaluation and the saved model do not."""
+    from safetensors.torch import load_file
+
+    data = tmp_path / "data"
+    generate(GenOptions(rows=120, seed=3, ranges=Ranges(a_lo=-2, a_hi=2, root_lo=-5, root_hi=5)), data)
+    monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="eager"))
+    losses = {}
+    for compiled in ("false", "true"):
+        run_dir = tmp_path / f"compile-{compiled}"
+        config = resolve("tiny", None, {"data": str(data), "run_dir": str(run_dir), "compile": compiled, "d_model": 32, "d_ff": 64,
+                                        "d_kv": 8, "num_layers": 1, "num_decoder_layers": 1, "num_heads": 2, "batch_size": 16,
+                                        "max_steps": 4, "eval_every": 2, "val_size": 8, "eval_limit": 8})
+        metrics = train_run(config, progress=False)
+        assert metrics["training"]["compiled"] is (compiled == "true")
+        assert not any(key.startswith("_orig_mod") for key in load_file(run_dir / "model.safetensors"))
+        losses[compiled] = [r["loss"] for r in read_log(run_dir)[0]]
+    assert len(losses["true"]) == 4 and losses["true"] == pytest.approx(losses["false"], rel=1e-4)
