@@ -32,7 +32,7 @@ import torch
 
 from analyze import figures, head_stats, interventions
 from analyze.attention import EQUATION_ROLES, KINDS, SOLUTION_ROLES, SQUAD_ROLES, AttentionAverage, capture
-from gen import QuadlabError
+from gen import QuadlabError, swap_in
 
 METRIC_TITLES = {"full_solution_accuracy": "full-solution accuracy", "roots_accuracy": "roots accuracy",
                  "character_accuracy": "character accuracy", "f1": "F1", "exact_match": "exact match"}
@@ -652,9 +652,7 @@ def _write(task, result: dict, arrays: dict, found: dict, run_dir: Path, out_roo
         result["figures"] = written
         np.savez_compressed(tmp / "heads.npz", **arrays)
         (tmp / "heads.json").write_text(json.dumps(_finite(result), indent=1) + "\n")
-        if final.exists():
-            shutil.rmtree(final)
-        tmp.rename(final)
+        swap_in(tmp, final)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     write_report(out_root)

@@ -25,7 +25,7 @@ from analyze import figures
 from analyze.attention import (
     EQUATION_ROLES, KINDS, SOLUTION_ROLES, AttentionAverage, capture, equation_roles, layer_token_summary, solution_roles,
 )
-from gen import QuadlabError
+from gen import QuadlabError, swap_in
 
 ROLES = {"encoder": (EQUATION_ROLES, EQUATION_ROLES), "decoder": (SOLUTION_ROLES, SOLUTION_ROLES), "cross": (SOLUTION_ROLES, EQUATION_ROLES)}
 
@@ -143,20 +143,15 @@ def write_example(example: dict, name: str, out_dir: Path, heads: list[tuple[int
     """`render_example` and its maps.npz as out_dir/example-NAME, built in a hidden sibling and renamed
     into place, so that Ctrl-C or a failure leaves the previous folder whole (`explain`, `ask`)."""
     final = out_dir / f"example-{name}"
-    tmp, old = out_dir / f".example-{name}.partial-{os.getpid()}", out_dir / f".example-{name}.old-{os.getpid()}"
+    tmp = out_dir / f".example-{name}.partial-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         arrays = {}
         written = render_example(example, name, tmp, heads, arrays)  # into tmp/example-NAME/
         np.savez_compressed(tmp / final.name / "maps.npz", **arrays)
-        if final.exists():
-            final.rename(old)
-        (tmp / final.name).rename(final)
+        swap_in(tmp / final.name, final)
     finally:
-        if old.exists() and not final.exists():  # stopped between the two renames: put the old folder back
-            old.rename(final)
         shutil.rmtree(tmp, ignore_errors=True)
-        shutil.rmtree(old, ignore_errors=True)
     return written
 
 
@@ -252,10 +247,7 @@ def render_maps(run_dir: Path, out_dir: Path | None = None, split: str = "test",
         if (out_dir / "heads" / "heads.json").exists():  # `cli.py heads` output stays, and stays in the report
             shutil.copytree(out_dir / "heads", tmp / "heads")  # a copy: a failure below leaves the old folder whole
         write_report(tmp)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        out_dir.parent.mkdir(parents=True, exist_ok=True)
-        tmp.rename(out_dir)
+        swap_in(tmp, out_dir)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return {"out_dir": str(out_dir), **index}

@@ -1,12 +1,32 @@
 """Generating and grading quadratic equations with worked solutions."""
 
 import math
+import os
 import re
+import shutil
+from pathlib import Path
 
 # Numbers are ASCII only: int() and float() alone also read other scripts' digits (`١`, `１`),
 # surrounding white space and `_` separators, and float() reads `nan` and `inf`.
 _INTEGER = re.compile(r"[-+]?[0-9]+")
 _DECIMAL = re.compile(r"[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][-+]?[0-9]+)?")
+
+
+def swap_in(built: Path, target: Path) -> None:
+    """Rename the finished directory `built` to `target`, replacing what was there. The old one is
+    moved aside first and deleted last, and put back if we are stopped between the two renames,
+    so an interrupt leaves either the old directory or the new one, never neither."""
+    old = target.with_name(f".{target.name}.old-{os.getpid()}")
+    shutil.rmtree(old, ignore_errors=True)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        if target.exists():
+            target.rename(old)
+        built.rename(target)
+    finally:
+        if old.exists() and not target.exists():
+            old.rename(target)
+        shutil.rmtree(old, ignore_errors=True)
 
 
 class QuadlabError(Exception):

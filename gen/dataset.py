@@ -18,7 +18,7 @@ import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from gen import QuadlabError
+from gen import QuadlabError, swap_in
 from gen.equations import CLASSES, FORMATS, NUM_ROOTS, Ranges, capacity, sample_coefficients, write_equation, write_solution
 from gen.grader import MAX_SOLUTION_CHARS, grade, parse_equation
 
@@ -221,7 +221,6 @@ def save(splits: dict[str, dict[str, list]], options: GenOptions, out_dir: Path,
     card = dataset_card(splits, options)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_dir.parent / f".{out_dir.name}.partial-{os.getpid()}"
-    old = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         dd = datasets.DatasetDict(
@@ -234,16 +233,11 @@ def save(splits: dict[str, dict[str, list]], options: GenOptions, out_dir: Path,
         dd.save_to_disk(str(tmp))
         (tmp / CARD_JSON).write_text(json.dumps(card, indent=2, sort_keys=True) + "\n")
         (tmp / CARD_MD).write_text(card_markdown(card))
-        if out_dir.exists():
-            if not overwrite:
-                raise QuadlabError(f"{out_dir} exists; pass --overwrite to replace it")
-            out_dir.rename(old)
-        tmp.rename(out_dir)
+        if out_dir.exists() and not overwrite:
+            raise QuadlabError(f"{out_dir} exists; pass --overwrite to replace it")
+        swap_in(tmp, out_dir)
     finally:
-        if old.exists() and not out_dir.exists():  # stopped between the two renames: put the old dataset back
-            old.rename(out_dir)
         shutil.rmtree(tmp, ignore_errors=True)
-        shutil.rmtree(old, ignore_errors=True)
     return card
 
 

@@ -25,6 +25,32 @@ needs_squad_dev = pytest.mark.skipif(
     "put dev-v1.1.json in ../shared/data/squad/ beside the checkout or in shared/data/squad/ inside it")
 
 
+def wordpiece_tokenizer(articles: list, folder: Path, vocab_size: int):
+    """A WordPiece tokenizer trained here on SQuAD articles' contexts and questions (no download)."""
+    from tokenizers import BertWordPieceTokenizer
+    from transformers import BertTokenizerFast
+
+    texts = [p["context"] for a in articles for p in a["paragraphs"]] + [q["question"] for a in articles for p in a["paragraphs"] for q in p["qas"]]
+    wordpiece = BertWordPieceTokenizer(lowercase=True)
+    wordpiece.train_from_iterator(texts, vocab_size=vocab_size)
+    folder.mkdir(parents=True, exist_ok=True)
+    wordpiece.save_model(str(folder))
+    return BertTokenizerFast(str(folder / "vocab.txt"))
+
+
+def tiny_squad_encoder(articles: list, folder: Path, vocab_size: int, hidden_size: int, max_positions: int) -> Path:
+    """An untrained 2-layer BERT for question answering with a WordPiece tokenizer trained on
+    `articles`, saved in folder/encoder for `--model`."""
+    from transformers import BertConfig, BertForQuestionAnswering
+
+    tokenizer = wordpiece_tokenizer(articles, folder / "wordpiece", vocab_size)
+    model = BertForQuestionAnswering(BertConfig(vocab_size=len(tokenizer), hidden_size=hidden_size, num_hidden_layers=2, num_attention_heads=2,
+                                                intermediate_size=2 * hidden_size, max_position_embeddings=max_positions))
+    model.save_pretrained(str(folder / "encoder"))
+    tokenizer.save_pretrained(str(folder / "encoder"))
+    return folder / "encoder"
+
+
 @st.composite
 def equations(draw, ranges: Ranges = DEFAULT):
     """(a, b, c, number of real roots) drawn like the generator draws them, over `ranges`."""

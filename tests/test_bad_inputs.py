@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import cli
-from conftest import SQUAD_SAMPLE
+from conftest import SQUAD_SAMPLE, tiny_squad_encoder
 from gen.dataset import GenOptions, generate
 from gen.equations import Ranges
 from train.config import resolve
@@ -34,8 +34,6 @@ def lab(tmp_path_factory):
     """Built once, never damaged (cases damage copies): a tiny dataset, a quadratic run trained 5 steps
     on it, a cut of the SQuAD fixture, an untrained tiny BERT, and a SQuAD run trained 2 steps."""
     import datasets
-    from tokenizers import BertWordPieceTokenizer
-    from transformers import BertConfig, BertForQuestionAnswering, BertTokenizerFast
 
     from train.quadratic import train_run as train_quadratic
     from train.squad import train_run as train_squad
@@ -47,15 +45,7 @@ def lab(tmp_path_factory):
 
     articles = [{"title": a["title"], "paragraphs": a["paragraphs"][:2]} for a in json.loads(SQUAD_SAMPLE.read_text())["data"][:3]]
     (root / "squad.json").write_text(json.dumps({"version": "1.1", "data": articles}))
-    texts = [p["context"] for a in articles for p in a["paragraphs"]] + [q["question"] for a in articles for p in a["paragraphs"] for q in p["qas"]]
-    wordpiece = BertWordPieceTokenizer(lowercase=True)
-    wordpiece.train_from_iterator(texts, vocab_size=600)
-    wordpiece.save_model(str(root))
-    tokenizer = BertTokenizerFast(str(root / "vocab.txt"))
-    encoder = BertForQuestionAnswering(BertConfig(vocab_size=len(tokenizer), hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
-                                                  intermediate_size=32, max_position_embeddings=128))
-    encoder.save_pretrained(str(root / "encoder"))
-    tokenizer.save_pretrained(str(root / "encoder"))
+    tiny_squad_encoder(articles, root, vocab_size=600, hidden_size=16, max_positions=128)
     train_squad(resolve("squad", None, {"model_name": str(root / "encoder"), "train_file": str(root / "squad.json"), "eval_articles": 1,
                                         "run_dir": str(root / "squad"), "max_steps": 2, "eval_every": 2, "batch_size": 8,
                                         "max_length": 64, "stride": 16}), progress=False)

@@ -9,22 +9,14 @@ from gen import QuadlabError
 from train.metrics import exact_match, f1_score, normalize_answer, squad_metrics
 from train.squad_data import Skipped, eval_features, examples_from, postprocess, read_squad, split_by_article, train_features
 
-from conftest import ROOT, SQUAD_DEV as DEV, SQUAD_SAMPLE, SQUAD_SAMPLE_V2, needs_squad_dev
+from conftest import ROOT, SQUAD_DEV as DEV, SQUAD_SAMPLE, SQUAD_SAMPLE_V2, needs_squad_dev, wordpiece_tokenizer
 
 
 @pytest.fixture(scope="module")
 def tokenizer(tmp_path_factory):
     """A WordPiece tokenizer trained here on the fixture's text (no download)."""
-    from tokenizers import BertWordPieceTokenizer
-    from transformers import BertTokenizerFast
-
     _, articles = read_squad(SQUAD_SAMPLE)
-    texts = [p["context"] for a in articles for p in a["paragraphs"]] + [q["question"] for a in articles for p in a["paragraphs"] for q in p["qas"]]
-    wordpiece = BertWordPieceTokenizer(lowercase=True)
-    wordpiece.train_from_iterator(texts, vocab_size=3000)
-    folder = tmp_path_factory.mktemp("tok")
-    wordpiece.save_model(str(folder))
-    return BertTokenizerFast(str(folder / "vocab.txt"))
+    return wordpiece_tokenizer(articles, tmp_path_factory.mktemp("tok"), vocab_size=3000)
 
 
 @pytest.mark.parametrize(

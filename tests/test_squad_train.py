@@ -7,26 +7,15 @@ from train.config import resolve
 from train.squad import train_run
 from train.squad_data import read_squad
 
-from conftest import SQUAD_SAMPLE, SQUAD_SAMPLE_V2
+from conftest import SQUAD_SAMPLE, SQUAD_SAMPLE_V2, tiny_squad_encoder
 
 
 @pytest.fixture(scope="module")
 def small_squad(tmp_path_factory):
     """The fixture's six articles (four paragraphs each) and a tiny BERT built here, untrained."""
-    from tokenizers import BertWordPieceTokenizer
-    from transformers import BertConfig, BertForQuestionAnswering, BertTokenizerFast
-
     root = tmp_path_factory.mktemp("squad")
     _, small = read_squad(SQUAD_SAMPLE)
-    texts = [p["context"] for a in small for p in a["paragraphs"]] + [q["question"] for a in small for p in a["paragraphs"] for q in p["qas"]]
-    wordpiece = BertWordPieceTokenizer(lowercase=True)
-    wordpiece.train_from_iterator(texts, vocab_size=1500)
-    wordpiece.save_model(str(root))
-    tokenizer = BertTokenizerFast(str(root / "vocab.txt"))
-    model = BertForQuestionAnswering(BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                                                intermediate_size=64, max_position_embeddings=256))
-    model.save_pretrained(str(root / "encoder"))
-    tokenizer.save_pretrained(str(root / "encoder"))
+    tiny_squad_encoder(small, root, vocab_size=1500, hidden_size=32, max_positions=256)
     return root
 
 

@@ -36,6 +36,7 @@ from typing import Callable, TypeVar
 
 import torch
 
+from gen import QuadlabError, swap_in
 from train.config import TrainConfig
 
 CHECKPOINT, BEST, KEPT, LOG, STATE = "checkpoint", "best", "checkpoints", "log.jsonl", "trainer_state.json"
@@ -104,15 +105,7 @@ def _atomic_dir(target: Path, write: Callable[[Path], None]) -> None:
     tmp = target.with_name(target.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     write(tmp)
-    _swap_in(tmp, target)
-
-
-def _swap_in(tmp: Path, target: Path) -> None:
-    old = target.with_name(target.name + ".old")
-    if target.exists():
-        target.rename(old)
-    tmp.rename(target)
-    shutil.rmtree(old, ignore_errors=True)
+    swap_in(tmp, target)
 
 
 def process_state():
@@ -135,8 +128,6 @@ def on_main(job: Callable[[], T]) -> T:
     The others wait meanwhile, so that none reads what the main process is still writing, and a
     refusal on the main process stops them all instead of leaving them waiting for it."""
     from accelerate.utils import broadcast_object_list
-
-    from gen import QuadlabError
 
     state = process_state()
     if state.num_processes == 1:
@@ -260,7 +251,7 @@ def train(
         accelerator.wait_for_everyone()
         if main:
             state.save(tmp / STATE)
-            _swap_in(tmp, checkpoint_dir)
+            swap_in(tmp, checkpoint_dir)
         accelerator.wait_for_everyone()
 
     def validate() -> dict:
