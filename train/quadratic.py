@@ -271,8 +271,8 @@ def plot_diagnosis(run_dir: Path, diagnosed: dict, name: str = "diagnosis.png") 
 
     _, evals = engine.read_log(run_dir)
     curves = [e for e in evals if "statements" in e["eval"]]
-    fig, axes = plt.subplots(1, 3 if curves else 2, figsize=(17 if curves else 11, 4.2))
     names = list(diagnosed["statement_accuracy"])
+    fig, axes = plt.subplots(1, 3 if curves else 2, figsize=(17 if curves else 11, max(4.2, 0.16 * len(names) + 1.2)))
     axes[0].barh(names, [diagnosed["statement_accuracy"][n]["accuracy"] for n in names], color="tab:blue", label="statement right")
     axes[0].barh(names, [diagnosed["first_wrong"].get(n, 0) for n in names], color="tab:red", height=0.4, label="first wrong here")
     axes[0].invert_yaxis()
@@ -290,10 +290,12 @@ def plot_diagnosis(run_dir: Path, diagnosed: dict, name: str = "diagnosis.png") 
     axes[1].legend(fontsize=8)
     if curves:
         steps = [e["step"] for e in curves]
+        # the named statements' values (scratch steps are in the left panel), and the answer
         for statement in dict.fromkeys(n for e in curves for n in e["eval"]["statements"]):
-            axes[2].plot(steps, [e["eval"]["statements"].get(statement, float("nan")) for e in curves], label=statement)
-        axes[2].set(ylim=(0, 1.02), xlabel="step", ylabel="validation accuracy", title="Each statement along training")
-        axes[2].legend(fontsize=6, ncol=2)
+            if " work " not in statement and not statement.endswith(": formula"):
+                axes[2].plot(steps, [e["eval"]["statements"].get(statement, float("nan")) for e in curves], marker=".", label=statement)
+        axes[2].set(ylim=(0, 1.02), xlabel="step", ylabel="validation accuracy", title="Each statement's value along training")
+        axes[2].legend(fontsize=7, loc="upper left")
     fig.tight_layout()
     path = Path(run_dir) / name
     tmp = path.with_suffix(".tmp.png")
