@@ -186,8 +186,6 @@ def train(
     from tqdm import tqdm
     from transformers import get_scheduler
 
-    from gen import QuadlabError
-
     quiet_libraries()
     precision = config.precision
     if precision == "auto":
@@ -402,7 +400,6 @@ def write_jsonl(path: Path, records: list[dict]) -> None:
 def prepare_run_dir(config: TrainConfig, resume: bool, overwrite: bool) -> Path:
     """The run directory: checked for --resume; new (or emptied with --overwrite) otherwise, with
     config.yaml and environment.json written."""
-    from gen import QuadlabError
     from train.config import save_yaml
 
     run_dir = config.resolved_run_dir()

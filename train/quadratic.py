@@ -240,7 +240,7 @@ def train_run(config: TrainConfig, resume: bool = False, overwrite: bool = False
 
     def evaluate(model_to_evaluate) -> dict:
         metrics, _ = evaluate_rows(model_to_evaluate, tokenizer, splits["validation"], config.eval_batch_size)
-        # the per-statement accuracies make learning curves of each step (figure statements.png)
+        # the per-statement accuracies give each step its learning curve in diagnosis.png
         statements = {name: m["accuracy"] for name, m in metrics["diagnosis"]["statement_accuracy"].items()}
         return {**{k: v for k, v in metrics["greedy"].items() if k != "by_num_roots"}, "statements": statements}
 
