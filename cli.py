@@ -16,6 +16,7 @@ import click
 
 from gen import QuadlabError, ascii_float, ascii_int
 from gen.equations import FORMATS
+from train import tasks
 
 
 class AsciiNumber:
@@ -65,6 +66,27 @@ class IntPair(click.ParamType):
         if self.ordered and first > second:
             self.fail(f"{value!r} is empty; write {self.name} with LO <= HI", param, ctx)
         return first, second
+
+
+class NeuronSpec(click.ParamType):
+    """A query token of one head, `[KIND:]LAYER:HEAD:QUERY` (KIND encoder, decoder or cross; encoder
+    when left out), as (kind, layer, head, query)."""
+
+    name = "[KIND:]LAYER:HEAD:QUERY"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, tuple):
+            return value
+        parts = str(value).split(":")
+        kind = parts.pop(0) if len(parts) == 4 else "encoder"
+        try:
+            if kind not in ("encoder", "decoder", "cross") or len(parts) != 3:
+                raise ValueError
+            layer, head, query = (ascii_int(part) for part in parts)
+        except ValueError:
+            self.fail(f"{value!r} is not [KIND:]LAYER:HEAD:QUERY; write e.g. 1:3:5 or cross:1:3:5 (KIND encoder, decoder or cross)",
+                      param, ctx)
+        return kind, layer, head, query
 
 
 INT_RANGE = IntPair("LO:HI", "{value!r} is not a range; write LO:HI with the digits 0-9, e.g. -30:30", ordered=True)
@@ -178,12 +200,16 @@ def _overrides(pairs: tuple[str, ...]) -> dict:
 
 
 @cli.command()
-@click.option("--task", type=click.Choice(["quadratic", "squad"]), default="quadratic", show_default=True,
-              help="quadratic: a T5 from scratch on data/quadratic; squad: fine-tune an encoder for question answering.")
-@click.option("--model", "model_name", default=None, help="squad: a hub model name or a local directory.  [default: microsoft/deberta-v3-base]")
-@click.option("--train-file", default=None, help="squad: SQuAD v1.1/v2.0 JSON to train on (split by article when --eval-file is not given).")
-@click.option("--eval-file", default=None, help="squad: SQuAD JSON to evaluate on.")
-@click.option("--preset", default=None, help="Named preset: tiny (CPU, minutes), small or base (GPU).  [default: tiny]")
+@click.option("--task", type=click.Choice(list(tasks.TASKS)), default="quadratic", show_default=True,
+              help="quadratic: a T5 from scratch on data/quadratic; squad: fine-tune an encoder for question answering; "
+                   "classify: sequence classification with an encoder (see --model, --train-file).")
+@click.option("--model", "model_name", default=None, help="squad, classify: a hub model name or a local directory with its tokenizer.  "
+              "[default: squad: microsoft/deberta-v3-base; classify: an encoder from scratch, --set encoder=bert|deberta-v2]")
+@click.option("--train-file", default=None, help="squad: SQuAD v1.1/v2.0 JSON to train on (split by article when --eval-file is not given); "
+              "classify: CSV or JSONL with text, optional text_pair and label columns (--set text_column=... label_column=...; "
+              "eval_fraction held out when --eval-file is not given). classify without it: the equations of --data.")
+@click.option("--eval-file", default=None, help="squad: SQuAD JSON to evaluate on; classify: CSV or JSONL to test on.")
+@click.option("--preset", default=None, help="Named preset: tiny (CPU, minutes), small or base (GPU).  [default: tiny; squad and classify: their own]")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
               help="YAML file of configuration keys; applied after the preset, before the options here.")
 @click.option("--data", default=None, help="Dataset directory from `cli.py gen`.  [default: data/quadratic]")
@@ -209,7 +235,10 @@ def train(task, model_name, train_file, eval_file, preset, config_path, data, ru
 
     quadratic: a T5 from scratch (character tokenizer, relative attention buckets sized for these
     sequences) learns to write worked solutions. squad: a pretrained encoder is fine-tuned with
-    AutoModelForQuestionAnswering (sliding windows, n-best post-processing, official EM/F1). Configuration: the preset, then --config, then the
+    AutoModelForQuestionAnswering (sliding windows, n-best post-processing, official EM/F1). classify:
+    AutoModelForSequenceClassification labels a text or a text pair (accuracy, macro-F1, the
+    majority-class baseline); by default an encoder from scratch on the equations of --data, labelled
+    with their number of real roots. Configuration: the preset, then --config, then the
     options here. The run directory holds the best model and tokenizer in Hugging Face format,
     config.yaml, environment.json, log.jsonl, training_curve.png, metrics.json and predictions.jsonl.
     Ctrl-C stops; --resume continues from the last checkpoint with the same result as an
@@ -235,38 +264,16 @@ def train(task, model_name, train_file, eval_file, preset, config_path, data, ru
     else:
         config = resolve(preset or "tiny", config_path, {**options, "preset": preset})
         _check_out(config.resolved_run_dir(), "--run-dir")
-    if config.task == "squad":
-        from train.squad import train_run
-    else:
-        from train.quadratic import train_run
+    task = tasks.module(config.task)
     try:
-        result = train_run(config, resume=resume, overwrite=overwrite)
+        result = task.train_run(config, resume=resume, overwrite=overwrite)
     except Interrupted as stop:
         click.echo(f"quadlab train: {stop}", err=True)
         sys.exit(130)
     if result is None:  # another process of `accelerate launch`: the main one evaluates and reports
         return
-    if config.task == "squad":
-        click.echo(f"{config.resolved_run_dir()}: exact match {result['exact_match']:.2f}, F1 {result['f1']:.2f} "
-                   f"on {result['total']} questions")
-    else:
-        _print_metrics(config.resolved_run_dir(), result)
-
-
-def _print_metrics(run_dir, metrics: dict) -> None:
-    test = metrics["test"]
-    for name, m in test.items():
-        if isinstance(m, dict) and "full_solution_accuracy" in m:
-            parts = [f"{k.replace('_', ' ')} {m[k]:.4f}" for k in ("full_solution_accuracy", "character_accuracy", "roots_accuracy", "valid_steps_rate")]
-            click.echo(f"{run_dir} test ({test['rows']} rows, {name}): " + ", ".join(parts))
-            by = ", ".join(f"{k} {v['full_solution_accuracy']:.4f}" for k, v in m["by_num_roots"].items() if v["n"])
-            click.echo(f"  full-solution accuracy by root count: {by}")
-    diagnosed = test.get("diagnosis")
-    if diagnosed and diagnosed["n"]:
-        statements = ", ".join(f"{k} {v['accuracy']:.3f}" for k, v in diagnosed["statement_accuracy"].items())
-        click.echo(f"  greedy, each statement right: {statements}")
-        first = ", ".join(f"{k} {v:.3f}" for k, v in sorted(diagnosed["first_wrong"].items(), key=lambda kv: -kv[1]))
-        click.echo(f"  first statement to go wrong: {first} (diagnosis.png)")
+    for line in task.metric_lines(config.resolved_run_dir(), result, "test"):
+        click.echo(line)
 
 
 @cli.command(name="eval")
@@ -280,19 +287,14 @@ def eval_command(run_dir, split, limit, batch_size, num_beams):
     valid-steps rate (judged by the grader of `cli.py verify`), overall and by root count; writes
     metrics.json and predictions.jsonl. SQuAD: exact match and F1 on the evaluation set; writes
     predictions.json (official format) and metrics.json."""
-    from train.quadratic import evaluate_run
     from train.runs import open_run
 
     if limit < 0 or (batch_size is not None and batch_size <= 0) or num_beams < 0:
         raise QuadlabError("--limit, --batch-size and --num-beams must not be negative")
-    if open_run(Path(run_dir), "eval").task == "squad":
-        from train.squad import evaluate_run as evaluate_squad
-
-        m = evaluate_squad(Path(run_dir), limit)
-        click.echo(f"{run_dir}: exact match {m['exact_match']:.2f}, F1 {m['f1']:.2f} on {m['total']} questions")
-        return
-    metrics = evaluate_run(Path(run_dir), split=split, limit=limit, batch_size=batch_size, num_beams=num_beams)
-    _print_metrics(run_dir, {"test": metrics[split]})
+    task = tasks.module(open_run(Path(run_dir), "eval").task)
+    metrics = task.evaluate_run(Path(run_dir), split=split, limit=limit, batch_size=batch_size, num_beams=num_beams)
+    for line in task.metric_lines(run_dir, metrics, split):
+        click.echo(line)
 
 
 def _check_out(path, option: str) -> None:
@@ -322,26 +324,34 @@ def _run_or_newest(run, command: str, task: str | None = None):
 @click.option("--bertviz", is_flag=True, help="Also export bertviz head_view and model_view pages for the first example (they need a network).")
 @click.option("--question", default=None, help="SQuAD runs: draw per-head maps for this question (with --context).")
 @click.option("--context", default=None, help="SQuAD runs: the passage for --question.")
-def maps(run_dir, split, limit, examples, equation, heads, out_dir, batch_size, bertviz, question, context):
-    """Render attention maps of a trained run.
+@click.option("--text", default=None, help="Classification runs: draw per-head maps for this text.")
+@click.option("--neuron", "neurons", type=NeuronSpec(), multiple=True,
+              help="Also draw the neuron view of the first example (repeatable): for head HEAD of layer LAYER and the query "
+                   "token at position QUERY (0 is the first token; the rows of the maps), the query and key vectors, their "
+                   "elementwise product, the scores, the bias added before the softmax and the attention. KIND is encoder "
+                   "(the default), decoder or cross; decoder and cross queries are output tokens. E.g. 1:3:5, cross:0:2:7.")
+def maps(run_dir, split, limit, examples, equation, heads, out_dir, batch_size, bertviz, question, context, text, neurons):
+    """Render attention maps of a trained run (any task).
 
-    For one example (its model-written solution, teacher-forced once, so that decoder and cross maps
-    cover the whole answer): per-head grids of encoder self-, decoder self- and cross-attention, chosen
-    single heads, layer x token summaries. Over a split (streamed; memory does not grow with its
-    size): per-head maps averaged by absolute position and by token role, layer x role summaries,
-    and per layer the share of attention each role receives. PNG, SVG, the numbers (maps.npz,
-    index.json) and an offline index.html with an interactive viewer, under figures/<run>/.
-    SQuAD runs: the same for a question and its context, averaged over the evaluation set by role
-    ([CLS], question, context, answer, [SEP], punct)."""
+    For one example (its model-written answer; for a seq2seq model teacher-forced once, so that
+    decoder and cross maps cover the whole answer): per-head grids of every attention kind (encoder
+    self-, decoder self- and cross-attention), chosen single heads, layer x token summaries. Over a
+    split (streamed; memory does not grow with its size): per-head maps averaged by absolute
+    position and by token role, layer x role summaries, and per layer the share of attention each
+    role receives. PNG, SVG, the numbers (maps.npz, index.json) and an offline index.html with an
+    interactive viewer, under figures/<run>/. Roles: quadratic runs the equation's and the
+    solution's parts; SQuAD runs [CLS], question, context, answer, [SEP], punct; classification
+    runs [CLS], [SEP], punct and the text (on equations, the equation's parts)."""
     from analyze.maps import render_maps
 
     _check_out(out_dir, "--out")
     run = _run_or_newest(run_dir, "maps")
+    given = {k: v for k, v in (("equation", equation), ("question", question), ("context", context), ("text", text)) if v is not None}
     result = render_maps(run, Path(out_dir) if out_dir else None, split=split, limit=limit,
-                         examples=list(examples) or None, equation=equation, heads=list(heads), batch_size=batch_size, bertviz=bertviz,
-                         question=question, context=context)
+                         examples=list(examples) or None, given=given or None, heads=list(heads), batch_size=batch_size, bertviz=bertviz,
+                         neurons=list(neurons))
     click.echo(f"wrote {len(result['figures'])} figures, maps.npz and index.html to {result['out_dir']} "
-               f"(averages over {result['examples_averaged']} {split} examples in {result['average_seconds']} s)")
+               f"(averages over {result['examples_averaged']} {result['split']} examples in {result['average_seconds']} s)")
 
 
 @cli.command()
@@ -375,7 +385,8 @@ def heads(run_dir, split, limit, eval_limit, batch_size, clusters, compare, no_i
     checkpoints (train with --keep-checkpoints) or across --compare runs; the attention that the
     special symbols (x, ^, = ; SQuAD: [CLS], [SEP], punctuation) receive against their share of the
     keys, with 95% confidence intervals, and the accuracy when attention to them is blocked."""
-    from analyze.heads import analyze_heads, summary_lines
+    from analyze.heads import analyze_heads
+    from analyze.report import summary_lines
 
     _check_out(out_dir, "--out")
     result = analyze_heads(Path(run_dir), Path(out_dir) if out_dir else None, split=split, limit=limit, eval_limit=eval_limit,
@@ -387,25 +398,83 @@ def heads(run_dir, split, limit, eval_limit, batch_size, clusters, compare, no_i
 
 
 @cli.command()
-@click.argument("equation")
-@click.option("--run", "run_dir", type=click.Path(), default=None, help="A quadratic run directory.  [default: the newest finished quadratic run under runs/]")
-@click.option("--head", "heads", type=LAYER_HEAD, multiple=True, help="Also draw this head alone (repeatable).")
-@click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None, help="Output directory.  [default: figures/<run name>/explain]")
-def explain(equation, run_dir, heads, out_dir):
-    """Solve EQUATION with a trained model and show how: the solution, the grader's verdict, for
-    each layer the input token that receives the most attention (encoder self- and cross-attention),
-    and the per-head figures for the equation."""
-    from analyze.maps import explain as explain_equation
+@click.argument("run_dir", type=click.Path())
+@click.option("--pairs", type=IntRange(min=1), default=200, show_default=True, help="Pairs of clean and corrupted inputs.")
+@click.option("--split", type=click.Choice(["test", "validation", "train"]), default="test", show_default=True,
+              help="The split the pairs are drawn from.")
+@click.option("--seed", type=IntRange(min=0), default=0, show_default=True, help="Which rows and which corruptions make the pairs.")
+@click.option("--batch-size", type=IntRange(min=1), default=1024, show_default=True,
+              help="Patched copies per forward pass (each copy patches one layer and position).")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
+              help="Output directory.  [default: figures/<run name>/patching]")
+def patch(run_dir, pairs, split, seed, batch_size, out_dir):
+    """Activation patching of RUN_DIR's encoder (a task that provides pairs: quadratic).
+
+    For pairs of equations that differ in one coefficient (same sign and number of digits, so the
+    tokens align; the number of real roots differs), run the corrupted equation with the encoder's
+    hidden state at one (layer, position) replaced by the clean run's, and measure how much of the
+    clean answer returns: the log-probability of D's first digits and of the root class (D's first
+    character), teacher-forced on the clean solution, normalised per pair so that 0 is the
+    corrupted run and 1 the clean run. Layers: the embedding output and each layer's output.
+    Writes patching.json (mean, 95% CI and n per layer and token role), patching.npz and heatmaps
+    (layer x role over pairs; layer x position for one pair)."""
+    from analyze.patching import analyze_patching, summary_lines
 
     _check_out(out_dir, "--out")
-    result = explain_equation(_run_or_newest(run_dir, "explain", "quadratic"), equation, Path(out_dir) if out_dir else None, list(heads))
-    verdict = result["verdict"]
-    click.echo(f"equation: {result['equation']}")
-    click.echo(f"solution: {result['solution']}")
-    click.echo("verdict:  " + ", ".join(f"{k} {verdict[k]}" for k in ("ok", "well_formed", "steps_valid", "substitutions_valid", "answer_correct")))
-    for kind, label in (("encoder", "encoder self-attention"), ("cross", "cross-attention")):
-        for layer, token in enumerate(result["most_attended_input_token"][kind]):
-            click.echo(f"{label}, layer {layer}: most attended input token {token}")
+    result = analyze_patching(Path(run_dir), Path(out_dir) if out_dir else None, pairs=pairs, split=split, seed=seed, batch_size=batch_size)
+    for line in summary_lines(result):
+        click.echo(line)
+    seconds = ", ".join(f"{k} {v} s" for k, v in result["seconds"].items())
+    click.echo(f"wrote {len(result['figures'])} figures, patching.json and patching.npz to {result['out_dir']} ({seconds})")
+
+
+@cli.command(name="context-figure")
+@click.argument("figure_dirs", nargs=-1, required=True, type=click.Path(file_okay=False))
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default="figures/context-variance", show_default=True,
+              help="Where the figure (PNG, SVG) and its numbers (JSON) go.")
+def context_figure(figure_dirs, out_dir):
+    """Context-vector variance against performance for several runs side by side (e.g. a SQuAD run
+    and a classification run): each FIGURE_DIR is what `cli.py heads RUN_DIR --out FIGURE_DIR` wrote
+    for a run trained with --keep-checkpoints (or analysed with --compare). One scatter plot per run:
+    the encoder's mean layer context variance of each model against the task's main metric, with
+    Pearson r and its p-value."""
+    from analyze.heads import context_figure as draw
+
+    _check_out(out_dir, "--out")
+    result = draw([Path(d) for d in figure_dirs], Path(out_dir))
+    for panel in result["panels"]:
+        c = panel["correlation"]
+        r = f"r = {c['r']:+.3f}, p = {c['p']:.3g}" if c.get("r") is not None and c["r"] == c["r"] else f"r undefined ({c.get('note', '')})"
+        click.echo(f"{panel['task']} {panel['run']}: context variance vs {panel['metric']}: {r}, n = {panel['models']}")
+    click.echo(f"figure: {result['figures'][0]}")
+
+
+@cli.command()
+@click.argument("text")
+@click.option("--run", "run_dir", type=click.Path(), default=None, help="A run directory.  [default: the newest finished quadratic run under runs/]")
+@click.option("--context", default=None, help="SQuAD runs: the passage that holds the answer to the question TEXT.")
+@click.option("--head", "heads", type=LAYER_HEAD, multiple=True, help="Also draw this head alone (repeatable).")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None, help="Output directory.  [default: figures/<run name>/explain]")
+def explain(text, run_dir, context, heads, out_dir):
+    """Run a trained model on TEXT and show how: an equation for a quadratic run (the solution, the
+    grader's verdict), a question for a SQuAD run (with --context; the answer and its score), a text
+    for a classification run (the label and its probabilities); for each layer the token attended
+    to most (quadratic: any input token, by encoder self- and cross-attention; SQuAD: the question
+    token the answer span attends to; classification: the token [CLS] attends to), and the per-head
+    figures."""
+    from analyze.maps import explain as explain_example
+    from train.runs import open_run
+
+    _check_out(out_dir, "--out")
+    run = _run_or_newest(run_dir, "explain", "quadratic")
+    fields = tasks.module(open_run(run, "explain").task).Analysis.inputs
+    given = {fields[0]: text, **({"context": context} if context is not None else {})}
+    _show(explain_example(run, given, Path(out_dir) if out_dir else None, list(heads)))
+
+
+def _show(result: dict) -> None:
+    for line in result["lines"]:
+        click.echo(line)
     click.echo(f"figures: {Path(result['figures'][0]).parent}")
 
 
@@ -416,17 +485,66 @@ def explain(equation, run_dir, heads, out_dir):
 @click.option("--head", "heads", type=LAYER_HEAD, multiple=True, help="Also draw this head alone (repeatable).")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None, help="Output directory.  [default: figures/<run name>/ask]")
 def ask(run_dir, question, context, heads, out_dir):
-    """Answer QUESTION from CONTEXT with a SQuAD run and show how: the answer, its score, for each
-    layer the question token that receives the most attention from the answer span, and the
-    per-head figures."""
-    from analyze.squad_maps import ask as ask_question
+    """Answer QUESTION from CONTEXT with a SQuAD run and show how (as `explain QUESTION --context
+    CONTEXT`): the answer, its score, for each layer the question token that receives the most
+    attention from the answer span, and the per-head figures."""
+    from analyze.maps import explain as explain_example
+    from train.runs import open_run
 
     _check_out(out_dir, "--out")
-    result = ask_question(Path(run_dir), question, context, Path(out_dir) if out_dir else None, list(heads))
-    click.echo(f"answer: {result['answer']!r} (score {result['score']:.3f})" if result["score"] is not None else "answer: (none found)")
-    for layer, token in enumerate(result["most_attended_question_token"]):
-        click.echo(f"layer {layer}: the answer span attends most to the question token {token}")
-    click.echo(f"figures: {Path(result['figures'][0]).parent}")
+    open_run(Path(run_dir), "ask", task="squad")
+    _show(explain_example(Path(run_dir), {"question": question, "context": context}, Path(out_dir) if out_dir else None, list(heads),
+                          command="ask"))
+
+
+@cli.command()
+@click.argument("run_dirs", nargs=-1, type=click.Path())
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (another than 127.0.0.1 opens the page to the network).")
+@click.option("--port", type=IntRange(min=0, max=65535), default=8000, show_default=True, help="Port to listen on (0: a free one).")
+def serve(run_dirs, host, port):
+    """Serve a live page and a JSON API on the runs RUN_DIRS (default: every finished run under
+    runs/): type an equation, a question and a context, or a text, and see the model's answer (the
+    grader's verdict, the answer's score, the label's probabilities) and its attention: head view,
+    model view, layer x token summary and neuron view, drawn in the page, which needs no network.
+    The API is in the README ("Live page"). Ctrl-C stops."""
+    from analyze.serve import address, create_app, finished_runs, listen, load_runs, server
+
+    sock = listen(host, port)  # before loading models: a taken port fails at once
+    runs = load_runs([Path(d) for d in run_dirs] or finished_runs(), skip_broken=not run_dirs,
+                     warn=lambda line: click.echo(line, err=True))
+    click.echo(f"serving {len(runs)} run(s) ({', '.join(runs)}) at {address(sock)} (Ctrl-C stops)")
+    server(create_app(runs)).run(sockets=[sock])
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path())
+@click.option("--split", type=click.Choice(["test", "validation", "train"]), default="test", show_default=True,
+              help="Split whose rows are probed (SQuAD and classification runs: their evaluation rows).")
+@click.option("--limit", type=IntRange(min=0), default=5000, show_default=True, help="Rows of the split to probe (0: all).")
+@click.option("--target", "targets", multiple=True, help="A target to probe (repeatable).  [default: all the task's targets]")
+@click.option("--batch-size", type=IntRange(min=1), default=64, show_default=True, help="Examples (SQuAD: windows) per forward pass.")
+@click.option("--held-out", type=FLOAT, default=0.3, show_default=True,
+              help="Share of the rows that score the probes; the others fit them (split by example, never by token).")
+@click.option("--seed", type=INT, default=0, show_default=True, help="Seed of the split, the control labels and the sampled tokens.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None, help="Output directory.  [default: figures/<run name>/probes]")
+def probe(run_dir, split, limit, targets, batch_size, held_out, seed, out_dir):
+    """Linear probes on the hidden states of RUN_DIR: for every layer (0 = embeddings) of the
+    encoder at every token role of the input (the mean over the role's tokens, and over the whole
+    sequence) and, for seq2seq runs, of the decoder at the last `=` of each statement of the
+    solution, a logistic regression fitted on part of the rows and scored on the rest, for each
+    target (quadratic: root class, sign / last / leading digit / number of digits of D, ...; SQuAD:
+    whether a context token is inside the answer span; classification: the label). Beside each
+    accuracy: the majority baseline and a control task (labels random per token type), giving the
+    selectivity. Writes probes.json, probes.csv and a layer x role heatmap per target."""
+    from analyze.probes import run_probes, summary_lines
+
+    _check_out(out_dir, "--out")
+    result = run_probes(Path(run_dir), Path(out_dir) if out_dir else None, split=split, limit=limit, targets=list(targets),
+                        batch_size=batch_size, held_out=held_out, seed=seed)
+    for line in summary_lines(result):
+        click.echo(line)
+    seconds = ", ".join(f"{k} {v} s" for k, v in result["seconds"].items())
+    click.echo(f"wrote probes.json, probes.csv and {len(result['figures']) // 2} heatmaps to {result['out_dir']} ({seconds})")
 
 
 @cli.command(name="gpu-job")

@@ -25,81 +25,23 @@ import torch
 
 KINDS = ("encoder", "decoder", "cross")
 
-# Token roles. Equation: the digits of a, b and c, the exponent 2, the right-hand side 0.
-EQUATION_ROLES = ("a", "b", "c", "x", "^", "exp", "+", "-", "=", "rhs", "</s>", "other")
-SQUAD_ROLES = ("[CLS]", "question", "context", "answer", "[SEP]", "punct", "other")
-SOLUTION_ROLES = ("<start>", "digit", "D", "x", "^", "=", ";", "(", ")", "+", "-", "*", "/", "none", "sqrt", "name", "</s>", "other")
-
-
 class AttentionUnavailable(RuntimeError):
     """The model returned no attention weights (for instance an sdpa or flash implementation)."""
 
 
-def equation_roles(tokens: list[str]) -> list[str]:
-    """Role of each token of an equation such as `-7x^2+3556x+451612=0</s>`: digits belong to a
-    until `x^2`, to b until the second `x`, to c until `=`, then to the right-hand side."""
-    roles, part, xs, previous = [], "a", 0, None
-    for tok in tokens:
-        if tok == "</s>":
-            role = "</s>"
-        elif tok.isdigit():
-            role = "exp" if previous == "^" else part
-        elif tok in ("x", "^", "+", "-", "="):
-            role = tok
-        else:
-            role = "other"
-        roles.append(role)
-        xs += tok == "x"
-        if role == "exp":
-            part = "b"
-        elif tok == "x" and xs == 2:
-            part = "c"
-        elif tok == "=":
-            part = "rhs"
-        previous = tok
-    return roles
-
-
-def solution_roles(tokens: list[str]) -> list[str]:
-    """Role of each decoder token: `<start>` (T5's start token), digits, symbols, `none`, `sqrt`,
-    the names a, b, c of the steps and long formats, `</s>`."""
-    out = []
-    for tok in tokens:
-        if tok in ("<pad>", "<start>"):
-            out.append("<start>")
-        elif tok.isdigit():
-            out.append("digit")
-        elif tok in SOLUTION_ROLES:
-            out.append(tok)
-        elif tok in "noe":
-            out.append("none")
-        elif tok in "sqrt":
-            out.append("sqrt")
-        elif tok in "abc":
-            out.append("name")
-        else:
-            out.append("other")
+def segments(starts: list[bool]) -> list[int]:
+    """Segment index of each token, a new segment beginning where `starts` is True (the block
+    pattern of head statistics: a task marks where its segments begin)."""
+    out, current = [], -1
+    for i, start in enumerate(starts):
+        current += 1 if (start or i == 0) else 0
+        out.append(current)
     return out
 
 
-def squad_roles(tokens: list[str], sequence_ids: list, offsets: list, answer_chars: tuple[int, int] | None, special: dict) -> list[str]:
-    """Role of each token of a question-context window: [CLS], [SEP], question, context, answer (a
-    context token inside the answer's characters), punct (a token made of punctuation only)."""
-    import string
-
-    roles = []
-    for tok, seq, span in zip(tokens, sequence_ids, offsets):
-        if seq is None:
-            roles.append("[CLS]" if tok == special.get("cls") else "[SEP]" if tok == special.get("sep") else "other")
-        elif tok.strip("#▁Ġ") and all(ch in string.punctuation for ch in tok.strip("#▁Ġ")):
-            roles.append("punct")
-        elif seq == 0:
-            roles.append("question")
-        elif answer_chars and span[0] < answer_chars[1] and span[1] > answer_chars[0]:
-            roles.append("answer")
-        else:
-            roles.append("context")
-    return roles
+def padded(rows: list[list], width: int, fill) -> torch.Tensor:
+    """Rows of unequal length as one (len(rows), width) tensor, filled with `fill`."""
+    return torch.tensor([r + [fill] * (width - len(r)) for r in rows])
 
 
 def use_eager_attention(model) -> None:
@@ -112,17 +54,23 @@ def use_eager_attention(model) -> None:
 def capture(model, input_ids, attention_mask, decoder_input_ids=None, decoder_attention_mask=None, token_type_ids=None) -> dict:
     """{kind: (attention (L, B, H, Q, K), query mask (B, Q), key mask (B, K))}; one forward pass,
     teacher-forced on `decoder_input_ids` for an encoder-decoder; `token_type_ids` for encoders
-    that take segments (BERT's question / context)."""
+    that take segments (BERT's question / context); ignored by those that have none (DistilBERT)."""
+    import inspect
+
     use_eager_attention(model)
     model.eval()
     if model.config.is_encoder_decoder:
+        if decoder_attention_mask is None:
+            decoder_attention_mask = torch.ones_like(decoder_input_ids)
         out = model(input_ids=input_ids, attention_mask=attention_mask, decoder_input_ids=decoder_input_ids,
                     decoder_attention_mask=decoder_attention_mask, output_attentions=True)
         found = {"encoder": out.encoder_attentions, "decoder": out.decoder_attentions, "cross": out.cross_attentions}
         masks = {"encoder": (attention_mask, attention_mask), "decoder": (decoder_attention_mask, decoder_attention_mask),
                  "cross": (decoder_attention_mask, attention_mask)}
     else:
-        extra = {"token_type_ids": token_type_ids} if token_type_ids is not None else {}
+        # DistilBERT's forward would take segments into its **kwargs and hand them to the attention function
+        segments = token_type_ids is not None and "token_type_ids" in inspect.signature(model.forward).parameters
+        extra = {"token_type_ids": token_type_ids} if segments else {}
         out = model(input_ids=input_ids, attention_mask=attention_mask, output_attentions=True, **extra)
         found = {"encoder": out.attentions}
         masks = {"encoder": (attention_mask, attention_mask)}

@@ -221,22 +221,26 @@ def cluster_makeup(clusters: list[dict], class_name: str, title: str, path: Path
     return save(fig, path)
 
 
-def context_scatter(points: list[dict], kinds, metrics, correlation: dict, title: str, path: Path) -> list[str]:
-    """One panel per kind and metric: mean layer context variance against the metric, one point per model."""
-    fig, axes = plt.subplots(len(metrics), len(kinds), figsize=(3.8 * len(kinds) + 0.6, 3.2 * len(metrics)), squeeze=False, layout="constrained")
-    for col, kind in enumerate(kinds):
-        for row, metric in enumerate(metrics):
-            ax = axes[row, col]
-            x = [p["variance"][kind]["mean"] for p in points]
-            y = [p["metrics"][metric] for p in points]
-            ax.scatter(x, y, s=22)
-            for p, xi, yi in zip(points, x, y):
-                ax.annotate(Path(p["model"]).name, (xi, yi), fontsize=6, xytext=(2, 2), textcoords="offset points")
-            c = correlation.get(f"{kind}/{metric}", {})
-            r = c.get("r")
-            ax.set_title(f"{kind}: r = {r:+.2f}, p = {c['p']:.2g}" if r is not None and r == r else f"{kind}: r undefined", fontsize=8)
-            ax.set_xlabel("mean layer context variance", fontsize=7)
-            ax.set_ylabel(metric.replace("_", " "), fontsize=7)
+def context_scatter(panels: list[dict], columns: int, title: str, path: Path) -> list[str]:
+    """Mean layer context variance against a metric, one point per model, one panel per entry of
+    `panels` ({"title", "points", "kind", "metric", "correlation": {"r", "p"}}), `columns` a row."""
+    rows = -(-len(panels) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(3.8 * columns + 0.6, 3.2 * rows), squeeze=False, layout="constrained")
+    for ax in axes.flat[len(panels):]:
+        ax.set_visible(False)
+    for ax, panel in zip(axes.flat, panels):
+        kind, metric, points = panel["kind"], panel["metric"], panel["points"]
+        x = [p["variance"][kind]["mean"] for p in points]
+        y = [p["metrics"][metric] for p in points]
+        ax.scatter(x, y, s=22)
+        for p, xi, yi in zip(points, x, y):
+            ax.annotate(Path(p["model"]).name, (xi, yi), fontsize=6, xytext=(2, 2), textcoords="offset points")
+        c = panel["correlation"]
+        r = c.get("r")
+        fit = f"r = {r:+.2f}, p = {c['p']:.2g}, n = {len(points)}" if r is not None and r == r else "r undefined"
+        ax.set_title(f"{panel['title']}: {fit}", fontsize=8)
+        ax.set_xlabel(f"mean layer context variance ({kind})", fontsize=7)
+        ax.set_ylabel(metric.replace("_", " "), fontsize=7)
     fig.suptitle(title, fontsize=10)
     return save(fig, path)
 

@@ -1,9 +1,8 @@
-"""`cli.py heads RUN_DIR`: head-level analysis of a run, quadratic or SQuAD, on the capture path of
-`cli.py maps` (definitions: ../shared/GUIDE.md section 3; functions: analyze/head_stats.py; hooks:
-analyze/interventions.py).
+"""`cli.py heads RUN_DIR`: head-level analysis of a run of any task (its `Analysis`, train/tasks.py),
+on the capture path of `cli.py maps` (definitions: ../shared/GUIDE.md section 3; functions:
+analyze/head_stats.py; hooks: analyze/interventions.py).
 
-One streamed pass over `limit` rows of a split (teacher-forced on the reference solutions, as the
-maps' averages) gives, per attention kind: head statistics, pattern types, Jensen-Shannon distances
+One streamed pass over `limit` rows of a split (the task's captured batches, as the maps' averages) gives, per attention kind: head statistics, pattern types, Jensen-Shannon distances
 between heads, the per-map features clustered with KMeans, the attention each role receives,
 rollout (encoders), context-vector variance and the special-symbol shares. Head importance, the
 symbol blocking and the accuracy of checkpoints decode `eval_limit` rows.
@@ -31,293 +30,10 @@ import numpy as np
 import torch
 
 from analyze import figures, head_stats, interventions
-from analyze.attention import EQUATION_ROLES, KINDS, SOLUTION_ROLES, SQUAD_ROLES, AttentionAverage, capture
+from analyze.report import METRIC_TITLES, write_report
+from analyze.attention import AttentionAverage, capture
 from gen import QuadlabError, swap_in
 
-METRIC_TITLES = {"full_solution_accuracy": "full-solution accuracy", "roots_accuracy": "roots accuracy",
-                 "character_accuracy": "character accuracy", "f1": "F1", "exact_match": "exact match"}
-
-
-def _segments(starts: list[bool]) -> list[int]:
-    """Segment index of each token, a new segment beginning where `starts` is True."""
-    out, current = [], -1
-    for i, start in enumerate(starts):
-        current += 1 if (start or i == 0) else 0
-        out.append(current)
-    return out
-
-
-def _pad(rows: list[list], width: int, fill) -> torch.Tensor:
-    return torch.tensor([r + [fill] * (width - len(r)) for r in rows])
-
-
-# ---------------------------------------------------------------------------------------------
-# The two tasks: what the analysis needs from each
-
-
-class QuadraticTask:
-    """Equations and their reference solutions, teacher-forced; classes: two, one or no real roots.
-    Segments (for the block template): the equation's terms (a new one at each sign and at `=`), the
-    solution's steps (a new one after each `;`). Special symbols: x, ^, =."""
-
-    name = "quadratic"
-    batch_size = 64
-    kinds = KINDS
-    sides = {"encoder": ("encoder", "encoder"), "decoder": ("decoder", "decoder"), "cross": ("decoder", "encoder")}
-    roles = {"encoder": EQUATION_ROLES, "decoder": SOLUTION_ROLES}
-    symbols = ("x", "^", "=")
-    metrics = ("full_solution_accuracy", "roots_accuracy", "character_accuracy")
-    class_name = "number of real roots"
-
-    def __init__(self, run_dir: Path, split: str, limit: int, eval_limit: int):
-        from train.quadratic import load_run, load_splits
-
-        self.model, self.tokenizer, self.config = load_run(run_dir, "heads")
-        dataset = load_splits(self.config)[split]
-        columns = dataset.select(range(min(max(limit, eval_limit), len(dataset)))).to_dict()
-        self.rows = {k: v[:limit] for k, v in columns.items()}
-        self.eval_rows = {k: v[:eval_limit] for k, v in columns.items()}
-        self.split, self.n_rows, self.n_eval_rows = split, len(self.rows["equation"]), len(self.eval_rows["equation"])
-
-    def load_model(self, path: Path):
-        from transformers import AutoModelForSeq2SeqLM
-
-        return AutoModelForSeq2SeqLM.from_pretrained(str(path), attn_implementation="eager")
-
-    def batches(self, batch_size: int) -> list[dict]:
-        from analyze.maps import teacher_forced_batch
-        from train.metrics import ROOT_CLASSES
-
-        rows = self.rows
-        order = sorted(range(len(rows["equation"])), key=lambda i: len(rows["solution"][i]))
-        out = []
-        for start in range(0, len(order), batch_size):
-            idx = order[start : start + batch_size]
-            b = teacher_forced_batch(self.tokenizer, [rows["equation"][i] for i in idx], [rows["solution"][i] for i in idx])
-            enc_seg = [_segments([t in "+-=" and (j == 0 or toks[j - 1] != "^") for j, t in enumerate(toks)]) for toks in b["encoder_tokens"]]
-            dec_seg = [_segments([j > 0 and toks[j - 1] == ";" for j in range(len(toks))]) for toks in b["decoder_tokens"]]
-            out.append({
-                "inputs": {k: b[k] for k in ("input_ids", "attention_mask", "decoder_input_ids", "decoder_attention_mask")},
-                "labels": b["labels"],
-                "roles": {"encoder": b["encoder_roles"], "decoder": b["decoder_roles"]},
-                "segments": {"encoder": _pad(enc_seg, b["input_ids"].shape[1], -1), "decoder": _pad(dec_seg, b["decoder_input_ids"].shape[1], -1)},
-                "classes": [ROOT_CLASSES[rows["num_roots"][i]] for i in idx],
-                "tokens": {"encoder": b["encoder_tokens"], "decoder": b["decoder_tokens"]},
-            })
-        return out
-
-    def gradient_batches(self, batch_size: int) -> list[dict]:
-        return self.batches(batch_size)  # they carry the labels
-
-    def query_masks(self, batch: dict) -> dict:
-        i = batch["inputs"]
-        return {"encoder": i["attention_mask"].bool(), "decoder": i["decoder_attention_mask"].bool(), "cross": i["decoder_attention_mask"].bool()}
-
-    def row_losses(self, model, batch: dict) -> torch.Tensor:
-        device = next(model.parameters()).device
-        logits = model(**{k: v.to(device) for k, v in batch["inputs"].items()}).logits
-        labels = batch["labels"].to(device)
-        per_token = torch.nn.functional.cross_entropy(logits.transpose(1, 2).float(), labels, ignore_index=-100, reduction="none")
-        return per_token.sum(dim=1) / (labels != -100).sum(dim=1).clamp(min=1)
-
-    def _encoded(self):
-        tok = self.tokenizer
-        ids = tok(self.eval_rows["equation"])["input_ids"]
-        input_ids = _pad(ids, max(map(len, ids)), tok.pad_token_id)
-        return input_ids, (input_ids != tok.pad_token_id).long()
-
-    @torch.no_grad()
-    def _generate(self, model, input_ids, mask, repeat: int, gates: dict, block: tuple | None = None, encoder_hidden=None) -> list[str]:
-        """Greedy decoding of `repeat` copies of the rows, each copy with its own gates; the encoder's
-        output is reused when given (the gates and blocks of the encoder are then already in it)."""
-        from transformers.modeling_outputs import BaseModelOutput
-
-        device = next(model.parameters()).device
-        ids, mask = input_ids.repeat(repeat, 1).to(device), mask.repeat(repeat, 1).to(device)
-        block_layers, block_keys = block if block else ({}, None)
-        block_keys = block_keys.repeat(repeat, 1).to(device) if block_keys is not None else None
-        if encoder_hidden is None:
-            with interventions.gated(model, {k: v for k, v in gates.items() if k == "encoder"}), \
-                    interventions.blocked(model, {k: v for k, v in block_layers.items() if k == "encoder"}, block_keys):
-                encoder_hidden = model.get_encoder()(input_ids=ids, attention_mask=mask).last_hidden_state
-        else:
-            encoder_hidden = encoder_hidden.repeat(repeat, 1, 1)
-        with interventions.gated(model, {k: v for k, v in gates.items() if k != "encoder"}), \
-                interventions.blocked(model, {k: v for k, v in block_layers.items() if k != "encoder"}, block_keys):
-            generated = model.generate(encoder_outputs=BaseModelOutput(last_hidden_state=encoder_hidden), attention_mask=mask,
-                                       do_sample=False, num_beams=1, cache_implementation="static")
-        return self.tokenizer.batch_decode(generated, skip_special_tokens=True)
-
-    def _metrics(self, predictions: list[str]) -> dict:
-        from train.metrics import judge, quadratic_metrics
-
-        r = self.eval_rows
-        judged = [judge(a, b, c, t, p) for a, b, c, t, p in zip(r["a"], r["b"], r["c"], r["solution"], predictions)]
-        return {k: v for k, v in quadratic_metrics(judged, r["num_roots"]).items() if k in self.metrics}
-
-    def evaluate(self, model, block: tuple | None = None) -> dict:
-        input_ids, mask = self._encoded()
-        return self._metrics(self._generate(model, input_ids, mask, 1, {}, block))
-
-    def ablate(self, model, specs: list, batch_rows: int, progress: bool) -> list[dict]:
-        """Metrics with each spec's head ((kind, layer, head), or None for none) ablated. Several
-        ablations share one generate call (each copy of the rows has its own gates); ablations in
-        the decoder and cross-attention reuse one encoder pass."""
-        from tqdm import tqdm
-
-        model.eval()
-        input_ids, mask = self._encoded()
-        n = len(input_ids)
-        per_call = max(1, batch_rows // max(n, 1))
-        layout = interventions.shape(model)
-        device = next(model.parameters()).device
-        with torch.no_grad():
-            encoder_hidden = model.get_encoder()(input_ids=input_ids.to(device), attention_mask=mask.to(device)).last_hidden_state
-        groups = []
-        for side in ("encoder", "decoder"):
-            chosen = [i for i, s in enumerate(specs) if (s is not None and s[0] == "encoder") == (side == "encoder")]
-            groups += [(side, chosen[i : i + per_call]) for i in range(0, len(chosen), per_call)]
-        results: list = [None] * len(specs)
-        for side, group in tqdm(groups, desc="ablate", unit="call", disable=None if progress else True):
-            gates = {kind: torch.ones(len(group) * n, *layout[kind], device=device) for kind in layout}
-            for copy, index in enumerate(group):
-                if specs[index] is not None:
-                    kind, layer, head = specs[index]
-                    gates[kind][copy * n : (copy + 1) * n, layer, head] = 0
-            texts = self._generate(model, input_ids, mask, len(group), gates, encoder_hidden=None if side == "encoder" else encoder_hidden)
-            for copy, index in enumerate(group):
-                results[index] = self._metrics(texts[copy * n : (copy + 1) * n])
-        return results
-
-    def blocking(self, model, peaks: dict, seed: int) -> dict:
-        """Accuracy with attention to the equation's x, ^ and = blocked in the layers where their
-        share peaks (encoder self-attention, cross-attention, both), and a control that blocks as
-        many of the equation's digits, chosen at random, in the same layers."""
-        from analyze.attention import equation_roles
-
-        tokens = [self.tokenizer.convert_ids_to_tokens(ids) for ids in self.tokenizer(self.eval_rows["equation"])["input_ids"]]
-        input_ids, _ = self._encoded()
-        symbols = torch.zeros(input_ids.shape, dtype=torch.bool)
-        control = torch.zeros(input_ids.shape, dtype=torch.bool)
-        rng = random.Random(seed)
-        for row, toks in enumerate(tokens):
-            roles = equation_roles(toks)
-            marked = [j for j, r in enumerate(roles) if r in self.symbols]
-            digits = [j for j, t in enumerate(toks) if t.isdigit()]
-            symbols[row, marked] = True
-            control[row, rng.sample(digits, min(len(marked), len(digits)))] = True
-        conditions = {"encoder": {"encoder": [peaks["encoder"]]}, "cross": {"cross": [peaks["cross"]]},
-                      "both": {"encoder": [peaks["encoder"]], "cross": [peaks["cross"]]}}
-        out = {"layers": peaks}
-        for name, layers in conditions.items():
-            out[f"symbols blocked ({name})"] = self.evaluate(model, (layers, symbols))
-        out["control: as many digits blocked (both)"] = self.evaluate(model, (conditions["both"], control))
-        return out
-
-
-class SquadTask:
-    """Question-context windows of the evaluation set; classes: the question's wh-word. Segments:
-    [CLS], the question, each [SEP], each sentence of the context. Special symbols: [CLS], [SEP] and
-    punctuation (Clark et al. 2019's finding for BERT)."""
-
-    name = "squad"
-    batch_size = 8  # a 384-token window of a 6-layer, 12-head encoder has 42 MB of attention maps, and JS pairs them
-    kinds = ("encoder",)
-    sides = {"encoder": ("encoder", "encoder")}
-    roles = {"encoder": SQUAD_ROLES}
-    symbols = ("[CLS]", "[SEP]", "punct")
-    metrics = ("f1", "exact_match")
-    class_name = "question type"
-    WH = ("what", "who", "when", "where", "which", "why", "how")
-
-    def __init__(self, run_dir: Path, split: str, limit: int, eval_limit: int):
-        from train.squad import load_data, load_run
-        from train.squad_data import drop_long_questions
-
-        self.model, self.tokenizer, self.config = load_run(run_dir, "heads")
-        data = load_data(self.config)
-        self.version_2 = data["version_2"]
-        self.rows = drop_long_questions(self.tokenizer, data["eval"][: limit or None], self.config.max_length, data["skipped"])
-        self.eval_rows = drop_long_questions(self.tokenizer, data["eval"][: eval_limit or None], self.config.max_length, data["skipped"])
-        self.split, self.n_rows, self.n_eval_rows = "evaluation", len(self.rows), len(self.eval_rows)
-
-    def load_model(self, path: Path):
-        from transformers import AutoModelForQuestionAnswering
-
-        return AutoModelForQuestionAnswering.from_pretrained(str(path), attn_implementation="eager")
-
-    def question_type(self, question: str) -> str:
-        words = question.lower().replace("?", " ").split()
-        return next((w for w in words if w in self.WH), "other")
-
-    def batches(self, batch_size: int) -> list[dict]:
-        from analyze.squad_maps import _tensors, windows
-
-        spans = [(r["answers"]["answer_start"][0], r["answers"]["answer_start"][0] + len(r["answers"]["text"][0])) if r["answers"]["text"] else None
-                 for r in self.rows]
-        found = sorted(windows(self.tokenizer, self.rows, self.config.max_length, self.config.stride, spans), key=lambda w: len(w["input_ids"]))
-        out = []
-        for start in range(0, len(found), batch_size):
-            chunk = found[start : start + batch_size]
-            t = _tensors(chunk, self.tokenizer.pad_token_id, "cpu")
-            segments = []
-            for w in chunk:
-                roles = [SQUAD_ROLES[r] for r in w["roles"]]
-                starts = [j == 0 or roles[j] in ("[CLS]", "[SEP]") or roles[j - 1] in ("[CLS]", "[SEP]")
-                          or (roles[j - 1] != "question") != (roles[j] != "question") or w["tokens"][j - 1] in (".", "?", "!")
-                          for j in range(len(roles))]
-                segments.append(_segments(starts))
-            inputs = {k: t[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in t}
-            out.append({"inputs": inputs, "roles": {"encoder": t["roles"]}, "segments": {"encoder": _pad(segments, t["input_ids"].shape[1], -1)},
-                        "classes": [self.question_type(self.rows[w["row"]]["question"]) for w in chunk],
-                        "tokens": {"encoder": [w["tokens"] for w in chunk]}})
-        return out
-
-    def query_masks(self, batch: dict) -> dict:
-        return {"encoder": batch["inputs"]["attention_mask"].bool()}
-
-    def gradient_batches(self, batch_size: int) -> list[dict]:
-        from train.squad import collator
-        from train.squad_data import train_features
-
-        features = train_features(self.tokenizer, self.rows, self.config.max_length, self.config.stride, "do_not_pad")
-        collate = collator(self.tokenizer.pad_token_id)
-        return [{"inputs": collate(features[i : i + batch_size])} for i in range(0, len(features), batch_size)]
-
-    def row_losses(self, model, batch: dict) -> torch.Tensor:
-        device = next(model.parameters()).device
-        inputs = {k: v.to(device) for k, v in batch["inputs"].items()}
-        starts, ends = inputs.pop("start_positions"), inputs.pop("end_positions")
-        out = model(**inputs)
-        loss = torch.nn.functional.cross_entropy
-        return (loss(out.start_logits.float(), starts, reduction="none") + loss(out.end_logits.float(), ends, reduction="none")) / 2
-
-    def evaluate(self, model, gates: dict | None = None) -> dict:
-        from train.metrics import squad_metrics
-        from train.squad import predict
-        from train.squad_data import eval_features
-
-        features = eval_features(self.tokenizer, self.eval_rows, self.config.max_length, self.config.stride, self.config.padding)
-        with interventions.gated(model, gates or {}):
-            predictions, _ = predict(model, self.tokenizer, self.eval_rows, features, self.config, self.version_2)
-        metrics = squad_metrics(predictions, {r["id"]: r["answers"]["text"] for r in self.eval_rows})
-        return {k: metrics[k] / 100 for k in self.metrics}  # shares, like the quadratic metrics
-
-    def ablate(self, model, specs: list, batch_rows: int, progress: bool) -> list[dict]:
-        """One batched evaluation of every window per ablated head (an encoder has no pass to reuse)."""
-        from tqdm import tqdm
-
-        layout = interventions.shape(model)
-        device = next(model.parameters()).device
-        out = []
-        for spec in tqdm(specs, desc="ablate", unit="head", disable=None if progress else True):
-            gates = {}
-            if spec is not None:
-                kind, layer, head = spec
-                gates[kind] = torch.ones(1, *layout[kind], device=device)
-                gates[kind][0, layer, head] = 0
-            out.append(self.evaluate(model, gates))
-        return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -483,6 +199,31 @@ def symbol_test(shares: dict, baselines: dict) -> dict:
     return out
 
 
+def symbol_blocking(task, model, peaks: dict, seed: int) -> dict:
+    """Metrics with attention to the input's special symbols (`task.symbols`) blocked in the layer
+    where their share peaks, in each kind whose keys are the input (encoder self-attention,
+    cross-attention) and in all of them; and a control that blocks as many of the input's other
+    tokens (`task.control_roles`), chosen at random, in the same layers."""
+    rng = random.Random(seed)
+
+    def symbols(roles: list[str]) -> list[int]:
+        return [j for j, r in enumerate(roles) if r in task.symbols]
+
+    def control(roles: list[str]) -> list[int]:
+        pool = [j for j, r in enumerate(roles) if r in task.control_roles]
+        return rng.sample(pool, min(len(symbols(roles)), len(pool)))
+
+    conditions = {kind: {kind: [layer]} for kind, layer in peaks.items()}
+    if len(peaks) > 1:
+        conditions["both" if len(peaks) == 2 else "all"] = {kind: [layer] for kind, layer in peaks.items()}
+    together = list(conditions)[-1]
+    out = {"layers": peaks}
+    for name, layers in conditions.items():
+        out[f"symbols blocked ({name})"] = task.evaluate(model, blocked=(layers, symbols))
+    out[f"control: as many {task.control_name} blocked ({together})"] = task.evaluate(model, blocked=(conditions[together], control))
+    return out
+
+
 def _checkpoint_points(task, run_dir: Path, compare: list[Path], batches: list[dict], progress: bool) -> list[dict]:
     """Context variance and accuracy of each model: the checkpoints kept in run_dir/checkpoints/
     (or, with `compare`, the final models of run_dir and the compared runs)."""
@@ -524,7 +265,7 @@ def correlations(task, points: list[dict]) -> dict:
 def analyze_heads(run_dir: Path, out_dir: Path | None = None, split: str = "test", limit: int = 1000, eval_limit: int = 300,
                   batch_size: int | None = None, clusters: int = 0, compare: list[Path] | None = None, skip_importance: bool = False,
                   progress: bool = True) -> dict:
-    from train.runs import open_run, read_config
+    from train.runs import analysis, open_run, read_config
 
     run_dir = Path(run_dir)
     config = open_run(run_dir, "heads")
@@ -537,7 +278,7 @@ def analyze_heads(run_dir: Path, out_dir: Path | None = None, split: str = "test
             open_run(other, "heads --compare", task=config.task)
         except QuadlabError as err:
             raise QuadlabError(f"--compare {other}: {err}") from None
-    task = (SquadTask if config.task == "squad" else QuadraticTask)(run_dir, split, limit, eval_limit)
+    task = analysis(run_dir, "heads", split=split, limit=limit, eval_limit=eval_limit)
     batch_size = batch_size or task.batch_size
     model = task.model
     if torch.cuda.is_available():
@@ -548,7 +289,7 @@ def analyze_heads(run_dir: Path, out_dir: Path | None = None, split: str = "test
     interventions.sites(model)  # a model the hooks do not know fails here, before any work
     timings = {}
     clock = time.perf_counter()
-    batches = task.batches(batch_size)
+    batches = list(task.batches(batch_size))
     found = stream(task, model, batches, progress)
     timings["statistics pass"] = time.perf_counter() - clock
     layout = interventions.shape(model)
@@ -612,11 +353,11 @@ def analyze_heads(run_dir: Path, out_dir: Path | None = None, split: str = "test
         result["importance"] = ranked
         for kind in task.kinds:
             result["kinds"][kind]["gradient_importance"] = gradients[kind].tolist()
-        if task.name == "quadratic":
-            peaks = {kind: int(np.argmax([row["excess"] for row in result["kinds"][kind]["symbols"]["all"]])) for kind in ("encoder", "cross")}
-            clock = time.perf_counter()
-            result["symbol_blocking"] = {"baseline": base, **task.blocking(model, peaks, config.seed)}
-            timings["symbol blocking"] = time.perf_counter() - clock
+        peaks = {kind: int(np.argmax([row["excess"] for row in result["kinds"][kind]["symbols"]["all"]]))
+                 for kind in task.kinds if task.sides[kind][1] == "encoder"}
+        clock = time.perf_counter()
+        result["symbol_blocking"] = {"baseline": base, **symbol_blocking(task, model, peaks, config.seed)}
+        timings["symbol blocking"] = time.perf_counter() - clock
     clock = time.perf_counter()
     points = _checkpoint_points(task, run_dir, compare, batches, progress)
     result["context_points"] = points
@@ -633,8 +374,6 @@ def analyze_heads(run_dir: Path, out_dir: Path | None = None, split: str = "test
 
 
 def _write(task, result: dict, arrays: dict, found: dict, run_dir: Path, out_root: Path) -> dict:
-    from analyze.report import write_report
-
     final = out_root / "heads"
     tmp = out_root / f".heads.partial-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -646,8 +385,9 @@ def _write(task, result: dict, arrays: dict, found: dict, run_dir: Path, out_roo
         if "encoder" in task.kinds:
             written += _rollout_figures(task, found, tmp)
         if result["context_points"]:
-            files = figures.context_scatter(result["context_points"], task.kinds, task.metrics, result["context_correlation"],
-                                            "Context-vector variance against accuracy", tmp / "context-variance-accuracy")
+            panels = [{"title": kind, "points": result["context_points"], "kind": kind, "metric": metric,
+                       "correlation": result["context_correlation"].get(f"{kind}/{metric}", {})} for metric in task.metrics for kind in task.kinds]
+            files = figures.context_scatter(panels, len(task.kinds), "Context-vector variance against accuracy", tmp / "context-variance-accuracy")
             written.append({"file": f"heads/{files[0]}", "svg": f"heads/{files[1]}", "what": "context variance"})
         result["figures"] = written
         np.savez_compressed(tmp / "heads.npz", **arrays)
@@ -757,36 +497,29 @@ def _rollout_figures(task, found: dict, folder: Path) -> list[dict]:
     return written
 
 
-def summary_lines(result: dict, top: int = 5) -> list[str]:
-    """The short summary `cli.py heads` prints."""
-    lines = []
-    if "importance" in result:
-        base = ", ".join(f"{METRIC_TITLES[m]} {v:.3f}" for m, v in result["baseline_metrics"].items())
-        lines.append(f"baseline on {result['eval_rows']} rows: {base}")
-        for item in result["importance"][:top]:
-            drops = ", ".join(f"{METRIC_TITLES[m]} {v:+.3f}" for m, v in item["drop"].items())
-            lines.append(f"  important head: {item['kind']} layer {item['layer']} head {item['head']}: drop {drops}; gradient {item['gradient']:.3g}")
-    for kind, r in result["kinds"].items():
-        for layer, counts in enumerate(r["type_counts_per_layer"]):
-            shown = ", ".join(f"{v} {k}" for k, v in counts.items() if v)
-            lines.append(f"{kind} layer {layer}: {shown}")
-        peak = max(r["symbols"]["all"], key=lambda row: row["excess"])
-        lines.append(f"{kind}: special symbols receive {peak['share']:.3f} of the attention at their peak (layer {peak['layer']}; "
-                     f"uniform {peak['baseline']:.3f}; excess 95% CI {peak['excess_ci'][0]:+.3f}..{peak['excess_ci'][1]:+.3f})")
-    blocking = result.get("symbol_blocking")
-    if blocking:
-        base = blocking["baseline"]
-        for name, metrics in blocking.items():
-            if name in ("baseline", "layers"):
-                continue
-            lines.append(f"{name}: " + ", ".join(f"{METRIC_TITLES[m]} {metrics[m] - base[m]:+.3f}" for m in metrics))
-    corr = result.get("context_correlation") or {}
-    overall = {k: v for k, v in corr.items() if k.count("/") == 1}
-    if overall:
-        for key, value in overall.items():
-            r, p = value.get("r"), value.get("p")
-            r_text = f"undefined ({value.get('note', '')})" if r is None or r != r else f"r = {r:+.3f}, p = {p:.3g}"
-            lines.append(f"context variance vs {key.replace('/', ' ')}: {r_text}, n = {value['n']}")
-    else:
-        lines.append(f"context variance vs accuracy: {result['context_note']}")
-    return lines
+def context_figure(figure_dirs: list[Path], out: Path) -> dict:
+    """The prior study's question across tasks: for each figures directory that `cli.py heads`
+    wrote (a run with kept checkpoints, or with --compare), its encoder's mean layer context variance
+    against the task's main metric, with Pearson r, side by side in one figure; the numbers as JSON."""
+    panels = []
+    for folder in figure_dirs:
+        path = Path(folder) / "heads" / "heads.json"
+        try:
+            found = json.loads(path.read_text())
+            points, metric = found["context_points"], next(iter(found["baseline_metrics"] if "baseline_metrics" in found else
+                                                                 found["context_points"][0]["metrics"]))
+        except (OSError, ValueError, KeyError, StopIteration, IndexError, TypeError):
+            raise QuadlabError(f"{folder} holds no context-variance points of `cli.py heads` (heads/heads.json); run "
+                               f"`python cli.py heads RUN_DIR --out {folder}` on a run trained with --keep-checkpoints") from None
+        kind = "encoder"
+        panels.append({"title": f"{found['task']} ({Path(found['run']).name})", "run": found["run"], "task": found["task"], "points": points,
+                       "kind": kind, "metric": metric, "correlation": head_stats.pearson([p["variance"][kind]["mean"] for p in points],
+                                                                                        [p["metrics"][metric] for p in points])})
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    files = figures.context_scatter(panels, len(panels), "Context-vector variance against performance, by task", out / "context-variance-tasks")
+    summary = [{k: p[k] for k in ("task", "run", "kind", "metric", "correlation")} | {"models": len(p["points"])} for p in panels]
+    tmp = out / "context-variance-tasks.json.tmp"
+    tmp.write_text(json.dumps(_finite(summary), indent=1) + "\n")
+    os.replace(tmp, out / "context-variance-tasks.json")
+    return {"figures": [str(out / f) for f in files], "panels": summary}

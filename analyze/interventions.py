@@ -7,18 +7,26 @@
   softmax) in chosen layers, by a pre-hook on the attention module that edits its mask.
 - `ContextVariance`: streams the variance of each head's and layer's output (context) vectors.
 
-Supported: T5 (encoder, decoder and cross-attention) and BERT-style encoders (BERT, MiniLM,
-RoBERTa, DeBERTa-v2: `encoder.layer[l].attention.self / .output.dense`).
+Supported (`ARCHITECTURES`): T5 and mT5 (encoder, decoder and cross-attention) and the BERT-style encoders
+BERT (MiniLM included), RoBERTa, ELECTRA, DeBERTa-v2 (`encoder.layer[l].attention.self /
+.output.dense`) and DistilBERT (`transformer.layer[l].attention / .out_lin`). A model type is named
+here only once the tests in tests/test_architectures.py pass on it: a look-alike whose attention
+reads its mask differently would be blocked silently wrong.
 """
 
 from __future__ import annotations
 
+import inspect
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 
 from gen import QuadlabError
+
+
+ARCHITECTURES = {"t5": "T5", "mt5": "mT5", "bert": "BERT", "roberta": "RoBERTa", "electra": "ELECTRA",
+                 "deberta-v2": "DeBERTa-v2", "distilbert": "DistilBERT"}
 
 
 @dataclass
@@ -28,23 +36,29 @@ class AttentionSite:
     heads: int
     head_dim: int
     mask_argument: str
+    mask_keeps: bool = False  # the mask is 1 / True where attention is allowed (DeBERTa), not a bias added to the scores
 
 
 def sites(model) -> dict[str, list[AttentionSite]]:
     """{kind: [one site per layer]} for the kinds the model has."""
     config = model.config
-    if config.model_type in ("t5", "mt5", "umt5"):
-        shape = (config.num_heads, config.d_kv)
-        out = {"encoder": [AttentionSite(b.layer[0].SelfAttention, b.layer[0].SelfAttention.o, *shape, "mask") for b in model.encoder.block],
-               "decoder": [AttentionSite(b.layer[0].SelfAttention, b.layer[0].SelfAttention.o, *shape, "mask") for b in model.decoder.block],
-               "cross": [AttentionSite(b.layer[1].EncDecAttention, b.layer[1].EncDecAttention.o, *shape, "mask") for b in model.decoder.block]}
-        return out
-    layers = getattr(getattr(model.base_model, "encoder", None), "layer", None)
-    if layers is not None and all(hasattr(l, "attention") and hasattr(l.attention, "output") for l in layers):
-        heads = config.num_attention_heads
-        return {"encoder": [AttentionSite(l.attention.self, l.attention.output.dense, heads, config.hidden_size // heads, "attention_mask")
-                            for l in layers]}
-    raise QuadlabError(f"head interventions support T5 and BERT-style encoders; this model is {config.model_type!r}")
+    if config.model_type not in ARCHITECTURES:
+        raise QuadlabError(f"head interventions support T5 and BERT-style encoders ({', '.join(ARCHITECTURES.values())}); "
+                           f"this model is {config.model_type!r}")
+    heads = config.num_attention_heads
+
+    def site(attention, projection, mask_argument, mask_keeps=False):
+        return AttentionSite(attention, projection, heads, projection.in_features // heads, mask_argument, mask_keeps)
+
+    if config.model_type in ("t5", "mt5"):
+        return {"encoder": [site(b.layer[0].SelfAttention, b.layer[0].SelfAttention.o, "mask") for b in model.encoder.block],
+                "decoder": [site(b.layer[0].SelfAttention, b.layer[0].SelfAttention.o, "mask") for b in model.decoder.block],
+                "cross": [site(b.layer[1].EncDecAttention, b.layer[1].EncDecAttention.o, "mask") for b in model.decoder.block]}
+    if config.model_type == "distilbert":
+        return {"encoder": [site(l.attention, l.attention.out_lin, "attention_mask") for l in model.base_model.transformer.layer]}
+    # DeBERTa-v2 takes a 0/1 mask (B, 1, Q, K), passed by position, and fills the scores where it is 0
+    keeps = config.model_type == "deberta-v2"
+    return {"encoder": [site(l.attention.self, l.attention.output.dense, "attention_mask", keeps) for l in model.base_model.encoder.layer]}
 
 
 def shape(model) -> dict[str, tuple[int, int]]:
@@ -85,16 +99,22 @@ def blocked(model, layers: dict[str, list[int]], blocked_keys: torch.Tensor):
     for kind, chosen in layers.items():
         for layer in chosen:
             site = found[kind][layer]
+            # the mask comes by name (BERT, T5) or by position (DeBERTa-v2's layers call attention(x, mask))
+            position = list(inspect.signature(site.attention.forward).parameters).index(site.mask_argument)
 
-            def hook(module, args, kwargs, site=site):
-                mask = kwargs.get(site.mask_argument)
+            def hook(module, args, kwargs, site=site, position=position):
+                positional = len(args) > position
+                mask = args[position] if positional else kwargs.get(site.mask_argument)
                 keys = blocked_keys[:, None, None, :]
-                if mask is not None and mask.dtype == torch.bool:
-                    kwargs[site.mask_argument] = mask & ~keys
-                else:
+                if mask is not None and (site.mask_keeps or mask.dtype == torch.bool):
+                    mask = (mask.bool() & ~keys).to(mask.dtype)
+                else:  # an additive mask, or none (sdpa and eager pass None when nothing is padded)
                     dtype = mask.dtype if mask is not None else args[0].dtype
                     bias = torch.zeros(keys.shape, dtype=dtype, device=keys.device).masked_fill(keys, torch.finfo(dtype).min)
-                    kwargs[site.mask_argument] = bias if mask is None else (mask + bias).clamp(min=torch.finfo(dtype).min)
+                    mask = bias if mask is None else (mask + bias).clamp(min=torch.finfo(dtype).min)
+                if positional:
+                    return (*args[:position], mask, *args[position + 1:]), kwargs
+                kwargs[site.mask_argument] = mask
                 return args, kwargs
 
             handles.append(site.attention.register_forward_pre_hook(hook, with_kwargs=True))

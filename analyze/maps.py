@@ -4,7 +4,8 @@ figures/<run>/
     index.html            offline report: every figure, and a viewer to pick kind, layer, head, example
     index.json            what every figure and array is
     maps.npz              the numbers behind every figure
-    example-<name>/       per-head grids, single heads, layer x token summaries for one example
+    example-<name>/       per-head grids, single heads, layer x token summaries for one example;
+                          neuron views (`--neuron`, analyze/neuron.py) for the first
     average/              dataset-averaged maps by position and by role, layer x role summaries,
                           symbol statistics per layer (also as symbols-<kind>.csv)
 """
@@ -22,95 +23,66 @@ import numpy as np
 import torch
 
 from analyze import figures
-from analyze.attention import (
-    EQUATION_ROLES, KINDS, SOLUTION_ROLES, AttentionAverage, capture, equation_roles, layer_token_summary, solution_roles,
-)
+from analyze.attention import AttentionAverage, capture, layer_token_summary
 from gen import QuadlabError, swap_in
 
-ROLES = {"encoder": (EQUATION_ROLES, EQUATION_ROLES), "decoder": (SOLUTION_ROLES, SOLUTION_ROLES), "cross": (SOLUTION_ROLES, EQUATION_ROLES)}
+
+def _on(device, inputs: dict) -> dict:
+    return {k: v.to(device) for k, v in inputs.items()}
 
 
-def _display(tokens: list[str]) -> list[str]:
-    return ["<start>" if t == "<pad>" else t for t in tokens]
-
-
-def teacher_forced_batch(tokenizer, equations: list[str], solutions: list[str]) -> dict:
-    """Tensors for one teacher-forced pass (decoder input = start token + solution; labels = solution
-    + </s>), with the tokens and role indices of every position (-1 for padding)."""
-    pad = tokenizer.pad_token_id
-    enc = tokenizer(equations)["input_ids"]
-    targets = tokenizer(solutions)["input_ids"]
-    dec = [[pad] + ids[:-1] for ids in targets]  # drop the final </s>: it is only predicted
-    width_enc, width_dec = max(map(len, enc)), max(map(len, dec))
-
-    def pad_to(rows, width, value):
-        return torch.tensor([r + [value] * (width - len(r)) for r in rows])
-
-    enc_tokens = [tokenizer.convert_ids_to_tokens(ids) for ids in enc]
-    dec_tokens = [_display(tokenizer.convert_ids_to_tokens(ids)) for ids in dec]
-    enc_roles = [[EQUATION_ROLES.index(r) for r in equation_roles(t)] for t in enc_tokens]
-    dec_roles = [[SOLUTION_ROLES.index(r) for r in solution_roles(t)] for t in dec_tokens]
-    input_ids, decoder_input_ids = pad_to(enc, width_enc, pad), pad_to(dec, width_dec, pad)
-    return {
-        "input_ids": input_ids, "attention_mask": pad_to([[1] * len(r) for r in enc], width_enc, 0),
-        "decoder_input_ids": decoder_input_ids, "decoder_attention_mask": pad_to([[1] * len(r) for r in dec], width_dec, 0),
-        "encoder_tokens": enc_tokens, "decoder_tokens": dec_tokens,
-        "encoder_roles": pad_to(enc_roles, width_enc, -1), "decoder_roles": pad_to(dec_roles, width_dec, -1),
-        "labels": pad_to(targets, width_dec, -100),  # what each decoder position predicts
-    }
-
-
-def _capture_batch(model, batch: dict) -> dict:
-    device = next(model.parameters()).device
-    return capture(model, batch["input_ids"].to(device), batch["attention_mask"].to(device),
-                   batch["decoder_input_ids"].to(device), batch["decoder_attention_mask"].to(device))
-
-
-def example_maps(model, tokenizer, equation: str, solution: str) -> dict:
-    """Per-head maps (L, H, Q, K) of each kind for one example, cropped to its tokens."""
-    batch = teacher_forced_batch(tokenizer, [equation], [solution])
-    captured = _capture_batch(model, batch)
-    tokens = {"encoder": batch["encoder_tokens"][0], "decoder": batch["decoder_tokens"][0]}
-    out = {"input": equation, "output": solution, "tokens": tokens, "maps": {}, "summaries": {}}
+def example_maps(model, sides: dict, example: dict) -> dict:
+    """Per-head maps (L, H, Q, K) of each kind for one example of a task (`Analysis.example`),
+    cropped to its tokens, and its layer x token summaries."""
+    batch = example["batch"]
+    captured = capture(model, **_on(next(model.parameters()).device, batch["inputs"]))
+    tokens = {side: found[0] for side, found in batch["tokens"].items()}
+    roles = {side: found[0, : len(tokens[side])].tolist() for side, found in batch["roles"].items()}
+    out = {k: example[k] for k in ("name", "input", "output", "answer")} | {"tokens": tokens, "role_ids": roles, "sides": sides,
+                                                                           "maps": {}, "summaries": {}, "inputs": batch["inputs"]}
     for kind, (attention, _, _) in captured.items():
-        q_side, k_side = ("encoder", "encoder") if kind == "encoder" else ("decoder", "decoder" if kind == "decoder" else "encoder")
-        q, k = len(tokens[q_side]), len(tokens[k_side])
-        maps = attention[:, 0, :, :q, :k].cpu().numpy()
-        out["maps"][kind] = maps
+        q, k = len(tokens[sides[kind][0]]), len(tokens[sides[kind][1]])
+        out["maps"][kind] = attention[:, 0, :, :q, :k].cpu().numpy()
         out["summaries"][kind] = layer_token_summary(attention[:, 0], q, k)
     return out
 
 
-def check_encodable(tokenizer, equation: str) -> None:
-    ids = tokenizer(equation)["input_ids"]
-    if tokenizer.unk_token_id in ids:
-        bad = sorted({ch for ch in equation if tokenizer.convert_tokens_to_ids(ch) == tokenizer.unk_token_id})
-        raise QuadlabError(f"the model's tokenizer cannot encode {''.join(bad)!r} in {equation!r}; write it like 7x^2+3556x+451612=0")
-
-
-def dataset_average(model, tokenizer, equations: list[str], solutions: list[str], batch_size: int, progress: bool = False) -> dict:
-    """{kind: AttentionAverage} over the rows, streamed batch by batch in order of length."""
+def dataset_average(model, batches, sides: dict, roles: dict, progress: bool = False) -> dict:
+    """{kind: AttentionAverage} over captured batches (train/tasks.py), streamed: memory does not
+    grow with their number."""
     from tqdm import tqdm
 
-    averages = {kind: AttentionAverage(*ROLES[kind]) for kind in KINDS}
-    order = sorted(range(len(equations)), key=lambda i: len(solutions[i]))
-    for start in tqdm(range(0, len(order), batch_size), desc="average", unit="batch", disable=None if progress else True):
-        idx = order[start : start + batch_size]
-        batch = teacher_forced_batch(tokenizer, [equations[i] for i in idx], [solutions[i] for i in idx])
-        captured = _capture_batch(model, batch)
-        roles = {"encoder": batch["encoder_roles"], "decoder": batch["decoder_roles"]}
-        for kind, (attention, q_mask, k_mask) in captured.items():
-            q_side = "encoder" if kind == "encoder" else "decoder"
-            k_side = "decoder" if kind == "decoder" else "encoder"
-            device = attention.device
-            averages[kind].add(attention, q_mask, k_mask, roles[q_side].to(device), roles[k_side].to(device))
+    averages = {}
+    device = next(model.parameters()).device
+    for batch in tqdm(batches, desc="average", unit="batch", disable=None if progress else True):
+        for kind, (attention, q_mask, k_mask) in capture(model, **_on(device, batch["inputs"])).items():
+            q_side, k_side = sides[kind]
+            if kind not in averages:
+                averages[kind] = AttentionAverage(roles[q_side], roles[k_side])
+            averages[kind].add(attention, q_mask, k_mask, batch["roles"][q_side].to(device), batch["roles"][k_side].to(device))
     return averages
 
 
-def check_heads(heads: list[tuple[int, int]], layers: dict, n_heads: int) -> None:
+def check_given(task, given: dict | None, run_dir: Path) -> None:
+    """The fields of a given example are the ones the run's task reads."""
+    from train.tasks import TASKS
+
+    if given and not set(given) <= set(task.inputs):
+        wanted = " and ".join(f"--{f.replace('_', '-')}" for f in task.inputs)
+        extra = " and ".join(f"--{f.replace('_', '-')}" for f in given if f not in task.inputs)
+        verb = "do" if len(given) - len(set(given) & set(task.inputs)) > 1 else "does"
+        raise QuadlabError(f"{run_dir} is a {TASKS[task.name].title} run; {extra} {verb} not apply to it (give its example with {wanted})")
+
+
+def check_heads(heads: list[tuple[int, int]], model) -> None:
+    """Chosen (layer, head) pairs exist in every attention kind of the model."""
+    from analyze.interventions import shape
+
+    layout = shape(model)
+    n_layers, n_heads = min(l for l, _ in layout.values()), min(h for _, h in layout.values())
     for layer, head in heads:
-        if not 0 <= head < n_heads or any(not 0 <= layer < n for n in layers.values()):
-            raise QuadlabError(f"layer {layer} head {head} is out of range: this model has layers 0..{min(layers.values()) - 1} "
+        if not (0 <= head < n_heads and 0 <= layer < n_layers):
+            raise QuadlabError(f"layer {layer} head {head} is out of range: this model has layers 0..{n_layers - 1} "
                                f"and heads 0..{n_heads - 1}")
 
 
@@ -121,8 +93,7 @@ def render_example(example: dict, name: str, out_dir: Path, heads: list[tuple[in
     tokens = example["tokens"]
     written = []
     for kind, maps in example["maps"].items():
-        q_labels = tokens["encoder"] if kind == "encoder" else tokens["decoder"]
-        k_labels = tokens["decoder"] if kind == "decoder" else tokens["encoder"]
+        q_labels, k_labels = (tokens[side] for side in example["sides"][kind])
         title = f"{figures.KIND_TITLES[kind]}, every layer and head; example {name}: {_short(example['input'])}"
         files = figures.head_grid(maps, q_labels, k_labels, kind, title, folder / f"{kind}-heads")
         written.append({"file": f"example-{name}/{files[0]}", "svg": f"example-{name}/{files[1]}", "kind": kind, "example": name, "what": "per-head maps"})
@@ -200,50 +171,61 @@ def render_average(averages: dict, roles: dict, out_dir: Path, arrays: dict, spl
 
 
 def render_maps(run_dir: Path, out_dir: Path | None = None, split: str = "test", limit: int = 0, examples: list[int] | None = None,
-                equation: str | None = None, heads: list[tuple[int, int]] | None = None, batch_size: int = 256,
-                bertviz: bool = False, progress: bool = True, question: str | None = None, context: str | None = None) -> dict:
-    """The standard set for a run (quadratic or SQuAD): maps of chosen examples, averages over a
-    split by position and by role, the report."""
+                given: dict | None = None, heads: list[tuple[int, int]] | None = None, batch_size: int = 256,
+                bertviz: bool = False, progress: bool = True, neurons: list[tuple[str, int, int, int]] | None = None) -> dict:
+    """The standard set for a run of any task: maps of chosen examples (rows of the split, or one
+    `given` by its fields, e.g. {"equation": ...}), averages over the split by position and by
+    role, the report; the neuron view of each (kind, layer, head, query token) in `neurons` for the
+    first shown example."""
+    from analyze.neuron import check_neuron, render_neurons, viewer_vectors
     from analyze.report import write_report
-    from train.runs import open_run
+    from train.runs import analysis
 
     run_dir = Path(run_dir)
-    task = open_run(run_dir, "maps").task
-    if task == "squad" and equation:
-        raise QuadlabError(f"{run_dir} is a SQuAD run; --equation is for quadratic runs (give --question and --context)")
-    if task != "squad" and (question or context):
-        raise QuadlabError(f"{run_dir} is a quadratic run; --question and --context are for SQuAD runs (give --equation)")
+    task = analysis(run_dir, "maps", split=split, limit=limit)
+    check_given(task, given, run_dir)
     out_dir = Path(out_dir or Path("figures") / run_dir.name)
     heads = heads or []
-    if task == "squad":
-        from analyze import squad_maps
-
-        material = squad_maps.material(run_dir, limit, examples, question, context, heads, batch_size, progress)
-    else:
-        material = _quadratic_material(run_dir, split, limit, examples, equation, heads, batch_size, progress)
+    model = task.model.to("cuda") if torch.cuda.is_available() else task.model
+    check_heads(heads, model)
+    chosen = [] if given else (examples if examples is not None else [0])
+    for index in chosen:
+        if not 0 <= index < task.n_rows:
+            raise QuadlabError(f"example {index} is out of range: the {task.split} split has {task.n_rows} rows here")
+    shown = [example_maps(model, task.sides, task.example(index=i)) for i in chosen]
+    if given:
+        shown.append(example_maps(model, task.sides, task.example(given=given)))
+    for kind, layer, head, query in neurons or []:
+        check_neuron(model, shown[0]["inputs"], kind, layer, head, query)
+    start = time.perf_counter()
+    averages = dataset_average(model, task.batches(batch_size), task.sides, task.roles, progress)
+    roles = {kind: (task.roles[q], task.roles[k]) for kind, (q, k) in task.sides.items()}
+    material = {"split": task.split, "examples_averaged": task.n_rows, "average_seconds": round(time.perf_counter() - start, 2),
+                "averaged_on": task.averaged_on}
 
     tmp = out_dir.with_name(f".{out_dir.name}.partial-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
-        arrays, written, shown = {}, [], []
-        for example in material["examples"]:
+        arrays, written, viewed = {}, [], []
+        for example in shown:
             written += render_example(example, example["name"], tmp, heads, arrays)
-            shown.append({k: example[k] for k in ("name", "input", "output", "tokens")} |
-                         {"maps": {k: np.round(v, 3).tolist() for k, v in example["maps"].items()}})
-        written += render_average(material["averages"], material["roles"], tmp, arrays, material["split"])
+            viewed.append({k: example[k] for k in ("name", "input", "output", "tokens")} |
+                          {"maps": {k: np.round(v.astype(np.float64), 3).tolist() for k, v in example["maps"].items()}, "neuron": viewer_vectors(model, example)})
+        written += render_neurons(model, shown[0], neurons or [], tmp, arrays)
+        written += render_average(averages, roles, tmp, arrays, material["split"])
         if bertviz and shown:
-            written += export_bertviz(material["examples"][0], tmp)
+            written += export_bertviz(shown[0], tmp)
         np.savez_compressed(tmp / "maps.npz", **arrays)
         index = {
-            "run": str(run_dir), "task": task, "split": material["split"], "examples_averaged": material["examples_averaged"],
+            "run": str(run_dir), "task": task.name, "split": material["split"], "examples_averaged": material["examples_averaged"],
             "average_seconds": material["average_seconds"], "averaged_on": material["averaged_on"],
-            "examples": [{k: e[k] for k in ("name", "input", "output")} for e in shown],
-            "roles": {kind: {"query": list(q), "key": list(k)} for kind, (q, k) in material["roles"].items()},
+            "examples": [{k: e[k] for k in ("name", "input", "output")} for e in viewed],
+            "roles": {kind: {"query": list(q), "key": list(k)} for kind, (q, k) in roles.items()},
             "figures": written, "arrays": {name: list(a.shape) for name, a in arrays.items()},
         }
         (tmp / "index.json").write_text(json.dumps(index, indent=2) + "\n")
-        (tmp / "viewer.json").write_text(json.dumps({"examples": shown}, separators=(",", ":")))
+        (tmp / "viewer.json").write_text(json.dumps({"examples": viewed}, separators=(",", ":")))
         if (out_dir / "heads" / "heads.json").exists():  # `cli.py heads` output stays, and stays in the report
             shutil.copytree(out_dir / "heads", tmp / "heads")  # a copy: a failure below leaves the old folder whole
         write_report(tmp)
@@ -251,34 +233,6 @@ def render_maps(run_dir: Path, out_dir: Path | None = None, split: str = "test",
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return {"out_dir": str(out_dir), **index}
-
-
-def _quadratic_material(run_dir, split, limit, examples, equation, heads, batch_size, progress) -> dict:
-    from train.quadratic import decode, load_run, load_splits
-
-    model, tokenizer, config = load_run(run_dir, "maps")
-    if torch.cuda.is_available():
-        model = model.to("cuda")
-    check_heads(heads, {"encoder": model.config.num_layers, "decoder": model.config.num_decoder_layers}, model.config.num_heads)
-    dataset = load_splits(config)[split]
-    if limit:
-        dataset = dataset.select(range(min(limit, len(dataset))))
-    columns = dataset.select_columns(["equation", "solution"]).to_dict()
-    chosen = [] if equation else (examples if examples is not None else [0])
-    for index in chosen:
-        if not 0 <= index < len(dataset):
-            raise QuadlabError(f"example {index} is out of range: the {split} split has {len(dataset)} rows here")
-    if equation:
-        check_encodable(tokenizer, equation)
-    to_show = [(str(i), columns["equation"][i]) for i in chosen] + ([("given", equation)] if equation else [])
-    predictions = decode(model, tokenizer, [eq for _, eq in to_show], batch_size=64)
-    shown = []
-    for (name, eq), candidates in zip(to_show, predictions):
-        shown.append({"name": name, **example_maps(model, tokenizer, eq, candidates[0])})  # the model's own answer, teacher-forced
-    start = time.perf_counter()
-    averages = dataset_average(model, tokenizer, columns["equation"], columns["solution"], batch_size, progress)
-    return {"examples": shown, "averages": averages, "roles": ROLES, "split": split, "examples_averaged": len(dataset),
-            "average_seconds": round(time.perf_counter() - start, 2), "averaged_on": "the split's reference solutions, teacher-forced"}
 
 
 def export_bertviz(example: dict, out_dir: Path) -> list[dict]:
@@ -302,31 +256,38 @@ def export_bertviz(example: dict, out_dir: Path) -> list[dict]:
     return written
 
 
-def explain(run_dir: Path, equation: str, out_dir: Path | None = None, heads: list[tuple[int, int]] | None = None) -> dict:
-    """The model's solution, the grader's verdict, the most attended input token per layer, and
-    the per-head figures for the equation."""
-    from gen.grader import GradeError, grade, parse_equation
-    from train.quadratic import decode, load_run
+def most_attended(task, example: dict) -> dict:
+    """{label: per layer, the key token that the task's chosen queries attend to most (mean over
+    heads and those queries), with its position and that mean}, as `task.attended` lists them."""
+    out = {}
+    for label, kind, query_roles, key_roles in task.attended:
+        q_side, k_side = task.sides[kind]
+        names = {side: [task.roles[side][r] for r in example["role_ids"][side]] for side in (q_side, k_side)}
+        queries = [i for i, r in enumerate(names[q_side]) if query_roles is None or r in query_roles]
+        keys = [i for i, r in enumerate(names[k_side]) if key_roles is None or r in key_roles]
+        if not queries or not keys:
+            out[label] = []
+            continue
+        received = example["maps"][kind][:, :, queries][:, :, :, keys].mean(axis=(1, 2))  # (layers, keys)
+        tokens = example["tokens"][k_side]
+        out[label] = [f"{tokens[keys[int(np.argmax(r))]]} (position {keys[int(np.argmax(r))]}, {float(r.max()):.2f})" for r in received]
+    return out
+
+
+def explain(run_dir: Path, given: dict, out_dir: Path | None = None, heads: list[tuple[int, int]] | None = None,
+            command: str = "explain") -> dict:
+    """One given example of any task: the model's answer (with what the task reports: the grader's
+    verdict, the answer's score, the label's probabilities), for each layer the token attended to
+    most (`task.attended`), and the per-head figures; the lines to print are under "lines"."""
+    from train.runs import analysis
 
     run_dir = Path(run_dir)
-    model, tokenizer, _ = load_run(run_dir, "explain")
-    from gen.equations import write_equation
-
-    try:
-        a, b, c = parse_equation(equation)
-    except GradeError as err:
-        raise QuadlabError(f"cannot read the equation: {err}") from None
-    equation = write_equation(a, b, c)  # the form the model was trained on: `x^2 - 5x + 6 = 0` -> 1x^2-5x+6=0
-    check_encodable(tokenizer, equation)
+    task = analysis(run_dir, command)
+    check_given(task, given, run_dir)
     heads = heads or []
-    check_heads(heads, {"encoder": model.config.num_layers, "decoder": model.config.num_decoder_layers}, model.config.num_heads)
-    solution = decode(model, tokenizer, [equation], batch_size=1)[0][0]
-    verdict = grade(a, b, c, solution)
-    example = example_maps(model, tokenizer, equation, solution)
-    enc_tokens = example["tokens"]["encoder"]
-    most = {kind: [enc_tokens[int(np.argmax(row))] + f" (position {int(np.argmax(row))}, {float(row.max()):.2f})"
-                   for row in example["summaries"][kind]] for kind in ("encoder", "cross")}
-    out_dir = Path(out_dir or Path("figures") / run_dir.name / "explain")
-    written = write_example(example, "explain", out_dir, heads)
-    return {"equation": equation, "solution": solution, "verdict": verdict.as_dict(), "most_attended_input_token": most,
-            "figures": [str(out_dir / w["file"]) for w in written]}
+    check_heads(heads, task.model)
+    example = example_maps(task.model, task.sides, task.example(given=given))
+    result = {"input": example["input"], "output": example["output"], "answer": example["answer"], "attended": most_attended(task, example)}
+    out_dir = Path(out_dir or Path("figures") / run_dir.name / command)
+    written = write_example(example, command, out_dir, heads)
+    return {**result, "lines": task.answer_lines(result), "figures": [str(out_dir / w["file"]) for w in written]}

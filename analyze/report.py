@@ -33,6 +33,13 @@ The numbers behind every figure are in <code>maps.npz</code>, described by <code
 </div>
 <p id="caption"></p>
 <canvas id="view" width="900" height="900"></canvas>
+<h3>Neuron view</h3>
+<p class="controls"><label>query token <select id="query"></select></label> (or click a row of the map above):
+the query vector q and every key vector k of this head, their elementwise product, the score (q&middot;k times the model's
+scaling), the bias the model adds before the softmax (relative position terms, the mask) and the attention that results.
+Red is positive, blue negative.</p>
+<p id="neuron-caption"></p>
+<canvas id="neuron" width="900" height="300"></canvas>
 <p id="status">loading</p>
 {sections}
 <script id="data" type="application/json">{data}</script>
@@ -78,13 +85,80 @@ function draw() {{
   $("caption").textContent = kind + " attention, layer " + $("layer").value + " head " + $("head").value +
     ", example " + ex.name + ": " + ex.input + " -> " + ex.output + " (rows: queries, columns: keys)";
   canvas.dataset.drawn = kind + "/" + $("layer").value + "/" + $("head").value;
+  canvas.dataset.cell = cell; canvas.dataset.top = margin;
+  drawNeuron();
+}}
+function diverging(v) {{  // blue (negative), white (0), red (positive); v in -1..1
+  const t = Math.min(1, Math.abs(v)), end = v < 0 ? [33, 102, 172] : [178, 24, 43];
+  return "rgb(" + end.map((e) => Math.round(255 + t * (e - 255))).join(",") + ")";
+}}
+function neuronBias(nv, layer, head, i, j, nQ) {{  // the bias without the mask (analyze/neuron.py, viewer_vectors)
+  const b = nv.bias;
+  if (b.by === "none") return 0;
+  const v = b.values[b.values.length === 1 ? 0 : layer][head];
+  return b.by === "distance" ? v[j - i + nQ - 1] : v[i][j];
+}}
+function drawNeuron() {{
+  const ex = data.examples[$("example").value], kind = $("kind").value, canvas = $("neuron"), select = $("query");
+  const nv = ex && ex.neuron ? ex.neuron[kind] : null;
+  if (!nv) {{ $("neuron-caption").textContent = "no neuron-view data for this example: run cli.py maps again"; canvas.width = canvas.height = 1; return; }}
+  const layer = +$("layer").value, head = +$("head").value;
+  const qTokens = kind === "encoder" ? ex.tokens.encoder : ex.tokens.decoder;
+  const kTokens = kind === "decoder" ? ex.tokens.decoder : ex.tokens.encoder;
+  const keep = select.value; select.innerHTML = "";
+  qTokens.forEach((t, i) => {{ const o = document.createElement("option"); o.value = i; o.textContent = i + ": " + t; select.appendChild(o); }});
+  if (keep !== "" && +keep < qTokens.length) select.value = keep;
+  const i = +select.value, q = nv.q[layer][head][i], keys = nv.k[layer][head], d = q.length, K = keys.length;
+  const masked = (j) => nv.masked.length > 0 && nv.masked[i][j] === "1";
+  const products = keys.map((k) => k.map((x, c) => x * q[c]));
+  const scores = products.map((p) => nv.scaling * p.reduce((a, b) => a + b, 0));
+  const bias = kTokens.map((_, j) => neuronBias(nv, layer, head, i, j, qTokens.length));
+  const logits = scores.map((s, j) => (masked(j) ? -Infinity : s + bias[j]));
+  const most = Math.max(...logits), exps = logits.map((x) => Math.exp(x - most)), total = exps.reduce((a, b) => a + b, 0);
+  const attention = exps.map((e) => e / total);
+  const maxAbs = (rows) => rows.reduce((m, r) => Math.max(m, ...r.map(Math.abs)), 1e-9);
+  const kMax = maxAbs([q, ...keys]), pMax = maxAbs(products), sMax = maxAbs([scores]), bMax = maxAbs([bias.filter((_, j) => !masked(j))]);
+  const cw = Math.max(3, Math.min(14, Math.floor(260 / d))), rh = Math.max(6, Math.min(18, Math.floor(900 / K))), bar = 120, gap = 16;
+  const xK = 80, xP = xK + d * cw + gap, xS = xP + d * cw + gap, xB = xS + bar + gap, xA = xB + bar + gap, top = rh + 44;
+  canvas.width = xA + bar + 10; canvas.height = top + K * rh + 10;
+  const ctx = canvas.getContext("2d");
+  ctx.fillStyle = "#fff"; ctx.fillRect(0, 0, canvas.width, canvas.height);
+  ctx.font = Math.max(7, Math.min(12, rh - 2)) + "px monospace";
+  const text = (t, x, y) => {{ ctx.fillStyle = "#222"; ctx.fillText(t, x, y); }};
+  const centred = (x, y, v, colour) => {{ ctx.fillStyle = colour; ctx.fillRect(Math.min(x + bar / 2, x + bar / 2 + v * bar / 2), y, Math.abs(v) * bar / 2, rh - 2); }};
+  text("q " + qTokens[i], 2, 14 + rh - 2);
+  q.forEach((x, c) => {{ ctx.fillStyle = diverging(x / kMax); ctx.fillRect(xK + c * cw, 14, cw, rh); }});
+  [["key vectors k", xK], ["q \u00d7 k", xP], ["score", xS], ["bias", xB], ["attention", xA]].forEach(([t, x]) => text(t, x, top - 8));
+  for (let j = 0; j < K; j++) {{
+    const y = top + j * rh;
+    text(kTokens[j], 2, y + rh - 2);
+    for (let c = 0; c < d; c++) {{
+      ctx.fillStyle = diverging(keys[j][c] / kMax); ctx.fillRect(xK + c * cw, y, cw, rh - 1);
+      ctx.fillStyle = diverging(products[j][c] / pMax); ctx.fillRect(xP + c * cw, y, cw, rh - 1);
+    }}
+    centred(xS, y, scores[j] / sMax, "#4c72b0");
+    if (masked(j)) text("masked", xB + 4, y + rh - 2); else centred(xB, y, bias[j] / bMax, "#dd8452");
+    ctx.fillStyle = "#55a868"; ctx.fillRect(xA, y, attention[j] * bar, rh - 2);
+    if (rh >= 10) text(attention[j].toFixed(2), xA + bar - 30, y + rh - 2);
+  }}
+  $("neuron-caption").textContent = kindNames[kind] + ", layer " + layer + " head " + head + ", query token " + i + " " + JSON.stringify(qTokens[i]) +
+    ": score = " + nv.scaling.toPrecision(3) + " \u00d7 \u03a3 q\u00d7k (largest " + sMax.toPrecision(3) + "); bias " +
+    (nv.bias.by === "none" ? "none besides the mask" : "up to " + bMax.toPrecision(3) + " in size") + "; vectors rounded to 3 decimals";
+  canvas.dataset.drawn = kind + "/" + layer + "/" + head + "/" + i;
+  canvas.dataset.attention = JSON.stringify(attention.map((a) => +a.toFixed(5)));
 }}
 data.examples.forEach((ex, i) => {{ const o = document.createElement("option"); o.value = i; o.textContent = ex.name + ": " + ex.input.slice(0, 60); $("example").appendChild(o); }});
 ["example", "kind", "layer", "head"].forEach((id) => $(id).addEventListener("change", draw));
+$("query").addEventListener("change", drawNeuron);
+$("view").addEventListener("click", (e) => {{  // a row of the map picks the query token
+  const row = Math.floor((e.clientY - $("view").getBoundingClientRect().top - $("view").dataset.top) / $("view").dataset.cell);
+  if (row >= 0 && row < $("query").options.length) {{ $("query").value = row; drawNeuron(); }}
+}});
 draw();
 window.addEventListener("load", () => {{
   const images = Array.from(document.images), shown = images.filter((im) => im.complete && im.naturalWidth > 0).length;
-  $("status").textContent = "figures shown: " + shown + " of " + images.length + "; viewer: " + ($("view").dataset.drawn || "empty");
+  $("status").textContent = "figures shown: " + shown + " of " + images.length + "; viewer: " + ($("view").dataset.drawn || "empty") +
+    "; neuron view: " + ($("neuron").dataset.drawn || "empty");
 }});
 </script>
 </body></html>
@@ -93,6 +167,7 @@ window.addEventListener("load", () => {{
 SECTION_TITLES = {
     "per-head maps": "Per-head maps of one example",
     "single head": "Single heads",
+    "neuron view": "Neuron view: how a query token's attention comes about (query, keys, products, score, bias, softmax)",
     "layer x token summary": "Layer x token summaries",
     "average by position": "Averaged over the split, aligned by position",
     "average by role": "Averaged over the split, aligned by token role",
@@ -109,6 +184,46 @@ SECTION_TITLES = {
 }
 
 
+METRIC_TITLES = {"full_solution_accuracy": "full-solution accuracy", "roots_accuracy": "roots accuracy",
+                 "character_accuracy": "character accuracy", "f1": "F1", "exact_match": "exact match",
+                 "accuracy": "accuracy", "macro_f1": "macro-F1"}
+
+
+def summary_lines(result: dict, top: int = 5) -> list[str]:
+    """The short summary `cli.py heads` prints."""
+    lines = []
+    if "importance" in result:
+        base = ", ".join(f"{METRIC_TITLES[m]} {v:.3f}" for m, v in result["baseline_metrics"].items())
+        lines.append(f"baseline on {result['eval_rows']} rows: {base}")
+        for item in result["importance"][:top]:
+            drops = ", ".join(f"{METRIC_TITLES[m]} {v:+.3f}" for m, v in item["drop"].items())
+            lines.append(f"  important head: {item['kind']} layer {item['layer']} head {item['head']}: drop {drops}; gradient {item['gradient']:.3g}")
+    for kind, r in result["kinds"].items():
+        for layer, counts in enumerate(r["type_counts_per_layer"]):
+            shown = ", ".join(f"{v} {k}" for k, v in counts.items() if v)
+            lines.append(f"{kind} layer {layer}: {shown}")
+        peak = max(r["symbols"]["all"], key=lambda row: row["excess"])
+        lines.append(f"{kind}: special symbols receive {peak['share']:.3f} of the attention at their peak (layer {peak['layer']}; "
+                     f"uniform {peak['baseline']:.3f}; excess 95% CI {peak['excess_ci'][0]:+.3f}..{peak['excess_ci'][1]:+.3f})")
+    blocking = result.get("symbol_blocking")
+    if blocking:
+        base = blocking["baseline"]
+        for name, metrics in blocking.items():
+            if name in ("baseline", "layers"):
+                continue
+            lines.append(f"{name}: " + ", ".join(f"{METRIC_TITLES[m]} {metrics[m] - base[m]:+.3f}" for m in metrics))
+    corr = result.get("context_correlation") or {}
+    overall = {k: v for k, v in corr.items() if k.count("/") == 1}
+    if overall:
+        for key, value in overall.items():
+            r, p = value.get("r"), value.get("p")
+            r_text = f"undefined ({value.get('note', '')})" if r is None or r != r else f"r = {r:+.3f}, p = {p:.3g}"
+            lines.append(f"context variance vs {key.replace('/', ' ')}: {r_text}, n = {value['n']}")
+    else:
+        lines.append(f"context variance vs accuracy: {result['context_note']}")
+    return lines
+
+
 def write_report(out_dir: Path) -> Path:
     """index.html of a figures directory, from what is there: the maps of `cli.py maps` (index.json,
     viewer.json) and the head analysis of `cli.py heads` (heads/heads.json)."""
@@ -119,8 +234,6 @@ def write_report(out_dir: Path) -> Path:
     items = (index["figures"] if index else []) + (heads["figures"] if heads else [])
     sections = []
     if heads:
-        from analyze.heads import summary_lines
-
         sections.append("<h2>Head analysis (cli.py heads)</h2>\n<p>Numbers: <code>heads/heads.json</code>, "
                         "<code>heads/head-stats-*.csv</code>, <code>heads/heads.npz</code>.</p>\n<pre>"
                         + html.escape("\n".join(summary_lines(heads))) + "</pre>")
@@ -130,7 +243,7 @@ def write_report(out_dir: Path) -> Path:
             continue
         parts = [f"<h2>{html.escape(title)}</h2>"]
         for item in chosen:
-            caption = ", ".join(f"{k} {item[k]}" for k in ("kind", "example", "layer", "head") if k in item)
+            caption = ", ".join(f"{k} {item[k]}" for k in ("kind", "example", "layer", "head", "query") if k in item)
             if item["file"].endswith(".html"):
                 parts.append(f'<p><a href="{html.escape(item["file"])}">{html.escape(item["file"])}</a></p>')
             else:

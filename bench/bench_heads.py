@@ -4,7 +4,7 @@ For the same run and the same test rows, the task metric with every head ablated
 unablated baseline):
 - one at a time: for each head, the gate of that head closed for the whole batch and one greedy
   `generate` of all the rows (encoder included), as a loop over heads would do;
-- batched: `QuadraticTask.ablate`: several ablations share one `generate` call (each copy of the
+- batched: `Analysis.ablate` (train/quadratic.py): several ablations share one `generate` call (each copy of the
   rows carries its own gates) and ablations in the decoder and cross-attention reuse one encoder pass.
 Both must give the same metrics for every head; the script checks that before it prints.
 
@@ -34,16 +34,16 @@ def main(run, rows, batch_rows):
     import torch
 
     from analyze import interventions
-    from analyze.heads import QuadraticTask
+    from train.runs import analysis
 
-    task = QuadraticTask(Path(run), "test", 1, rows)
+    task = analysis(Path(run), "bench", limit=1, eval_limit=rows)
     model = task.model.eval()
     if torch.cuda.is_available():
         model.to("cuda")
     device = next(model.parameters()).device
     layout = interventions.shape(model)
     specs = [None] + [(k, l, h) for k, (layers, heads) in layout.items() for l in range(layers) for h in range(heads)]
-    input_ids, mask = task._encoded()
+    input_ids, mask = task.encoded()
 
     start = time.perf_counter()
     single = []
@@ -55,7 +55,7 @@ def main(run, rows, batch_rows):
         with interventions.gated(model, gates), torch.no_grad():
             out = model.generate(input_ids=input_ids.to(device), attention_mask=mask.to(device), do_sample=False, num_beams=1,
                                  cache_implementation="static")
-        single.append(task._metrics(task.tokenizer.batch_decode(out, skip_special_tokens=True)))
+        single.append(task.scores(task.tokenizer.batch_decode(out, skip_special_tokens=True)))
     one_at_a_time = time.perf_counter() - start
 
     start = time.perf_counter()

@@ -36,9 +36,9 @@ def measure(run: str, rows: int, mode: str, batch_size: int) -> dict:
     import numpy as np
     import torch
 
-    from analyze.maps import dataset_average, teacher_forced_batch
     from analyze.attention import capture
-    from train.quadratic import load_run, load_splits
+    from analyze.maps import dataset_average
+    from train.quadratic import Analysis, captured_batches, load_run, load_splits, teacher_forced_batch
 
     model, tokenizer, config = load_run(Path(run))
     test = load_splits(config)["test"]
@@ -48,14 +48,14 @@ def measure(run: str, rows: int, mode: str, batch_size: int) -> dict:
     loaded = _rss_mb()
     start = time.perf_counter()
     if mode == "average":
-        dataset_average(model, tokenizer, equations, solutions, batch_size)
+        dataset_average(model, captured_batches(tokenizer, equations, solutions, ["?"] * len(equations), batch_size), Analysis.sides, Analysis.roles)
     else:
         order = sorted(range(len(equations)), key=lambda i: len(solutions[i]))
         kept = []
         for s in range(0, len(order), batch_size):
             idx = order[s : s + batch_size]
             batch = teacher_forced_batch(tokenizer, [equations[i] for i in idx], [solutions[i] for i in idx])
-            captured = capture(model, batch["input_ids"], batch["attention_mask"], batch["decoder_input_ids"], batch["decoder_attention_mask"])
+            captured = capture(model, **batch["inputs"])
             if mode == "naive":
                 for kind, (a, q_mask, k_mask) in captured.items():
                     for b in range(a.shape[1]):

@@ -207,13 +207,13 @@ def test_a_run_of_the_other_task_says_which_task_it_needs(lab, tmp_path, cwd, ca
                    untouched=(lab / "quadratic",), absent=(out,))
     assert "is a quadratic run; `ask` needs a SQuAD run (train one with `python cli.py train --task squad" in line
     line = refused(capsys, monkeypatch, cwd, "explain", "x^2-1=0", "--run", lab / "squad", "--out", out, untouched=(lab / "squad",), absent=(out,))
-    assert "is a SQuAD run; `explain` needs a quadratic run (train one with `python cli.py gen && python cli.py train`)" in line
+    assert "the context is empty; give the passage to answer from with --context" in line  # explain serves every task: TEXT is the question
     line = refused(capsys, monkeypatch, cwd, "heads", lab / "quadratic", "--compare", lab / "squad", "--out", out, absent=(out,))
     assert "--compare" in line and "is a SQuAD run; `heads --compare` needs a quadratic run" in line
     line = refused(capsys, monkeypatch, cwd, "maps", "--run", lab / "quadratic", "--question", "hi", "--context", "there", "--out", out, absent=(out,))
-    assert "quadratic run; --question and --context are for SQuAD runs" in line
+    assert "is a quadratic run; --question and --context do not apply to it (give its example with --equation)" in line
     line = refused(capsys, monkeypatch, cwd, "maps", "--run", lab / "squad", "--equation", "x^2-1=0", "--out", out, absent=(out,))
-    assert "SQuAD run; --equation is for quadratic runs" in line
+    assert "is a SQuAD run; --equation does not apply to it (give its example with --question and --context)" in line
 
 
 def test_not_a_run_directory(lab, tmp_path, cwd, capsys, monkeypatch):

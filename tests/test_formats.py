@@ -8,12 +8,12 @@ import pytest
 from conftest import equations
 from hypothesis import HealthCheck, given, settings
 
-from analyze.attention import solution_roles
 from gen import QuadlabError
 from gen.dataset import GenOptions, build_splits, generate
 from gen.equations import FORMATS, Ranges, write_equation, write_solution
 from gen.grader import grade, parse_equation
 from train.metrics import diagnose, statement_names
+from train.quadratic import solution_roles
 
 LONG_EXAMPLE = (  # -3x^2-15x+18=0, as in the README
     "4*a=-12;18*1=18;18*2=36;180+36=216;15*1=15;15*5=75;150+75=225;D=225-(-216)=441;"

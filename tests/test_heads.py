@@ -290,16 +290,16 @@ def run_with_checkpoints(tmp_path_factory, run_cli):
 
 
 def test_batched_ablation_equals_one_head_at_a_time(run_with_checkpoints):
-    from analyze.heads import QuadraticTask
+    from train.runs import analysis
 
-    task = QuadraticTask(run_with_checkpoints, "test", 8, 6)
+    task = analysis(run_with_checkpoints, "heads", limit=8, eval_limit=6)
     # float64: batches of other sizes round differently on some CPUs, and a barely trained model's
     # near-tied logits could then decode differently; in float64 such ties are far below the noise
     model = task.model.double().eval()
     layout = interventions.shape(model)
     specs = [None, ("encoder", 0, 1), ("decoder", 1, 2), ("cross", 0, 3), ("encoder", 1, 0)]
     batched = task.ablate(model, specs, batch_rows=12, progress=False)  # 2 ablations per call, encoder reused for decoder ones
-    input_ids, mask = task._encoded()
+    input_ids, mask = task.encoded()
     for spec, metrics in zip(specs, batched):
         gates = {}
         if spec:
@@ -307,15 +307,16 @@ def test_batched_ablation_equals_one_head_at_a_time(run_with_checkpoints):
             gates[spec[0]][0, spec[1], spec[2]] = 0
         with interventions.gated(model, gates), torch.no_grad():
             texts = task.tokenizer.batch_decode(model.generate(input_ids=input_ids, attention_mask=mask, do_sample=False), skip_special_tokens=True)
-        assert metrics == task._metrics(texts), spec
+        assert metrics == task.scores(texts), spec
 
 
 def test_gradient_importance_per_row_equals_one_example_at_a_time(run_with_checkpoints):
-    from analyze.heads import QuadraticTask, gradient_importance
+    from analyze.heads import gradient_importance
+    from train.runs import analysis
 
-    task = QuadraticTask(run_with_checkpoints, "test", 6, 1)
-    batched = gradient_importance(task, task.model, task.batches(6), progress=False)
-    singles = [gradient_importance(task, task.model, [b], progress=False) for b in task.batches(1)]
+    task = analysis(run_with_checkpoints, "heads", limit=6, eval_limit=1)
+    batched = gradient_importance(task, task.model, list(task.batches(6)), progress=False)
+    singles = [gradient_importance(task, task.model, [b], progress=False) for b in list(task.batches(1))]
     for kind in batched:
         np.testing.assert_allclose(batched[kind], np.mean([s[kind] for s in singles], axis=0), rtol=1e-4, atol=1e-7)
 

@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-from analyze.attention import AttentionAverage, AttentionUnavailable, capture, equation_roles, solution_roles
-from analyze.maps import ROLES, dataset_average, example_maps, explain, render_maps, teacher_forced_batch
+from analyze.attention import AttentionAverage, AttentionUnavailable, capture
+from analyze.maps import dataset_average, example_maps, explain, render_maps
 from gen import QuadlabError
 from gen.dataset import GenOptions, build_splits, generate
 from gen.equations import Ranges
 from train.config import resolve
-from train.quadratic import build_model, build_tokenizer, train_run
+from train.quadratic import Analysis, build_model, build_tokenizer, captured_batches, equation_roles, solution_roles, teacher_forced_batch, train_run
 
 SMALL = Ranges(a_lo=-5, a_hi=5, root_lo=-20, root_hi=20)
 
@@ -49,11 +49,11 @@ def test_solution_roles_on_hand_made_examples():
 
 def _naive(model, tokenizer, equations, solutions):
     """Every example alone (no padding), every map kept, averaged at the end."""
-    per_kind = {k: {"maps": [], "q_roles": [], "k_roles": []} for k in ROLES}
+    per_kind = {k: {"maps": [], "q_roles": [], "k_roles": []} for k in Analysis.kinds}
     for eq, sol in zip(equations, solutions):
         batch = teacher_forced_batch(tokenizer, [eq], [sol])
-        captured = capture(model, batch["input_ids"], batch["attention_mask"], batch["decoder_input_ids"], batch["decoder_attention_mask"])
-        roles = {"encoder": batch["encoder_roles"][0].numpy(), "decoder": batch["decoder_roles"][0].numpy()}
+        captured = capture(model, **batch["inputs"])
+        roles = {side: batch["roles"][side][0].numpy() for side in ("encoder", "decoder")}
         for kind, (attention, _, _) in captured.items():
             per_kind[kind]["maps"].append(attention[:, 0].double().numpy())
             per_kind[kind]["q_roles"].append(roles["encoder" if kind == "encoder" else "decoder"])
@@ -64,7 +64,7 @@ def _naive(model, tokenizer, equations, solutions):
         L, H = maps[0].shape[:2]
         Q, K = max(m.shape[2] for m in maps), max(m.shape[3] for m in maps)
         position, queries = np.zeros((L, H, Q, K)), np.zeros(Q)
-        q_names, k_names = ROLES[kind]
+        q_names, k_names = (Analysis.roles[side] for side in Analysis.sides[kind])
         role, role_queries = np.zeros((L, H, len(q_names), len(k_names))), np.zeros(len(q_names))
         for m, qr, kr in zip(maps, kept["q_roles"], kept["k_roles"]):
             position[:, :, : m.shape[2], : m.shape[3]] += m
@@ -77,10 +77,15 @@ def _naive(model, tokenizer, equations, solutions):
     return out
 
 
+def _average(model, tokenizer, equations, solutions, batch_size):
+    batches = captured_batches(tokenizer, equations, solutions, ["?"] * len(equations), batch_size)
+    return dataset_average(model, batches, Analysis.sides, Analysis.roles)
+
+
 def test_streaming_average_equals_the_naive_reference(model_and_tokenizer, rows):
     model, tokenizer = model_and_tokenizer
     equations, solutions = rows[0][:23], rows[1][:23]
-    averages = dataset_average(model, tokenizer, equations, solutions, batch_size=5)  # padded batches
+    averages = _average(model, tokenizer, equations, solutions, batch_size=5)  # padded batches
     reference = _naive(model, tokenizer, equations, solutions)
     for kind, (position, role) in reference.items():
         assert averages[kind].examples == 23
@@ -90,7 +95,7 @@ def test_streaming_average_equals_the_naive_reference(model_and_tokenizer, rows)
 
 def test_average_rows_sum_to_one_and_padding_never_leaks(model_and_tokenizer, rows):
     model, tokenizer = model_and_tokenizer
-    averages = dataset_average(model, tokenizer, rows[0], rows[1], batch_size=16)
+    averages = _average(model, tokenizer, rows[0], rows[1], batch_size=16)
     for kind, avg in averages.items():
         queries = avg.sums.position_queries.numpy()
         sums = avg.position_mean.sum(axis=-1)
@@ -98,21 +103,20 @@ def test_average_rows_sum_to_one_and_padding_never_leaks(model_and_tokenizer, ro
         seen = avg.query_role_counts > 0
         np.testing.assert_allclose(avg.role_mean.sum(axis=-1)[:, :, seen], 1.0, atol=1e-6)
         np.testing.assert_allclose(avg.role_share.sum(axis=-1), 1.0, atol=1e-6)
-        assert "other" not in [ROLES[kind][1][i] for i, v in enumerate(avg.key_role_baseline) if v > 0]
+        assert "other" not in [Analysis.roles[Analysis.sides[kind][1]][i] for i, v in enumerate(avg.key_role_baseline) if v > 0]
     # one long example padded next to a short one: the short one's padded keys get nothing
     short, long_ = min(zip(*rows), key=lambda r: len(r[1])), max(zip(*rows), key=lambda r: len(r[1]))
     batch = teacher_forced_batch(tokenizer, [short[0], long_[0]], [short[1], long_[1]])
-    attention, q_mask, k_mask = capture(model, batch["input_ids"], batch["attention_mask"], batch["decoder_input_ids"],
-                                        batch["decoder_attention_mask"])["decoder"]
+    attention, q_mask, k_mask = capture(model, **batch["inputs"])["decoder"]
     n = int(k_mask[0].sum())
     assert n < k_mask.shape[1] and float(attention[:, 0, :, :n, n:].abs().max()) == 0.0
 
 
 def test_memory_does_not_grow_with_examples(model_and_tokenizer, rows):
     model, tokenizer = model_and_tokenizer
-    small = dataset_average(model, tokenizer, rows[0][:6], rows[1][:6], batch_size=3)
-    large = dataset_average(model, tokenizer, rows[0][:6] * 10, rows[1][:6] * 10, batch_size=3)
-    for kind in ROLES:
+    small = _average(model, tokenizer, rows[0][:6], rows[1][:6], batch_size=3)
+    large = _average(model, tokenizer, rows[0][:6] * 10, rows[1][:6] * 10, batch_size=3)
+    for kind in Analysis.kinds:
         assert small[kind].sums.position.shape == large[kind].sums.position.shape
         np.testing.assert_allclose(small[kind].position_mean, large[kind].position_mean, atol=1e-6)
 
@@ -126,14 +130,15 @@ def test_capture_fails_loudly_without_attention_weights(model_and_tokenizer, row
     model.set_attn_implementation("sdpa")
     try:
         with pytest.raises(AttentionUnavailable, match="eager"):
-            capture(model, batch["input_ids"], batch["attention_mask"], batch["decoder_input_ids"], batch["decoder_attention_mask"])
+            capture(model, **batch["inputs"])
     finally:
         model.set_attn_implementation("eager")
 
 
 def test_example_maps_cover_the_whole_answer(model_and_tokenizer, rows):
     model, tokenizer = model_and_tokenizer
-    example = example_maps(model, tokenizer, rows[0][0], rows[1][0])
+    batch = teacher_forced_batch(tokenizer, [rows[0][0]], [rows[1][0]])
+    example = example_maps(model, Analysis.sides, {"name": "0", "input": rows[0][0], "output": rows[1][0], "answer": {}, "batch": batch})
     n_in, n_out = len(rows[0][0]) + 1, len(rows[1][0]) + 1  # + </s>; the decoder sees <start> + the answer
     assert example["maps"]["encoder"].shape[2:] == (n_in, n_in)
     assert example["maps"]["decoder"].shape[2:] == (n_out, n_out)
@@ -209,11 +214,12 @@ def test_bertviz_export_handles_different_input_and_output_lengths(rendered):
         (lambda run, out: render_maps(run.parent / "nothing", out), "not a directory"),
         (lambda run, out: render_maps(run, out, heads=[(9, 0)]), "out of range"),
         (lambda run, out: render_maps(run, out, examples=[100_000]), "out of range"),
-        (lambda run, out: render_maps(run, out, equation="7x^2+3x+1=0 "), "cannot encode"),
-        (lambda run, out: explain(run, "7y^2=0", out), "cannot read the equation"),
-        (lambda run, out: explain(run, "7x^2+3x+1=0", out, heads=[(0, 99)]), "out of range"),
+        (lambda run, out: render_maps(run, out, given={"equation": "7x^2+3x+1=0 ;"}), "cannot read the equation"),
+        (lambda run, out: render_maps(run, out, given={"text": "7x^2+3x+1=0"}), "--text does not apply"),
+        (lambda run, out: explain(run, {"equation": "7y^2=0"}, out), "cannot read the equation"),
+        (lambda run, out: explain(run, {"equation": "7x^2+3x+1=0"}, out, heads=[(0, 99)]), "out of range"),
     ],
-    ids=["unknown run", "layer", "example", "unencodable", "unreadable", "head"],
+    ids=["unknown run", "layer", "example", "unreadable in maps", "field of another task", "unreadable", "head"],
 )
 def test_maps_and_explain_bad_inputs(run_dir, tmp_path, call, message):
     with pytest.raises(QuadlabError, match=message):

@@ -66,23 +66,6 @@ def squad_run(small_squad):
     return run
 
 
-def test_maps_on_a_squad_run_share_the_analysis_path(squad_run, tmp_path):
-    import numpy as np
-
-    from analyze.maps import render_maps
-
-    out = tmp_path / "figs"
-    result = render_maps(squad_run, out, limit=12, heads=[(1, 1)], batch_size=8, progress=False)
-    assert result["task"] == "squad" and result["examples_averaged"] == 12
-    assert result["roles"]["encoder"]["key"][:5] == ["[CLS]", "question", "context", "answer", "[SEP]"]
-    arrays = np.load(out / "maps.npz")
-    roles = arrays["average/encoder-roles"]
-    assert roles.shape == (2, 2, 7, 7)
-    seen = arrays["average/encoder-role-share"].sum(axis=-1)
-    np.testing.assert_allclose(seen, 1.0, atol=1e-5)
-    assert {f["what"] for f in result["figures"]} >= {"per-head maps", "single head", "layer x token summary", "average by role", "symbol statistics"}
-
-
 def test_ask_prints_answer_and_the_question_tokens_the_answer_attends_to(squad_run, run_cli, tmp_path):
     result = run_cli("ask", "--run", squad_run, "--question", "Which team won Super Bowl 50?",
                      "--context", "The Denver Broncos defeated the Carolina Panthers to win Super Bowl 50.", "--out", tmp_path / "a")
@@ -108,17 +91,3 @@ def test_squad_v2_with_unanswerable_questions_end_to_end(small_squad, tmp_path):
     metrics = train_run(config, progress=False)
     assert metrics["squad_version"] == "2.0"
     assert metrics["HasAns_total"] + metrics["NoAns_total"] == metrics["total"] and metrics["NoAns_total"] > 0
-
-
-def test_heads_on_a_squad_run_share_the_analysis_path(squad_run, tmp_path):
-    from analyze.heads import analyze_heads
-
-    result = analyze_heads(squad_run, tmp_path / "figs", limit=6, eval_limit=4, batch_size=4, progress=False)
-    assert set(result["kinds"]) == {"encoder"} and result["layout"] == {"encoder": [2, 2]}
-    assert len(result["importance"]) == 4 and set(result["importance"][0]["drop"]) == {"f1", "exact_match"}
-    assert 0 <= result["baseline_metrics"]["f1"] <= 1 and "symbol_blocking" not in result
-    encoder = result["kinds"]["encoder"]
-    assert set(encoder["symbols"]) == {"[CLS]", "[SEP]", "punct", "all"}
-    classes = {k for c in encoder["map_clusters"]["clusters"] for k, n in c["by_class"].items() if n}
-    assert classes <= {"what", "who", "when", "where", "which", "why", "how", "other"} and classes
-    assert (tmp_path / "figs" / "heads" / "rollout-roles.png").exists() and (tmp_path / "figs" / "index.html").exists()

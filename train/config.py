@@ -12,6 +12,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 from gen import QuadlabError, ascii_float, ascii_int
+from train.tasks import TASKS
 
 
 @dataclass
@@ -63,7 +64,7 @@ class TrainConfig:
     # stride, padding, patience, best_model_path)
     model_name: str = "microsoft/deberta-v3-base"  # a hub name or a local directory
     train_file: str = ""  # SQuAD v1.1/v2.0 JSON; empty: datasets.load_dataset(hub_dataset) (online)
-    hub_dataset: str = "squad"  # squad or squad_v2, when no train_file is given
+    hub_dataset: str = "squad"  # squad or squad_v2, when no train_file is given (classify: NAME or NAME/CONFIG, e.g. glue/sst2)
     eval_file: str = ""  # empty with a train_file: the last eval_articles articles of train_file evaluate
     eval_articles: int = 10
     max_length: int = 384
@@ -73,6 +74,14 @@ class TrainConfig:
     max_answer_length: int = 30
     null_threshold: float = 0.0  # SQuAD v2.0: answer "" when [CLS] beats the best span by more
     best_model_path: str = ""  # also copy the best model here
+    # classify task: an encoder built from the keys above (d_model, num_layers, num_heads, d_ff,
+    # dropout_rate, max_length) unless model_name names one; data from train_file / eval_file (CSV
+    # or JSONL), hub_dataset, or else the quadratic dataset in `data` (equation -> number of real roots)
+    encoder: str = "bert"  # bert | deberta-v2, when built from the config
+    text_column: str = "text"
+    text_pair_column: str = "text_pair"  # used where the data has it
+    label_column: str = "label"  # strings or integers, kept as the model config's id2label
+    eval_fraction: float = 0.2  # share of train_file held out as the test split when no eval_file is given
 
     @classmethod
     def names(cls) -> list[str]:
@@ -83,6 +92,12 @@ class TrainConfig:
 
 
 PRESETS: dict[str, dict] = {
+    # sequence classification; by default a 2-layer BERT of the tiny sizes from scratch on the
+    # quadratic dataset (CPU, minutes). 3e-3 collapses it to the majority class; 3e-4 learns slowly
+    "classify": {
+        "task": "classify", "model_name": "", "hub_dataset": "", "metric_for_best": "accuracy", "learning_rate": 1e-3,
+        "max_steps": 3000, "eval_every": 250, "patience": 5, "eval_batch_size": 512, "max_length": 256,
+    },
     # SQuAD fine-tuning of a pretrained encoder, with the prior study's settings
     "squad": {
         "task": "squad", "learning_rate": 3e-5, "epochs": 2.0, "max_steps": 0, "batch_size": 16, "warmup_ratio": 0.1,
@@ -161,7 +176,7 @@ def resolve(preset: str = "tiny", yaml_path: str | None = None, overrides: dict 
         from_yaml = {k: v for k, v in from_yaml.items() if k != "gen"}
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
     task = overrides.get("task") or from_yaml.get("task")
-    preset = overrides.get("preset") or from_yaml.get("preset") or ("squad" if task == "squad" and preset == "tiny" else preset)
+    preset = overrides.get("preset") or from_yaml.get("preset") or (task if task in ("squad", "classify") and preset == "tiny" else preset)
     if not isinstance(preset, str) or preset not in PRESETS:
         raise QuadlabError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
     layers = [("preset " + preset, {**PRESETS[preset], "preset": preset}), (f"{yaml_path}", from_yaml), ("command line", overrides)]
@@ -176,7 +191,7 @@ def resolve(preset: str = "tiny", yaml_path: str | None = None, overrides: dict 
 
 def validate(config: TrainConfig) -> TrainConfig:
     checks = [
-        (config.task in ("quadratic", "squad"), "task must be quadratic or squad"),
+        (config.task in TASKS, f"task must be one of {', '.join(TASKS)}"),
         (config.batch_size > 0 and config.grad_accum > 0, "batch_size and grad_accum must be positive"),
         (config.learning_rate > 0, "learning_rate must be positive"),
         (config.max_steps > 0 or config.epochs > 0, "give max_steps > 0 or epochs > 0"),
@@ -189,8 +204,10 @@ def validate(config: TrainConfig) -> TrainConfig:
         (config.d_model > 0 and config.num_heads > 0 and config.num_layers > 0, "model sizes must be positive"),
         (config.patience >= 0 and config.eval_limit >= 0, "patience and eval_limit must not be negative"),
         (config.padding in ("do_not_pad", "max_length", "longest"), "padding must be do_not_pad, longest or max_length"),
-        (0 <= config.stride < config.max_length, "stride must be at least 0 and below max_length"),
-        (config.hub_dataset in ("squad", "squad_v2"), "hub_dataset must be squad or squad_v2"),
+        (config.task != "squad" or 0 <= config.stride < config.max_length, "stride must be at least 0 and below max_length"),
+        (config.task != "squad" or config.hub_dataset in ("squad", "squad_v2"), "hub_dataset must be squad or squad_v2"),
+        (config.encoder in ("bert", "deberta-v2"), "encoder must be bert or deberta-v2"),
+        (0 < config.eval_fraction < 1, "eval_fraction must lie in (0, 1)"),
     ]
     for ok, message in checks:
         if not ok:

@@ -225,3 +225,25 @@ def squad_metrics(predictions: dict[str, str], golds: dict[str, list[str]]) -> d
             part = scores(ids)
             out.update({f"{prefix}_exact": part["exact_match"], f"{prefix}_f1": part["f1"], f"{prefix}_total": part["total"]})
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Sequence classification
+
+
+def classification_metrics(gold: list[str], predicted: list[str], majority: str) -> dict:
+    """Accuracy, macro-F1 (the mean F1 over the labels that occur in `gold` or `predicted`, as
+    scikit-learn's f1_score(average="macro")), per-label precision, recall and F1, and the
+    majority-class baseline: the accuracy of always answering `majority` (the training set's most
+    frequent label)."""
+    n = len(gold)
+    by_label = {}
+    for label in sorted(set(gold) | set(predicted)):
+        hits = sum(g == p == label for g, p in zip(gold, predicted))
+        said, real = predicted.count(label), gold.count(label)
+        precision, recall = hits / said if said else 0.0, hits / real if real else 0.0
+        f1 = 2 * precision * recall / (precision + recall) if hits else 0.0
+        by_label[label] = {"n": real, "precision": precision, "recall": recall, "f1": f1}
+    return {"n": n, "accuracy": sum(g == p for g, p in zip(gold, predicted)) / max(n, 1),
+            "macro_f1": sum(m["f1"] for m in by_label.values()) / max(len(by_label), 1),
+            "majority_class": majority, "majority_baseline": gold.count(majority) / max(n, 1), "by_label": by_label}

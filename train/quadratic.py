@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from analyze.attention import padded, segments
 from gen import QuadlabError
 from train import runs
 from train.config import TrainConfig
@@ -75,19 +76,25 @@ def load_splits(config: TrainConfig):
     return datasets.DatasetDict({"train": carved["train"], "validation": carved["test"], "test": dd["test"]})
 
 
-def build_tokenizer(texts):
-    """One token per character of the data (digits, symbols, letters), plus </s>, <pad>, <unk>."""
+def build_tokenizer(texts, special_tokens: dict | None = None, single: str = "$A </s>", pair: str | None = None, **options):
+    """One token per character of the data (digits, symbols, letters), plus the special tokens
+    {name: token} first (default SPECIAL_TOKENS as pad, eos, unk); `single` and `pair` are
+    the templates that add them around one text and a pair (train/classify.py: [CLS] ... [SEP]);
+    `options` go to PreTrainedTokenizerFast (saved with it)."""
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
-    chars = sorted(set().union(*map(set, texts)))
-    vocab = {token: i for i, token in enumerate(SPECIAL_TOKENS)}
-    vocab.update({ch: len(SPECIAL_TOKENS) + i for i, ch in enumerate(chars)})
-    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    special_tokens = special_tokens or dict(zip(("pad_token", "eos_token", "unk_token"), SPECIAL_TOKENS))
+    chars = sorted(set().union(*map(set, texts)) - set(special_tokens.values()))
+    vocab = {token: i for i, token in enumerate(special_tokens.values())}
+    vocab.update({ch: len(vocab) + i for i, ch in enumerate(chars)})
+    backend = Tokenizer(models.WordLevel(vocab, unk_token=special_tokens["unk_token"]))
     backend.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
     backend.decoder = decoders.Fuse()  # characters back into one string, no spaces
-    backend.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
-    return PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
+    templates = single + " " + (pair or "")
+    backend.post_processor = processors.TemplateProcessing(single=single, pair=pair, special_tokens=[
+        (token, vocab[token]) for token in special_tokens.values() if token in templates.replace(":1", "").split()])
+    return PreTrainedTokenizerFast(tokenizer_object=backend, **special_tokens, **options)
 
 
 def encode(tokenizer, dataset):
@@ -259,6 +266,24 @@ def train_run(config: TrainConfig, resume: bool = False, overwrite: bool = False
     return evaluate_run(run_dir, limit=config.eval_limit, batch_size=config.eval_batch_size, num_beams=config.num_beams, progress=progress)
 
 
+def metric_lines(run_dir, metrics: dict, split: str) -> list[str]:
+    """What `train` and `eval` print: the metrics of each decoding, by root count, and the diagnosis."""
+    found, lines = metrics[split], []
+    for name, m in found.items():
+        if isinstance(m, dict) and "full_solution_accuracy" in m:
+            parts = [f"{k.replace('_', ' ')} {m[k]:.4f}" for k in ("full_solution_accuracy", "character_accuracy", "roots_accuracy", "valid_steps_rate")]
+            lines.append(f"{run_dir} {split} ({found['rows']} rows, {name}): " + ", ".join(parts))
+            by = ", ".join(f"{k} {v['full_solution_accuracy']:.4f}" for k, v in m["by_num_roots"].items() if v["n"])
+            lines.append(f"  full-solution accuracy by root count: {by}")
+    diagnosed = found.get("diagnosis")
+    if diagnosed and diagnosed["n"]:
+        statements = ", ".join(f"{k} {v['accuracy']:.3f}" for k, v in diagnosed["statement_accuracy"].items())
+        lines.append(f"  greedy, each statement right: {statements}")
+        first = ", ".join(f"{k} {v:.3f}" for k, v in sorted(diagnosed["first_wrong"].items(), key=lambda kv: -kv[1]))
+        lines.append(f"  first statement to go wrong: {first} (diagnosis.png)")
+    return lines
+
+
 def plot_diagnosis(run_dir: Path, diagnosed: dict, name: str = "diagnosis.png") -> Path:
     """Which step limits the model: accuracy of each statement and where outputs first go wrong;
     accuracy by the digits of |D|; and each statement's validation accuracy along training."""
@@ -330,3 +355,360 @@ def evaluate_run(run_dir: Path, split: str = "test", limit: int = 0, batch_size:
     if records:
         plot_diagnosis(run_dir, metrics["diagnosis"], "diagnosis.png" if split == "test" else f"diagnosis-{split}.png")
     return everything
+
+
+# ---------------------------------------------------------------------------------------------
+# Analysis (the interface in train/tasks.py): token roles, captured batches, decoding under
+# interventions
+
+# Equation: the digits of a, b and c, the exponent 2, the right-hand side 0.
+EQUATION_ROLES = ("a", "b", "c", "x", "^", "exp", "+", "-", "=", "rhs", "</s>", "other")
+SOLUTION_ROLES = ("<start>", "digit", "D", "x", "^", "=", ";", "(", ")", "+", "-", "*", "/", "none", "sqrt", "name", "</s>", "other")
+
+
+def equation_roles(tokens: list[str]) -> list[str]:
+    """Role of each token of an equation such as `-7x^2+3556x+451612=0</s>`: digits belong to a
+    until `x^2`, to b until the second `x`, to c until `=`, then to the right-hand side."""
+    roles, part, xs, previous = [], "a", 0, None
+    for tok in tokens:
+        if tok == "</s>":
+            role = "</s>"
+        elif tok.isdigit():
+            role = "exp" if previous == "^" else part
+        elif tok in ("x", "^", "+", "-", "="):
+            role = tok
+        else:
+            role = "other"
+        roles.append(role)
+        xs += tok == "x"
+        if role == "exp":
+            part = "b"
+        elif tok == "x" and xs == 2:
+            part = "c"
+        elif tok == "=":
+            part = "rhs"
+        previous = tok
+    return roles
+
+
+def solution_roles(tokens: list[str]) -> list[str]:
+    """Role of each decoder token: `<start>` (T5's start token), digits, symbols, `none`, `sqrt`,
+    the names a, b, c of the steps and long formats, `</s>`."""
+    out = []
+    for tok in tokens:
+        if tok in ("<pad>", "<start>"):
+            out.append("<start>")
+        elif tok.isdigit():
+            out.append("digit")
+        elif tok in SOLUTION_ROLES:
+            out.append(tok)
+        elif tok in "noe":
+            out.append("none")
+        elif tok in "sqrt":
+            out.append("sqrt")
+        elif tok in "abc":
+            out.append("name")
+        else:
+            out.append("other")
+    return out
+
+
+def teacher_forced_batch(tokenizer, equations: list[str], solutions: list[str]) -> dict:
+    """A captured batch (train/tasks.py) for one teacher-forced pass: decoder input = start token +
+    solution, labels = solution + </s>. Segments: the equation's terms (a new one at each sign and
+    at `=`), the solution's statements (a new one after each `;`)."""
+    pad = tokenizer.pad_token_id
+    enc = tokenizer(equations)["input_ids"]
+    targets = tokenizer(solutions)["input_ids"]
+    dec = [[pad] + ids[:-1] for ids in targets]  # drop the final </s>: it is only predicted
+    width_enc, width_dec = max(map(len, enc)), max(map(len, dec))
+    enc_tokens = [tokenizer.convert_ids_to_tokens(ids) for ids in enc]
+    dec_tokens = [["<start>" if t == "<pad>" else t for t in tokenizer.convert_ids_to_tokens(ids)] for ids in dec]
+    enc_segments = [segments([t in "+-=" and (j == 0 or toks[j - 1] != "^") for j, t in enumerate(toks)]) for toks in enc_tokens]
+    dec_segments = [segments([j > 0 and toks[j - 1] == ";" for j in range(len(toks))]) for toks in dec_tokens]
+    return {
+        "inputs": {"input_ids": padded(enc, width_enc, pad), "attention_mask": padded([[1] * len(r) for r in enc], width_enc, 0),
+                   "decoder_input_ids": padded(dec, width_dec, pad), "decoder_attention_mask": padded([[1] * len(r) for r in dec], width_dec, 0)},
+        "labels": padded(targets, width_dec, -100),  # what each decoder position predicts
+        "roles": {"encoder": padded([[EQUATION_ROLES.index(r) for r in equation_roles(t)] for t in enc_tokens], width_enc, -1),
+                  "decoder": padded([[SOLUTION_ROLES.index(r) for r in solution_roles(t)] for t in dec_tokens], width_dec, -1)},
+        "segments": {"encoder": padded(enc_segments, width_enc, -1), "decoder": padded(dec_segments, width_dec, -1)},
+        "tokens": {"encoder": enc_tokens, "decoder": dec_tokens},
+    }
+
+
+def captured_batches(tokenizer, equations: list[str], solutions: list[str], classes: list[str], batch_size: int):
+    """Teacher-forced captured batches of the rows, shortest solutions first (little padding)."""
+    order = sorted(range(len(equations)), key=lambda i: len(solutions[i]))
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        batch = teacher_forced_batch(tokenizer, [equations[i] for i in idx], [solutions[i] for i in idx])
+        yield {**batch, "classes": [classes[i] for i in idx], "rows": idx}
+
+
+PATCH_DIGITS = 2  # activation patching scores D's value up to its first 2 digits (its minus sign included)
+CLASS_TOKENS = {"none": "-", "one": "0", "two": "123456789"}  # D's first character says the root class
+
+
+def root_class(a: int, b: int, c: int) -> str:
+    disc = b * b - 4 * a * c
+    return "two" if disc > 0 else "one" if disc == 0 else "none"
+
+
+def corruption(a: int, b: int, c: int, rng) -> tuple[str, tuple[int, int, int]] | None:
+    """(name, (a, b, c)) with one coefficient, chosen at random, changed to another of the same
+    sign and number of digits (the equation keeps its tokens' count, positions and roles) such that
+    the number of real roots changes; None when no such change is found (e.g. a and c of opposite
+    signs: D > b^2 whatever their digits)."""
+    values = {"a": a, "b": b, "c": c}
+    for name in rng.sample("abc", 3):
+        v = values[name]
+        digits = len(str(abs(v)))
+        lo, hi = (1 if name == "a" or v < 0 else 0, 9) if digits == 1 else (10 ** (digits - 1), 10**digits - 1)  # -0 would be +0
+        if hi - lo < 64:
+            candidates = rng.sample(range(lo, hi + 1), hi - lo + 1)
+        else:  # wide ranges: a random sample of them, repeats harmless
+            candidates = [rng.randint(lo, hi) for _ in range(64)]
+        for m in candidates:
+            changed = {**values, name: m if v >= 0 else -m}
+            if m != abs(v) and root_class(*changed.values()) != root_class(a, b, c):
+                return name, tuple(changed.values())
+    return None
+
+
+class Analysis:
+    """Equations and their reference solutions, teacher-forced; classes: two, one or no real roots.
+    Special symbols: x, ^, = of the equation (the prior study's hypothesis)."""
+
+    name = "quadratic"
+    batch_size = 64
+    kinds = ("encoder", "decoder", "cross")
+    sides = {"encoder": ("encoder", "encoder"), "decoder": ("decoder", "decoder"), "cross": ("decoder", "encoder")}
+    roles = {"encoder": EQUATION_ROLES, "decoder": SOLUTION_ROLES}
+    symbols = ("x", "^", "=")
+    control_roles, control_name = ("a", "b", "c"), "digits"
+    metrics = ("full_solution_accuracy", "roots_accuracy", "character_accuracy")
+    class_name = "number of real roots"
+    inputs = ("equation",)
+    averaged_on = "the split's reference solutions, teacher-forced"
+    attended = [("encoder self-attention", "encoder", None, None), ("cross-attention", "cross", None, None)]
+
+    def __init__(self, run_dir: Path, command: str, split: str = "test", limit: int = 0, eval_limit: int = 0):
+        from train.metrics import ROOT_CLASSES
+
+        self.model, self.tokenizer, self.config = load_run(run_dir, command)
+        dataset = load_splits(self.config)[split]
+        columns = dataset.select(range(min(max(limit or len(dataset), eval_limit), len(dataset)))).to_dict()
+        self.rows = {k: v[: limit or None] for k, v in columns.items()}
+        self.eval_rows = {k: v[:eval_limit] for k, v in columns.items()}
+        self.classes = [ROOT_CLASSES[k] for k in self.rows["num_roots"]]
+        self.split, self.n_rows, self.n_eval_rows = split, len(self.rows["equation"]), len(self.eval_rows["equation"])
+
+    def probe_targets(self) -> dict:
+        """What `cli.py probe` decodes from the hidden states, one label per analysed row: the
+        root class, facts about D = b^2 - 4ac and its parts, the signs of the coefficients."""
+        a, b, c = (self.rows[k] for k in "abc")
+        d = [y * y - 4 * x * z for x, y, z in zip(a, b, c)]
+
+        def sign(v):
+            return "+" if v > 0 else "-" if v < 0 else "0"
+
+        return {"root class": list(self.classes), "sign of D": [sign(v) for v in d],
+                "last digit of |D|": [str(abs(v))[-1] for v in d], "leading digit of |D|": [str(abs(v))[0] for v in d],
+                "digits of |D|": [len(str(abs(v))) for v in d], "last digit of b^2": [str(y * y)[-1] for y in b],
+                "sign of a": [sign(x) for x in a], "sign of b": [sign(y) for y in b],
+                "sign of ac": [sign(x * z) for x, z in zip(a, c)]}  # ac > 0 is what lets D be negative
+
+    def load_model(self, path: Path):
+        from transformers import AutoModelForSeq2SeqLM
+
+        return AutoModelForSeq2SeqLM.from_pretrained(str(path), attn_implementation="eager")
+
+    def batches(self, batch_size: int):
+        return captured_batches(self.tokenizer, self.rows["equation"], self.rows["solution"], self.classes, batch_size)
+
+    def example(self, index: int | None = None, given: dict | None = None) -> dict:
+        """The model's own solution of a row or of a given equation, teacher-forced, graded."""
+        from gen.equations import write_equation
+        from gen.grader import GradeError, grade, parse_equation, true_roots
+
+        if given is not None:
+            try:
+                a, b, c = parse_equation(given["equation"])
+            except GradeError as err:
+                raise QuadlabError(f"cannot read the equation: {err}") from None
+            equation, name = write_equation(a, b, c), "given"  # the form the model was trained on: `x^2 - 5x + 6 = 0` -> 1x^2-5x+6=0
+            ids = self.tokenizer(equation)["input_ids"]
+            if self.tokenizer.unk_token_id in ids:
+                bad = sorted({ch for ch in equation if self.tokenizer.convert_tokens_to_ids(ch) == self.tokenizer.unk_token_id})
+                raise QuadlabError(f"the model's tokenizer cannot encode {''.join(bad)!r} in {equation!r}; write it like 7x^2+3556x+451612=0")
+        else:
+            equation, name = self.rows["equation"][index], str(index)
+            a, b, c = (self.rows[k][index] for k in "abc")
+        solution = decode(self.model, self.tokenizer, [equation], batch_size=1)[0][0]
+        return {"name": name, "input": equation, "output": solution, "batch": teacher_forced_batch(self.tokenizer, [equation], [solution]),
+                "answer": {"equation": equation, "solution": solution, "verdict": grade(a, b, c, solution).as_dict(), "true_roots": true_roots(a, b, c)}}
+
+    @staticmethod
+    def answer_lines(result: dict) -> list[str]:
+        answer, verdict = result["answer"], result["answer"]["verdict"]
+        lines = [f"equation: {answer['equation']}", f"solution: {answer['solution']}",
+                 "verdict:  " + ", ".join(f"{k} {verdict[k]}" for k in ("ok", "well_formed", "steps_valid", "substitutions_valid", "answer_correct"))]
+        for label, layers in result["attended"].items():
+            lines += [f"{label}, layer {layer}: most attended input token {token}" for layer, token in enumerate(layers)]
+        return lines
+
+    def gradient_batches(self, batch_size: int) -> list[dict]:
+        return list(self.batches(batch_size))  # they carry the labels
+
+    def query_masks(self, batch: dict) -> dict:
+        i = batch["inputs"]
+        return {"encoder": i["attention_mask"].bool(), "decoder": i["decoder_attention_mask"].bool(), "cross": i["decoder_attention_mask"].bool()}
+
+    def row_losses(self, model, batch: dict) -> torch.Tensor:
+        device = next(model.parameters()).device
+        logits = model(**{k: v.to(device) for k, v in batch["inputs"].items()}).logits
+        labels = batch["labels"].to(device)
+        per_token = torch.nn.functional.cross_entropy(logits.transpose(1, 2).float(), labels, ignore_index=-100, reduction="none")
+        return per_token.sum(dim=1) / (labels != -100).sum(dim=1).clamp(min=1)
+
+    def encoded(self):
+        """The eval rows' equations as one padded batch: (input_ids, attention_mask)."""
+        ids = self.tokenizer(self.eval_rows["equation"])["input_ids"]
+        input_ids = padded(ids, max(map(len, ids)), self.tokenizer.pad_token_id)
+        return input_ids, (input_ids != self.tokenizer.pad_token_id).long()
+
+    @torch.no_grad()
+    def generate(self, model, input_ids, mask, repeat: int, gates: dict, block: tuple | None = None, encoder_hidden=None) -> list[str]:
+        """Greedy decoding of `repeat` copies of the rows, each copy with its own gates; `block` is
+        ({kind: [layers]}, (B, K) keys); the encoder's output is reused when given (the gates and
+        blocks of the encoder are then already in it)."""
+        from transformers.modeling_outputs import BaseModelOutput
+
+        from analyze import interventions
+
+        device = next(model.parameters()).device
+        ids, mask = input_ids.repeat(repeat, 1).to(device), mask.repeat(repeat, 1).to(device)
+        block_layers, block_keys = block if block else ({}, None)
+        block_keys = block_keys.repeat(repeat, 1).to(device) if block_keys is not None else None
+        if encoder_hidden is None:
+            with interventions.gated(model, {k: v for k, v in gates.items() if k == "encoder"}), \
+                    interventions.blocked(model, {k: v for k, v in block_layers.items() if k == "encoder"}, block_keys):
+                encoder_hidden = model.get_encoder()(input_ids=ids, attention_mask=mask).last_hidden_state
+        else:
+            encoder_hidden = encoder_hidden.repeat(repeat, 1, 1)
+        with interventions.gated(model, {k: v for k, v in gates.items() if k != "encoder"}), \
+                interventions.blocked(model, {k: v for k, v in block_layers.items() if k != "encoder"}, block_keys):
+            generated = model.generate(encoder_outputs=BaseModelOutput(last_hidden_state=encoder_hidden), attention_mask=mask,
+                                       do_sample=False, num_beams=1, cache_implementation="static")
+        return self.tokenizer.batch_decode(generated, skip_special_tokens=True)
+
+    def scores(self, predictions: list[str]) -> dict:
+        r = self.eval_rows
+        judged = [judge(a, b, c, t, p) for a, b, c, t, p in zip(r["a"], r["b"], r["c"], r["solution"], predictions)]
+        return {k: v for k, v in quadratic_metrics(judged, r["num_roots"]).items() if k in self.metrics}
+
+    def evaluate(self, model, gates: dict | None = None, blocked: tuple | None = None) -> dict:
+        input_ids, mask = self.encoded()
+        block = None
+        if blocked:
+            layers, choose = blocked
+            keys = torch.zeros(input_ids.shape, dtype=torch.bool)
+            for row, ids in enumerate(self.tokenizer(self.eval_rows["equation"])["input_ids"]):
+                keys[row, choose(equation_roles(self.tokenizer.convert_ids_to_tokens(ids)))] = True
+            block = (layers, keys)
+        return self.scores(self.generate(model, input_ids, mask, 1, gates or {}, block))
+
+    def ablate(self, model, specs: list, batch_rows: int, progress: bool) -> list[dict]:
+        """Metrics with each spec's head ablated. Several ablations share one generate call (each
+        copy of the rows has its own gates); ablations in the decoder and cross-attention reuse one
+        encoder pass."""
+        from tqdm import tqdm
+
+        from analyze import interventions
+
+        model.eval()
+        input_ids, mask = self.encoded()
+        n = len(input_ids)
+        per_call = max(1, batch_rows // max(n, 1))
+        layout = interventions.shape(model)
+        device = next(model.parameters()).device
+        with torch.no_grad():
+            encoder_hidden = model.get_encoder()(input_ids=input_ids.to(device), attention_mask=mask.to(device)).last_hidden_state
+        groups = []
+        for side in ("encoder", "decoder"):
+            chosen = [i for i, s in enumerate(specs) if (s is not None and s[0] == "encoder") == (side == "encoder")]
+            groups += [(side, chosen[i : i + per_call]) for i in range(0, len(chosen), per_call)]
+        results: list = [None] * len(specs)
+        for side, group in tqdm(groups, desc="ablate", unit="call", disable=None if progress else True):
+            gates = {kind: torch.ones(len(group) * n, *layout[kind], device=device) for kind in layout}
+            for copy, index in enumerate(group):
+                if specs[index] is not None:
+                    kind, layer, head = specs[index]
+                    gates[kind][copy * n : (copy + 1) * n, layer, head] = 0
+            texts = self.generate(model, input_ids, mask, len(group), gates, encoder_hidden=None if side == "encoder" else encoder_hidden)
+            for copy, index in enumerate(group):
+                results[index] = self.scores(texts[copy * n : (copy + 1) * n])
+        return results
+
+    def patch_pairs(self, n: int, seed: int) -> dict:
+        """`n` pairs for activation patching (analyze/patching.py), from the analysed rows in a
+        seeded random order: the clean equation and a corrupted one (`corruption`: one coefficient's
+        digits changed so that the number of real roots changes; the same tokens' count and roles).
+        Both runs are teacher-forced on the clean solution up to D's value (`D=(b^2-4*a*c)=` in the
+        published format; all of it up to there in the others), and scored at D's value:
+          "D digits"    log P of its characters up to its first PATCH_DIGITS digits, minus sign included
+          "root class"  log P that its first character is of the clean class: `-` none, `0` one, 1-9 two
+        Padded tensors: clean, corrupted, attention_mask (P, T); decoder_input_ids,
+        decoder_attention_mask (P, S); roles (P, T) indices into roles["encoder"]; targets
+        {score: per pair [(decoder position, [token ids whose probabilities add up])]}."""
+        import random
+
+        from gen.equations import write_equation
+
+        tok, rng = self.tokenizer, random.Random(seed)
+        order = rng.sample(range(self.n_rows), self.n_rows)
+        chosen = []
+        for row in order:
+            if len(chosen) == n:
+                break
+            a, b, c = (self.rows[k][row] for k in "abc")
+            solution = self.rows["solution"][row]
+            statement = next((s for s in solution.split(";") if s.startswith("D=")), None)
+            found = corruption(a, b, c, rng)
+            if statement is None or found is None:
+                continue
+            value = statement.rsplit("=", 1)[1]
+            prefix = solution[: solution.index(statement) + len(statement) - len(value)]
+            scored = value[: PATCH_DIGITS + value.startswith("-")]
+            equations = (write_equation(a, b, c), write_equation(*found[1]))
+            ids = [tok(text, add_special_tokens=False)["input_ids"] for text in (*equations, prefix + scored)]
+            if any(tok.unk_token_id in i for i in ids) or value != str(b * b - 4 * a * c):
+                continue  # characters this model never saw; a D statement that is not D
+            chosen.append({"row": row, "equations": equations, "changed": found[0], "target": ids[2], "start": len(prefix),
+                           "scored": scored, "classes": (root_class(a, b, c), root_class(*found[1]))})
+        if len(chosen) < n:
+            raise QuadlabError(f"only {len(chosen)} of the {self.n_rows} rows of the {self.split} split make a pair (a change of one "
+                               f"coefficient that keeps the tokens and changes the number of real roots); pass --pairs {len(chosen)} "
+                               f"or fewer, or use a split or dataset with more rows")
+        clean = tok([p["equations"][0] for p in chosen])["input_ids"]
+        corrupted = tok([p["equations"][1] for p in chosen])["input_ids"]
+        decoder = [[tok.pad_token_id] + p["target"][:-1] for p in chosen]  # position j predicts target[j]
+        width, depth = max(map(len, clean)), max(map(len, decoder))
+        class_ids = {k: tok.convert_tokens_to_ids(list(v)) for k, v in CLASS_TOKENS.items()}
+        tokens = [tok.convert_ids_to_tokens(ids) for ids in clean]
+        return {
+            "clean": padded(clean, width, tok.pad_token_id), "corrupted": padded(corrupted, width, tok.pad_token_id),
+            "attention_mask": padded([[1] * len(r) for r in clean], width, 0),
+            "decoder_input_ids": padded(decoder, depth, tok.pad_token_id), "decoder_attention_mask": padded([[1] * len(r) for r in decoder], depth, 0),
+            "roles": padded([[EQUATION_ROLES.index(r) for r in equation_roles(t)] for t in tokens], width, -1),
+            "tokens": tokens, "corrupted_tokens": [tok.convert_ids_to_tokens(ids) for ids in corrupted],
+            "targets": {"D digits": [[(p["start"] + i, [t]) for i, t in enumerate(p["target"][p["start"]:])] for p in chosen],
+                        "root class": [[(p["start"], class_ids[p["classes"][0]])] for p in chosen]},
+            "scores": {"D digits": f"log P of D's value up to its first {PATCH_DIGITS} digits (minus sign included), teacher-forced on the "
+                                   f"clean solution up to there",
+                       "root class": "log P that D's first character is of the clean root class (- none, 0 one, 1-9 two), after the "
+                                     "clean solution up to D's value"},
+            "pairs": [{"row": p["row"], "clean": p["equations"][0], "corrupted": p["equations"][1], "changed": p["changed"],
+                       "scored": p["scored"], "clean_class": p["classes"][0], "corrupted_class": p["classes"][1]} for p in chosen],
+        }

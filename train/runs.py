@@ -10,15 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from gen import QuadlabError
+from train import tasks
 from train.config import TrainConfig, load_yaml
-
-TASK_NAMES = {"quadratic": "quadratic", "squad": "SQuAD"}
-TRAIN_COMMANDS = {"quadratic": "python cli.py gen && python cli.py train",
-                  "squad": "python cli.py train --task squad --model M --train-file F"}
-# what a finished run holds besides config.yaml: the best model and its tokenizer
-RUN_FILES = {"quadratic": ("config.json", "model.safetensors", "generation_config.json", "tokenizer.json"),
-             "squad": ("config.json", "model.safetensors", "tokenizer.json")}
-
 
 def first_line(err: Exception) -> str:
     """An exception from a library as one short line, for a QuadlabError."""
@@ -48,8 +41,8 @@ def read_config(run_dir: Path) -> TrainConfig:
         values = yaml.safe_load(path.read_bytes().decode("utf-8"))
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
         raise QuadlabError(f"{path} cannot be read ({first_line(err)}); {_damaged(run_dir, False)}") from None
-    if not isinstance(values, dict) or values.get("task") not in TASK_NAMES:
-        what = "is empty" if values is None else "names no task (quadratic or squad)"
+    if not isinstance(values, dict) or values.get("task") not in tasks.TASKS:
+        what = "is empty" if values is None else f"names no task ({' or '.join(tasks.TASKS)})"
         raise QuadlabError(f"{path} {what}, so it is not the configuration `cli.py train` writes; {_damaged(run_dir, False)}")
     try:
         return load_yaml(path)
@@ -63,14 +56,14 @@ def open_run(run_dir: Path, command: str, task: str | None = None) -> TrainConfi
     run_dir = Path(run_dir)
     config = read_config(run_dir)
     if task and config.task != task:
-        raise QuadlabError(f"{run_dir} is a {TASK_NAMES[config.task]} run; `{command}` needs a {TASK_NAMES[task]} run "
-                           f"(train one with `{TRAIN_COMMANDS[task]}`)")
-    missing = [name for name in RUN_FILES[config.task] if not (run_dir / name).is_file()]
+        raise QuadlabError(f"{run_dir} is a {tasks.TASKS[config.task].title} run; `{command}` needs a {tasks.TASKS[task].title} run "
+                           f"(train one with `{tasks.TASKS[task].train_command}`)")
+    missing = [name for name in tasks.TASKS[config.task].run_files if not (run_dir / name).is_file()]
     if missing:
         fix = (f"finish it with `python cli.py train --resume --run-dir {run_dir}`" if (run_dir / "checkpoint").is_dir()
                else _damaged(run_dir))
         raise QuadlabError(f"{run_dir} is not a finished run directory (missing {', '.join(missing)}); {fix}")
-    for name in RUN_FILES[config.task]:
+    for name in tasks.TASKS[config.task].run_files:
         check_whole(run_dir / name, _damaged(run_dir))
     try:  # the model's type, before any work: `heads --compare` loads its models only at the end
         from transformers import AutoConfig
@@ -114,20 +107,23 @@ def check_checkpoint(run_dir: Path) -> None:
 
 def load_run(run_dir: Path, command: str, task: str | None = None):
     """(model, tokenizer, config) of a finished run, with eager attention (it returns the maps)."""
-    from transformers import AutoModelForQuestionAnswering, AutoModelForSeq2SeqLM
-
     from train.engine import quiet_libraries
 
     run_dir = Path(run_dir)
     config = open_run(run_dir, command, task)
     quiet_libraries()
     tokenizer = load_tokenizer(run_dir)
-    model_class = AutoModelForSeq2SeqLM if config.task == "quadratic" else AutoModelForQuestionAnswering
     try:
-        model = model_class.from_pretrained(str(run_dir), attn_implementation="eager")
+        model = tasks.model_class(config.task).from_pretrained(str(run_dir), attn_implementation="eager")
     except Exception as err:
         raise QuadlabError(f"{run_dir} is damaged: its model cannot be loaded ({first_line(err)}); {_damaged(run_dir)}") from None
     return model, tokenizer, config
+
+
+def analysis(run_dir: Path, command: str, split: str = "test", limit: int = 0, eval_limit: int = 0):
+    """The `Analysis` (train/tasks.py) of a finished run's task, on its rows of `split`."""
+    config = open_run(run_dir, command)
+    return tasks.module(config.task).Analysis(Path(run_dir), command, split=split, limit=limit, eval_limit=eval_limit)
 
 
 def load_tokenizer(run_dir: Path):
@@ -155,7 +151,7 @@ def newest_run(command: str, task: str | None = None, root: Path = Path("runs"))
     if task:
         runs = [run for run in runs if _task_of(run) == task]
     if not runs:
-        kind = f"{TASK_NAMES[task]} " if task else ""
+        kind = f"{tasks.TASKS[task].title} " if task else ""
         raise QuadlabError(f"no finished {kind}run under {root}/ for `{command}`; train one with "
-                           f"`{TRAIN_COMMANDS[task or 'quadratic']}` or pass --run DIR")
+                           f"`{tasks.TASKS[task or 'quadratic'].train_command}` or pass --run DIR")
     return max(runs, key=lambda p: (p / "model.safetensors").stat().st_mtime)

@@ -106,6 +106,8 @@ def _encode(tokenizer, rows: list[dict], max_length: int, stride: int, padding: 
 
 def drop_long_questions(tokenizer, rows: list[dict], max_length: int, skipped: Skipped) -> list[dict]:
     """A question that leaves no room for context in `max_length` tokens cannot be answered."""
+    if not rows:
+        return []
     lengths = tokenizer([r["question"] for r in rows], add_special_tokens=False)["input_ids"]
     kept = []
     for row, ids in zip(rows, lengths):

@@ -1,0 +1,152 @@
+"""One set of analysis tests for every task in the registry (train/tasks.py): each task gets a tiny
+run, and maps, heads, explain and the captured batches must hold up on it alike."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from analyze.heads import analyze_heads, context_figure
+from analyze.maps import explain, render_maps
+from gen import QuadlabError
+from gen.dataset import GenOptions, generate
+from gen.equations import Ranges
+from train import tasks
+from train.config import resolve
+from train.runs import analysis
+from train.squad_data import read_squad
+
+from conftest import SQUAD_SAMPLE, tiny_squad_encoder
+
+STEPS = {"max_steps": 8, "eval_every": 4, "keep_checkpoints": 1, "batch_size": 16}
+GIVEN = {"quadratic": {"equation": "x^2 - 5x + 6 = 0"}, "classify": {"text": "x^2 - 5x + 6 = 0"},
+         "squad": {"question": "Which team won Super Bowl 50?", "context": "The Denver Broncos defeated the Carolina Panthers to win Super Bowl 50."}}
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tasks-data")
+    generate(GenOptions(rows=200, seed=5, ranges=Ranges(a_lo=-5, a_hi=5, root_lo=-20, root_hi=20)), root / "quadratic", workers=1)
+    return root
+
+
+def _train(name: str, data, root):
+    """A tiny run of task `name`, with its checkpoints kept (step-4, step-8)."""
+    if name == "quadratic":
+        config = resolve("tiny", None, {"data": str(data / "quadratic"), "run_dir": str(root / "run"), "val_size": 10, "eval_limit": 10, **STEPS})
+    elif name == "squad":
+        _, articles = read_squad(SQUAD_SAMPLE)
+        encoder = tiny_squad_encoder(articles, root, vocab_size=1500, hidden_size=32, max_positions=256)
+        config = resolve("squad", None, {"model_name": str(encoder), "train_file": str(SQUAD_SAMPLE), "eval_articles": 1, "run_dir": str(root / "run"),
+                                         "max_length": 96, "stride": 32, "learning_rate": 1e-3, **STEPS})
+    else:
+        config = resolve("classify", None, {"data": str(data / "quadratic"), "run_dir": str(root / "run"), "d_model": 32, "d_ff": 64, "num_layers": 2,
+                                            "num_heads": 2, "max_length": 64, "val_size": 10, **STEPS})
+    tasks.module(name).train_run(config, progress=False)
+    return root / "run"
+
+
+@pytest.fixture(scope="module", params=list(tasks.TASKS))
+def run(request, data, tmp_path_factory):
+    return request.param, _train(request.param, data, tmp_path_factory.mktemp(request.param))
+
+
+@pytest.mark.parametrize("name", list(tasks.TASKS))
+def test_every_task_provides_the_interface(name):
+    module = tasks.module(name)
+    assert callable(module.train_run) and callable(module.evaluate_run) and callable(module.metric_lines)
+    task = module.Analysis
+    for attribute in ("name", "kinds", "sides", "roles", "symbols", "control_roles", "control_name", "metrics", "class_name", "inputs",
+                      "averaged_on", "batch_size", "attended", "batches", "example", "answer_lines", "query_masks", "gradient_batches",
+                      "row_losses", "evaluate", "ablate", "load_model"):
+        assert hasattr(task, attribute), f"{name}: Analysis has no {attribute}"
+    assert task.name == name and set(task.sides) == set(task.kinds)
+    for kind, sides in task.sides.items():
+        assert set(sides) <= set(task.roles)
+    for _, kind, queries, keys in task.attended:
+        assert kind in task.kinds
+    assert tasks.TASKS[name].train_command.startswith("python cli.py")
+
+
+def test_captured_batches_follow_the_contract(run):
+    name, run_dir = run
+    task = analysis(run_dir, "maps", limit=6)
+    masks = {"encoder": "attention_mask", "decoder": "decoder_attention_mask"}
+    examples = 0
+    for batch in task.batches(4):
+        width = {side: batch["inputs"][masks[side]].shape[1] for side in batch["roles"]}
+        assert len(batch["classes"]) == len(batch["rows"]) == batch["inputs"]["input_ids"].shape[0]
+        assert all(0 <= r < task.n_rows for r in batch["rows"])
+        for side, roles in batch["roles"].items():
+            mask = batch["inputs"][masks[side]].bool()
+            assert roles.shape == mask.shape == batch["segments"][side].shape
+            assert torch.equal(roles >= 0, mask) and torch.equal(batch["segments"][side] >= 0, mask)
+            assert int(roles.max()) < len(task.roles[side])
+            assert [len(t) for t in batch["tokens"][side]] == mask.sum(dim=1).tolist() and max(map(len, batch["tokens"][side])) == width[side]
+            assert all(np.all(np.diff(s[m].numpy()) >= 0) for s, m in zip(batch["segments"][side], mask))  # segments only begin
+        examples += len(batch["classes"])
+    assert examples >= task.n_rows == 6  # SQuAD: a long context makes several windows
+
+
+def test_maps_on_every_task(run, tmp_path):
+    name, run_dir = run
+    result = render_maps(run_dir, tmp_path / "figs", limit=6, examples=[1], heads=[(0, 1)], batch_size=4, progress=False)
+    task = tasks.module(name).Analysis
+    assert result["task"] == name and result["examples_averaged"] == 6 and set(result["roles"]) == set(task.kinds)
+    arrays = np.load(tmp_path / "figs" / "maps.npz")
+    for kind in task.kinds:
+        np.testing.assert_allclose(arrays[f"average/{kind}-role-share"].sum(axis=-1), 1.0, atol=1e-5)
+        np.testing.assert_allclose(arrays[f"example-1/{kind}"].sum(axis=-1), 1.0, atol=1e-5)  # every query's row over its keys
+    for figure in result["figures"]:
+        assert (tmp_path / "figs" / figure["file"]).stat().st_size > 0
+    assert {f["what"] for f in result["figures"]} >= {"per-head maps", "single head", "layer x token summary", "average by role", "symbol statistics"}
+    with pytest.raises(QuadlabError, match="does not apply"):
+        render_maps(run_dir, tmp_path / "other", given={"unknown_field": "x"}, progress=False)
+    assert not (tmp_path / "other").exists()
+
+
+def test_explain_on_every_task(run, tmp_path):
+    name, run_dir = run
+    result = explain(run_dir, GIVEN[name], tmp_path / "explain")
+    task = tasks.module(name).Analysis
+    layers = analysis(run_dir, "explain").model.config
+    assert result["lines"] and all(isinstance(line, str) for line in result["lines"])
+    assert set(result["attended"]) == {label for label, *_ in task.attended}
+    n_layers = getattr(layers, "num_layers", None) or layers.num_hidden_layers
+    assert all(len(found) in (0, n_layers) for found in result["attended"].values())
+    assert (tmp_path / "explain" / "example-explain" / "encoder-heads.png").exists()
+
+
+def test_heads_on_every_task(run, tmp_path):
+    name, run_dir = run
+    task = tasks.module(name).Analysis
+    result = analyze_heads(run_dir, tmp_path / "figs", limit=6, eval_limit=4, batch_size=4, progress=False)
+    assert set(result["kinds"]) == set(task.kinds)
+    assert len(result["importance"]) == sum(l * h for l, h in result["layout"].values())
+    assert set(result["baseline_metrics"]) == set(task.metrics) and all(0 <= v <= 1 for v in result["baseline_metrics"].values())
+    blocking = result["symbol_blocking"]
+    assert any(k.startswith("control: as many") for k in blocking) and sum(k.startswith("symbols blocked") for k in blocking) >= 1
+    for key, metrics in blocking.items():
+        if key not in ("baseline", "layers"):
+            assert set(metrics) == set(task.metrics) and all(0 <= v <= 1 for v in metrics.values())
+    assert [p["model"] for p in result["context_points"]] == ["step-4", "step-8"]
+    for kind in task.kinds:
+        assert np.all(np.isfinite(result["kinds"][kind]["context_variance"]["head"]))
+    assert (tmp_path / "figs" / "heads" / "context-variance-accuracy.png").exists() and (tmp_path / "figs" / "index.html").exists()
+
+
+def test_context_variance_of_two_tasks_side_by_side(data, tmp_path_factory, tmp_path):
+    """Issue 13, item 4: the checkpoint series of a SQuAD and a classification run in one figure."""
+    folders = []
+    for name in ("squad", "classify"):
+        run_dir = _train(name, data, tmp_path_factory.mktemp(f"{name}-series"))
+        analyze_heads(run_dir, tmp_path / name, limit=4, eval_limit=4, batch_size=4, skip_importance=True, progress=False)
+        folders.append(tmp_path / name)
+    result = context_figure(folders, tmp_path / "together")
+    panels = json.loads((tmp_path / "together" / "context-variance-tasks.json").read_text())
+    assert [p["task"] for p in panels] == ["squad", "classify"] and [p["metric"] for p in panels] == ["f1", "accuracy"]
+    assert all(p["models"] == 2 and p["correlation"]["n"] == 2 for p in panels)
+    assert (tmp_path / "together" / "context-variance-tasks.png").stat().st_size > 0 and result["figures"]
+    with pytest.raises(QuadlabError, match="no context-variance points"):
+        context_figure([tmp_path], tmp_path / "nothing")
