@@ -501,7 +501,10 @@ def ask(run_dir, question, context, heads, out_dir):
 @click.argument("run_dirs", nargs=-1, type=click.Path())
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (another than 127.0.0.1 opens the page to the network).")
 @click.option("--port", type=IntRange(min=0, max=65535), default=8000, show_default=True, help="Port to listen on (0: a free one).")
-def serve(run_dirs, host, port):
+@click.option("--threads", type=IntRange(min=1), default=1, show_default=True,
+              help="CPU threads for each model call (torch). One call of one example gains little from more, and they wait on each "
+                   "other when the cores are busy: on a loaded 2-core machine 2 threads made a call 10 times slower than 1.")
+def serve(run_dirs, host, port, threads):
     """Serve a live page and a JSON API on the runs RUN_DIRS (default: every finished run under
     runs/): type an equation, a question and a context, or a text, and see the model's answer (the
     grader's verdict, the answer's score, the label's probabilities) and its attention: head view,
@@ -510,6 +513,9 @@ def serve(run_dirs, host, port):
     from analyze.serve import address, create_app, finished_runs, listen, load_runs, server
 
     sock = listen(host, port)  # before loading models: a taken port fails at once
+    import torch
+
+    torch.set_num_threads(threads)
     runs = load_runs([Path(d) for d in run_dirs] or finished_runs(), skip_broken=not run_dirs,
                      warn=lambda line: click.echo(line, err=True))
     click.echo(f"serving {len(runs)} run(s) ({', '.join(runs)}) at {address(sock)} (Ctrl-C stops)")
@@ -519,7 +525,7 @@ def serve(run_dirs, host, port):
 @cli.command()
 @click.argument("run_dir", type=click.Path())
 @click.option("--split", type=click.Choice(["test", "validation", "train"]), default="test", show_default=True,
-              help="Split whose rows are probed (SQuAD and classification runs: their evaluation rows).")
+              help="Split whose rows are probed (SQuAD runs: their evaluation set).")
 @click.option("--limit", type=IntRange(min=0), default=5000, show_default=True, help="Rows of the split to probe (0: all).")
 @click.option("--target", "targets", multiple=True, help="A target to probe (repeatable).  [default: all the task's targets]")
 @click.option("--batch-size", type=IntRange(min=1), default=64, show_default=True, help="Examples (SQuAD: windows) per forward pass.")

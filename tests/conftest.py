@@ -51,6 +51,35 @@ def tiny_squad_encoder(articles: list, folder: Path, vocab_size: int, hidden_siz
     return folder / "encoder"
 
 
+# one given example for every task, as `explain` and the live page take them
+GIVEN = {"quadratic": {"equation": "x^2 - 5x + 6 = 0"}, "classify": {"text": "x^2 - 5x + 6 = 0"},
+         "squad": {"question": "Which team won Super Bowl 50?", "context": "The Denver Broncos defeated the Carolina Panthers to win Super Bowl 50."}}
+TINY_DATA = dict(a_lo=-5, a_hi=5, root_lo=-20, root_hi=20)  # small numbers: a few steps already learn something
+
+
+def tiny_run(task: str, data: Path, root: Path, **keys) -> Path:
+    """A tiny run of `task` in root/TASK, trained briefly on CPU: quadratic and classify on the
+    quadratic dataset `data` (gen.dataset.generate), SQuAD on the fixture with a tiny BERT built in
+    root. `keys` override the configuration (e.g. max_steps, keep_checkpoints)."""
+    from train import tasks
+    from train.config import resolve
+    from train.squad_data import read_squad
+
+    run = {"run_dir": str(root / task), "batch_size": 16}
+    if task == "quadratic":
+        config = resolve("tiny", None, {"data": str(data), "val_size": 10, "eval_limit": 10, **run, **keys})
+    elif task == "squad":
+        _, articles = read_squad(SQUAD_SAMPLE)
+        encoder = tiny_squad_encoder(articles, root, vocab_size=1500, hidden_size=32, max_positions=256)
+        config = resolve("squad", None, {"model_name": str(encoder), "train_file": str(SQUAD_SAMPLE), "eval_articles": 1, "max_length": 96,
+                                         "stride": 32, "learning_rate": 1e-3, **run, **keys})
+    else:
+        config = resolve("classify", None, {"data": str(data), "d_model": 32, "d_ff": 64, "num_layers": 2, "num_heads": 2, "max_length": 64,
+                                            "val_size": 10, "eval_limit": 10, **run, **keys})
+    tasks.module(task).train_run(config, progress=False)
+    return root / task
+
+
 @st.composite
 def equations(draw, ranges: Ranges = DEFAULT):
     """(a, b, c, number of real roots) drawn like the generator draws them, over `ranges`."""

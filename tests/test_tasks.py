@@ -13,38 +13,22 @@ from gen import QuadlabError
 from gen.dataset import GenOptions, generate
 from gen.equations import Ranges
 from train import tasks
-from train.config import resolve
 from train.runs import analysis
-from train.squad_data import read_squad
 
-from conftest import SQUAD_SAMPLE, tiny_squad_encoder
+from conftest import GIVEN, TINY_DATA, tiny_run
 
-STEPS = {"max_steps": 8, "eval_every": 4, "keep_checkpoints": 1, "batch_size": 16}
-GIVEN = {"quadratic": {"equation": "x^2 - 5x + 6 = 0"}, "classify": {"text": "x^2 - 5x + 6 = 0"},
-         "squad": {"question": "Which team won Super Bowl 50?", "context": "The Denver Broncos defeated the Carolina Panthers to win Super Bowl 50."}}
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     root = tmp_path_factory.mktemp("tasks-data")
-    generate(GenOptions(rows=200, seed=5, ranges=Ranges(a_lo=-5, a_hi=5, root_lo=-20, root_hi=20)), root / "quadratic", workers=1)
+    generate(GenOptions(rows=200, seed=5, ranges=Ranges(**TINY_DATA)), root / "quadratic", workers=1)
     return root
 
 
 def _train(name: str, data, root):
     """A tiny run of task `name`, with its checkpoints kept (step-4, step-8)."""
-    if name == "quadratic":
-        config = resolve("tiny", None, {"data": str(data / "quadratic"), "run_dir": str(root / "run"), "val_size": 10, "eval_limit": 10, **STEPS})
-    elif name == "squad":
-        _, articles = read_squad(SQUAD_SAMPLE)
-        encoder = tiny_squad_encoder(articles, root, vocab_size=1500, hidden_size=32, max_positions=256)
-        config = resolve("squad", None, {"model_name": str(encoder), "train_file": str(SQUAD_SAMPLE), "eval_articles": 1, "run_dir": str(root / "run"),
-                                         "max_length": 96, "stride": 32, "learning_rate": 1e-3, **STEPS})
-    else:
-        config = resolve("classify", None, {"data": str(data / "quadratic"), "run_dir": str(root / "run"), "d_model": 32, "d_ff": 64, "num_layers": 2,
-                                            "num_heads": 2, "max_length": 64, "val_size": 10, **STEPS})
-    tasks.module(name).train_run(config, progress=False)
-    return root / "run"
+    return tiny_run(name, data / "quadratic", root, max_steps=8, eval_every=4, keep_checkpoints=1)
 
 
 @pytest.fixture(scope="module", params=list(tasks.TASKS))
