@@ -157,6 +157,7 @@ RUN_COMMANDS = {
     "maps": lambda lab, run, out: ["maps", "--run", run, "--limit", 2, "--out", out],
     "heads": lambda lab, run, out: ["heads", run, "--limit", 2, "--eval-limit", 1, "--no-importance", "--out", out],
     "heads --compare": lambda lab, run, out: ["heads", lab / _task(run), "--compare", run, "--limit", 2, "--no-importance", "--out", out],
+    "patch": lambda lab, run, out: ["patch", run, "--pairs", 2, "--out", out],
     "explain": lambda lab, run, out: ["explain", "x^2-5x+6=0", "--run", run, "--out", out],
     "ask": lambda lab, run, out: ["ask", "--run", run, "--question", "Who won?", "--context", "The Broncos won.", "--out", out],
 }

@@ -455,16 +455,19 @@ def root_class(a: int, b: int, c: int) -> str:
     return "two" if disc > 0 else "one" if disc == 0 else "none"
 
 
-def corruption(a: int, b: int, c: int, rng) -> tuple[str, tuple[int, int, int]] | None:
+def corruption(a: int, b: int, c: int, rng, largest: dict | None = None) -> tuple[str, tuple[int, int, int]] | None:
     """(name, (a, b, c)) with one coefficient, chosen at random, changed to another of the same
-    sign and number of digits (the equation keeps its tokens' count, positions and roles) such that
-    the number of real roots changes; None when no such change is found (e.g. a and c of opposite
-    signs: D > b^2 whatever their digits)."""
+    sign and number of digits (the equation keeps its tokens' count, positions and roles), and at
+    most largest[name] in size (the data's range), such that the number of real roots changes;
+    None when no such change is found (e.g. a and c of opposite signs: D > b^2 whatever their digits)."""
     values = {"a": a, "b": b, "c": c}
     for name in rng.sample("abc", 3):
         v = values[name]
         digits = len(str(abs(v)))
         lo, hi = (1 if name == "a" or v < 0 else 0, 9) if digits == 1 else (10 ** (digits - 1), 10**digits - 1)  # -0 would be +0
+        hi = min(hi, (largest or {}).get(name, hi))
+        if hi < lo:
+            continue
         if hi - lo < 64:
             candidates = rng.sample(range(lo, hi + 1), hi - lo + 1)
         else:  # wide ranges: a random sample of them, repeats harmless
@@ -654,7 +657,8 @@ class Analysis:
     def patch_pairs(self, n: int, seed: int) -> dict:
         """`n` pairs for activation patching (analyze/patching.py), from the analysed rows in a
         seeded random order: the clean equation and a corrupted one (`corruption`: one coefficient's
-        digits changed so that the number of real roots changes; the same tokens' count and roles).
+        digits changed, within the largest size of that coefficient in the rows, so that the number
+        of real roots changes; the same tokens' count and roles).
         Both runs are teacher-forced on the clean solution up to D's value (`D=(b^2-4*a*c)=` in the
         published format; all of it up to there in the others), and scored at D's value:
           "D digits"    log P of its characters up to its first PATCH_DIGITS digits, minus sign included
@@ -668,6 +672,7 @@ class Analysis:
 
         tok, rng = self.tokenizer, random.Random(seed)
         order = rng.sample(range(self.n_rows), self.n_rows)
+        largest = {k: max(map(abs, self.rows[k]), default=0) for k in "abc"}  # corrupted equations stay in the data's ranges
         chosen = []
         for row in order:
             if len(chosen) == n:
@@ -675,7 +680,7 @@ class Analysis:
             a, b, c = (self.rows[k][row] for k in "abc")
             solution = self.rows["solution"][row]
             statement = next((s for s in solution.split(";") if s.startswith("D=")), None)
-            found = corruption(a, b, c, rng)
+            found = corruption(a, b, c, rng, largest)
             if statement is None or found is None:
                 continue
             value = statement.rsplit("=", 1)[1]

@@ -1,0 +1,214 @@
+"""`cli.py patch`: the quadratic task's pairs, the hooks (a state patched into itself changes nothing,
+the whole last layer restores the clean run, batched patches equal one at a time), the command end
+to end, and its bad inputs."""
+
+import json
+import random
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+
+from analyze import patching
+from gen.dataset import GenOptions, generate
+from gen.equations import Ranges, write_equation
+from train import tasks
+from train.config import resolve
+from train.quadratic import EQUATION_ROLES, corruption, equation_roles, root_class
+from train.runs import analysis
+
+from conftest import equations
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("patch-data")
+    generate(GenOptions(rows=300, seed=5, ranges=Ranges(a_lo=-5, a_hi=5, root_lo=-20, root_hi=20)), root / "quadratic", workers=1)
+    return root
+
+
+@pytest.fixture(scope="module")
+def run(data, tmp_path_factory):
+    root = tmp_path_factory.mktemp("patch-run")
+    config = resolve("tiny", None, {"data": str(data / "quadratic"), "run_dir": str(root / "run"), "val_size": 10, "eval_limit": 4,
+                                    "max_steps": 8, "eval_every": 8, "batch_size": 16})  # the checks need a model, not a good one
+    tasks.module("quadratic").train_run(config, progress=False)
+    return root / "run"
+
+
+@pytest.fixture(scope="module")
+def task(run):
+    task = analysis(run, "patch")
+    # float64: the checks compare runs whose batches differ in size, which round differently in float32
+    task.model.double().eval()
+    return task
+
+
+@given(equations())
+@settings(max_examples=200, deadline=None)
+def test_a_corruption_keeps_the_tokens_and_changes_the_root_class(eq):
+    a, b, c, _ = eq
+    largest = {"a": 30, "b": 30_000, "c": 7_500_000}  # the default ranges' largest sizes
+    found = corruption(a, b, c, random.Random(a * 7 + b), largest)
+    if found is None:  # no same-length change found that flips the class (always so when a and c have opposite signs)
+        return
+    name, changed = found
+    clean, corrupted = write_equation(a, b, c), write_equation(*changed)
+    assert len(clean) == len(corrupted) and equation_roles(list(clean)) == equation_roles(list(corrupted))
+    assert [k for k, u, v in zip("abc", (a, b, c), changed) if u != v] == [name]
+    assert all(abs(v) <= largest[k] for k, v in zip("abc", changed))
+    assert root_class(*changed) != root_class(a, b, c)
+
+
+def test_no_corruption_where_none_can_change_the_class():
+    assert corruption(1, 0, -4, random.Random(0)) is None  # D = b^2 + 16a > 0 for every same-length a, b, c
+
+
+def test_pairs_align_and_score_the_clean_value_of_d(task):
+    pairs = task.patch_pairs(12, seed=3)
+    tok = task.tokenizer
+    assert pairs["clean"].shape == pairs["corrupted"].shape == pairs["roles"].shape
+    assert torch.equal(pairs["clean"] != tok.pad_token_id, pairs["corrupted"] != tok.pad_token_id)
+    for i, pair in enumerate(pairs["pairs"]):
+        a, b, c = (task.rows[k][pair["row"]] for k in "abc")
+        assert pair["clean"] == write_equation(a, b, c) and pair["clean_class"] != pair["corrupted_class"]
+        disc = str(b * b - 4 * a * c)
+        decoder = tok.convert_ids_to_tokens(pairs["decoder_input_ids"][i][pairs["decoder_attention_mask"][i].bool()])
+        (start, _), *_ = pairs["targets"]["D digits"][i]
+        # teacher-forced on the clean solution up to D's value: position `start` predicts its first character
+        solution = task.rows["solution"][pair["row"]]
+        assert "".join(decoder[1 : start + 1]) == solution[:start] and solution[start:].startswith(disc + ";")
+        scored = "".join(tok.convert_ids_to_tokens([ids[0] for _, ids in pairs["targets"]["D digits"][i]]))
+        assert scored == pair["scored"] == disc[: 2 + disc.startswith("-")]
+        (position, allowed), = pairs["targets"]["root class"][i]
+        assert position == start and disc[0] in tok.convert_ids_to_tokens(allowed)
+        n = int(pairs["attention_mask"][i].sum())
+        assert [EQUATION_ROLES[r] for r in pairs["roles"][i][:n]] == equation_roles(pairs["tokens"][i][:n])
+    assert len({p["row"] for p in pairs["pairs"]}) == 12
+    assert task.patch_pairs(12, seed=3)["pairs"] == pairs["pairs"] != task.patch_pairs(12, seed=4)["pairs"]  # the seed decides
+
+
+def test_recorded_states_are_the_encoders_hidden_states(task):
+    pairs = task.patch_pairs(4, seed=0)
+    ids, mask = pairs["clean"], pairs["attention_mask"]
+    states = patching.encoder_states(task.model, ids, mask)
+    with torch.no_grad():
+        hidden = task.model.get_encoder()(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states
+    assert states.shape[0] == len(hidden) == task.model.config.num_layers + 1
+    for recorded, theirs in zip(states, hidden):
+        torch.testing.assert_close(recorded, theirs, rtol=0, atol=1e-12)
+
+
+def test_patching_a_state_into_itself_changes_nothing(task):
+    pairs = task.patch_pairs(5, seed=1)
+    same = {**pairs, "corrupted": pairs["clean"]}
+    found = patching.patch_all(task.model, same, batch_size=64)
+    valid = pairs["attention_mask"].bool()
+    for name, patched in found["patched"].items():
+        assert torch.isnan(patched[~valid[:, None, :].expand_as(patched)]).all()  # padding is never patched
+        expected = found["clean"][name][:, None, None].expand_as(patched)
+        mask = valid[:, None, :].expand_as(patched)
+        torch.testing.assert_close(patched[mask], expected[mask], rtol=0, atol=1e-9)
+
+
+def test_patching_every_position_of_the_last_layer_restores_the_clean_run(task):
+    model, pairs = task.model, task.patch_pairs(8, seed=2)
+    n, width = pairs["clean"].shape
+    targets = patching.score_targets(pairs["targets"], model.config.vocab_size)
+    every = torch.arange(n)
+    clean, clean_logits = patching.forward_scores(model, pairs, targets, every, pairs["clean"])
+    corrupted, corrupted_logits = patching.forward_scores(model, pairs, targets, every, pairs["corrupted"])
+    states = patching.encoder_states(model, pairs["clean"], pairs["attention_mask"])
+    last = torch.full((n,), len(states) - 1)
+    with patching.patched(model, last, pairs["attention_mask"].bool(), states[-1]), torch.no_grad():
+        restored, logits = patching.forward_scores(model, pairs, targets, every, pairs["corrupted"])
+    torch.testing.assert_close(logits, clean_logits, rtol=0, atol=1e-9)
+    assert not torch.allclose(corrupted_logits, clean_logits, atol=1e-6)  # the corruption did change the output
+    for name in targets:
+        gap = clean[name] - corrupted[name]
+        apart = gap.abs() > 1e-6
+        assert apart.any()
+        np.testing.assert_allclose(((restored[name] - corrupted[name]) / gap)[apart].numpy(), 1.0, atol=1e-4)
+
+
+def test_batched_patching_equals_one_patch_at_a_time(task):
+    """Against a loop that patches one (layer, position) per forward pass, with its own hook and
+    the clean states from the model's own `hidden_states`."""
+    model, pairs = task.model, task.patch_pairs(2, seed=4)
+    batched = patching.patch_all(model, pairs, batch_size=7)  # batches cut across pairs and layers
+    sites = patching.sites(model)
+    targets = patching.score_targets(pairs["targets"], model.config.vocab_size)
+    for p in range(2):
+        one = torch.tensor([p])
+        with torch.no_grad():
+            hidden = model.get_encoder()(input_ids=pairs["clean"][one], attention_mask=pairs["attention_mask"][one],
+                                         output_hidden_states=True).hidden_states
+        for layer, (module, before) in enumerate(sites):
+            for t in range(int(pairs["attention_mask"][p].sum())):
+                def swap(state, layer=layer, t=t):
+                    state = state.clone()
+                    state[0, t] = hidden[layer][0, t]
+                    return state
+
+                handle = (module.register_forward_pre_hook(lambda m, args: (swap(args[0]), *args[1:])) if before
+                          else module.register_forward_hook(lambda m, args, out: swap(out)))
+                try:
+                    with torch.no_grad():
+                        single, _ = patching.forward_scores(model, pairs, targets, one, pairs["corrupted"][one])
+                finally:
+                    handle.remove()
+                for name in targets:
+                    assert float(batched["patched"][name][p, layer, t]) == pytest.approx(float(single[name][0]), abs=1e-8)
+
+
+def test_patch_end_to_end(run, run_cli, tmp_path):
+    out = tmp_path / "figs"
+    done = run_cli("patch", run, "--pairs", 10, "--batch-size", 50, "--seed", 1, "--out", out, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "D digits:" in done.stdout and "root class:" in done.stdout and str(out) in done.stdout
+    result = json.loads((out / "patching.json").read_text())
+    layers = len(result["layers"])
+    assert layers == 3 and result["layers"][0] == "embeddings" and result["hidden_states_index"] == [0, 1, 2]
+    assert result["settings"]["pairs"] == 10 and len(result["pairs"]) == 10
+    arrays = np.load(out / "patching.npz")
+    for name, s in result["scores"].items():
+        assert s["pairs_used"] + s["pairs_dropped"] == 10
+        roles = s["roles"]
+        assert set(roles) <= set(EQUATION_ROLES) | {patching.CHANGED} and {"a", "b", "c", "x", "=", patching.CHANGED} <= set(roles)
+        assert np.array(s["mean"], dtype=float).shape == (layers, len(roles))
+        assert np.array(s["ci"], dtype=float).shape == (layers, len(roles), 2)
+        assert len(s["n"]) == len(roles) and all(0 <= k <= s["pairs_used"] for k in s["n"])
+        assert arrays[f"{name}/clean"].shape == arrays[f"{name}/corrupted"].shape == (10,)
+        assert arrays[f"{name}/patched"].shape[:2] == (10, layers)
+        example = np.array(result["example"]["restored"][name], dtype=float)
+        assert example.shape == (layers, len(result["example"]["tokens"]))
+    for stem in ("patching-roles", "patching-example"):
+        assert (out / f"{stem}.png").stat().st_size > 0 and (out / f"{stem}.svg").stat().st_size > 0
+    assert not [p for p in out.parent.iterdir() if p.name.startswith(".")]  # no partial directory left
+
+
+@pytest.fixture(scope="module")
+def classify_run(data, tmp_path_factory):
+    root = tmp_path_factory.mktemp("patch-classify")
+    config = resolve("classify", None, {"data": str(data / "quadratic"), "run_dir": str(root / "run"), "d_model": 16, "d_ff": 32, "num_layers": 1,
+                                        "num_heads": 2, "max_length": 64, "val_size": 10, "max_steps": 2, "eval_every": 2, "batch_size": 8})
+    tasks.module("classify").train_run(config, progress=False)
+    return root / "run"
+
+
+def _refused(capsys, *argv) -> str:
+    """The error line of a command that must fail: exit 2, one line on stderr, no traceback."""
+    import cli
+
+    with pytest.raises(SystemExit) as stop:
+        cli.main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    assert stop.value.code == 2 and out == "" and err.count("\n") == 1 and "Traceback" not in err, err
+    return err
+
+
+def test_a_task_without_pairs_and_too_few_rows_are_refused(run, classify_run, capsys, tmp_path):
+    assert "patching needs a task that provides pairs" in _refused(capsys, "patch", classify_run, "--out", tmp_path / "a")
+    assert "--pairs" in _refused(capsys, "patch", run, "--pairs", 5000, "--out", tmp_path / "b")
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
