@@ -403,7 +403,7 @@ def heads(run_dir, split, limit, eval_limit, batch_size, clusters, compare, no_i
 @click.option("--split", type=click.Choice(["test", "validation", "train"]), default="test", show_default=True,
               help="The split the pairs are drawn from.")
 @click.option("--seed", type=IntRange(min=0), default=0, show_default=True, help="Which rows and which corruptions make the pairs.")
-@click.option("--batch-size", type=IntRange(min=1), default=1024, show_default=True,
+@click.option("--batch-size", type=IntRange(min=1), default=256, show_default=True,
               help="Patched copies per forward pass (each copy patches one layer and position).")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
               help="Output directory.  [default: figures/<run name>/patching]")

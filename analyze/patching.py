@@ -209,7 +209,7 @@ def layer_names(n_layers: int) -> list[str]:
 
 
 def analyze_patching(run_dir: Path, out_dir: Path | None = None, pairs: int = 200, split: str = "test", seed: int = 0,
-                     batch_size: int = 1024, progress: bool = True) -> dict:
+                     batch_size: int = 256, progress: bool = True) -> dict:
     from train import tasks
     from train.runs import analysis, open_run
 

@@ -7,7 +7,7 @@ at every (layer, position) of every pair patched from the clean run:
   with its own (layer, position), `--batch-size` copies per forward pass.
 Both must give the same scores (within float32 rounding; the script checks before it prints).
 
-Usage: python bench/bench_patching.py [--run /tmp/patch-run] [--pairs 200] [--batch-size 1024]
+Usage: python bench/bench_patching.py [--run /tmp/patch-run] [--pairs 200] [--batch-size 256]
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 @click.command()
 @click.option("--run", default="/tmp/patch-run", show_default=True, help="A quadratic run directory.")
 @click.option("--pairs", default=200, show_default=True, help="Pairs patched.")
-@click.option("--batch-size", default=1024, show_default=True, help="Patched copies per forward pass in the batched mode.")
+@click.option("--batch-size", default=256, show_default=True, help="Patched copies per forward pass in the batched mode.")
 @click.option("--seed", default=0, show_default=True)
 def main(run, pairs, batch_size, seed):
     import torch
