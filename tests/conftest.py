@@ -25,6 +25,18 @@ needs_squad_dev = pytest.mark.skipif(
     "put dev-v1.1.json in ../shared/data/squad/ beside the checkout or in shared/data/squad/ inside it")
 
 
+def offline_dom(page: Path, profile: Path) -> str:
+    """The DOM of a local page after headless Chromium ran its scripts, with the network off."""
+    import subprocess
+
+    return subprocess.run(
+        ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync", f"--user-data-dir={profile}",
+         "--no-proxy-server", "--host-resolver-rules=MAP * ~NOTFOUND", "--virtual-time-budget=5000", "--dump-dom", page.as_uri()],
+        capture_output=True, text=True, timeout=120,
+    ).stdout
+
+
 def wordpiece_tokenizer(articles: list, folder: Path, vocab_size: int):
     """A WordPiece tokenizer trained here on SQuAD articles' contexts and questions (no download)."""
     from tokenizers import BertWordPieceTokenizer

@@ -1,6 +1,5 @@
 import json
 import shutil
-import subprocess
 
 import numpy as np
 import pytest
@@ -8,6 +7,7 @@ import torch
 
 from analyze.attention import AttentionAverage, AttentionUnavailable, capture
 from analyze.maps import dataset_average, example_maps, explain, render_maps
+from conftest import offline_dom
 from gen import QuadlabError
 from gen.dataset import GenOptions, build_splits, generate
 from gen.equations import Ranges
@@ -188,13 +188,7 @@ def test_maps_writes_figures_numbers_and_report(rendered):
 @pytest.mark.skipif(shutil.which("chromium") is None, reason="no chromium on this machine")
 def test_report_opens_offline_in_headless_chromium(rendered, tmp_path):
     out, _ = rendered
-    dom = subprocess.run(
-        ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}",
-         "--no-proxy-server", "--host-resolver-rules=MAP * ~NOTFOUND", "--virtual-time-budget=5000", "--dump-dom",
-         (out / "index.html").as_uri()],
-        capture_output=True, text=True, timeout=120,
-    ).stdout
+    dom = offline_dom(out / "index.html", tmp_path / "profile")
     status = dom.split('id="status">')[1].split("<")[0]
     shown, total = status.split("figures shown: ")[1].split(";")[0].split(" of ")
     assert int(shown) == int(total) > 0, status

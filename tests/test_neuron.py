@@ -3,7 +3,6 @@ every supported architecture (float32), and `cli.py maps --neuron` end to end on
 
 import json
 import shutil
-import subprocess
 
 import numpy as np
 import pytest
@@ -12,6 +11,7 @@ import torch
 from analyze.attention import capture
 from analyze.maps import render_maps
 from analyze.neuron import neuron_view
+from conftest import offline_dom
 from gen import QuadlabError
 from gen.dataset import GenOptions, generate
 from gen.equations import Ranges
@@ -151,13 +151,7 @@ def test_maps_neuron_writes_the_figure_and_the_arrays(rendered):
 
 @pytest.mark.skipif(shutil.which("chromium") is None, reason="no chromium on this machine")
 def test_the_reports_viewer_draws_the_neuron_view_offline(rendered, tmp_path):
-    dom = subprocess.run(
-        ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}",
-         "--no-proxy-server", "--host-resolver-rules=MAP * ~NOTFOUND", "--virtual-time-budget=5000", "--dump-dom",
-         (rendered / "index.html").as_uri()],
-        capture_output=True, text=True, timeout=120,
-    ).stdout
+    dom = offline_dom(rendered / "index.html", tmp_path / "profile")
     canvas = dom.split('id="neuron"')[1].split(">")[0]
     assert 'data-drawn="encoder/0/0/0"' in canvas
     drawn = np.array(json.loads(canvas.split('data-attention="')[1].split('"')[0].replace("&quot;", '"')))

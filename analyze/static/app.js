@@ -384,16 +384,7 @@ function openMap(l, h) {
   ctx.textAlign = "right";
   ctx.textBaseline = "middle";
   if (cellH >= 9) qTokens.forEach((t, i) => ctx.fillText(t, left - 4, top + i * cellH + cellH / 2));
-  if (cellW >= 9) {
-    kTokens.forEach((t, j) => {
-      ctx.save();
-      ctx.translate(left + j * cellW + cellW / 2, top - 4);
-      ctx.rotate(-Math.PI / 2);
-      ctx.textAlign = "left";
-      ctx.fillText(t, 0, 0);
-      ctx.restore();
-    });
-  }
+  if (cellW >= 9) keyLabels(ctx, kTokens, left, top, cellW);
   target.onmousemove = (event) => {
     const rect = target.getBoundingClientRect();
     const j = Math.floor((event.clientX - rect.left - left) / cellW), i = Math.floor((event.clientY - rect.top - top) / cellH);
@@ -403,6 +394,18 @@ function openMap(l, h) {
   $("detail").hidden = false;
   drawHeadView();
   drawNeuron();
+}
+
+// key tokens written upwards above the columns of a map that starts at (left, top)
+function keyLabels(ctx, tokens, left, top, cellW) {
+  tokens.forEach((t, j) => {
+    ctx.save();
+    ctx.translate(left + j * cellW + cellW / 2, top - 4);
+    ctx.rotate(-Math.PI / 2);
+    ctx.textAlign = "left";
+    ctx.fillText(t, 0, 0);
+    ctx.restore();
+  });
 }
 
 // ---- layer x token summary ----
@@ -428,16 +431,7 @@ function drawSummary() {
     ctx.textAlign = "right";
     ctx.fillText(`layer ${l}`, left - 4, top + l * cell + cell / 2);
   });
-  if (labels) {
-    kTokens.forEach((t, j) => {
-      ctx.save();
-      ctx.translate(left + j * cell + cell / 2, top - 4);
-      ctx.rotate(-Math.PI / 2);
-      ctx.textAlign = "left";
-      ctx.fillText(t, 0, 0);
-      ctx.restore();
-    });
-  }
+  if (labels) keyLabels(ctx, kTokens, left, top, cell);
   target.onmousemove = (event) => {
     const rect = target.getBoundingClientRect();
     const j = Math.floor((event.clientX - rect.left - left) / cell), l = Math.floor((event.clientY - rect.top - top) / cell);
