@@ -125,8 +125,9 @@ def cli():
 @click.option("--root-range", default="-500:500", show_default=True, type=INT_RANGE,
               help="Integer roots r, LO:HI inclusive; b and c follow from a and the roots.")
 @click.option("--format", "fmt", default="published", show_default=True, type=click.Choice(FORMATS),
-              help="Solution format: 'published' (the study's), 'steps' (every intermediate product) or 'long' "
-                   "(schoolbook steps: long multiplication, digit-by-digit square root, long division).")
+              help="Solution format: 'published' (the study's), 'steps' (every intermediate product), 'long' "
+                   "(schoolbook steps: long multiplication, digit-by-digit square root, long division) or 'reversed' "
+                   "(long, with every number written least significant digit first after a leading '~').")
 @click.option("--out", default="data/quadratic", show_default=True, type=click.Path(file_okay=False),
               help="Output directory (a datasets.DatasetDict saved with save_to_disk, plus card.json and README.md).")
 @click.option("--overwrite", is_flag=True, help="Replace the output directory if it exists.")

@@ -37,6 +37,8 @@ import click
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from gen.equations import FORMATS  # noqa: E402  (after the path: the bench runs as a script)
+
 
 def steady(records: list[tuple[int, float, float]], skip: int) -> float:
     """Tokens per second between step `skip` and the last, from (step, cumulative tokens, seconds)."""
@@ -46,7 +48,7 @@ def steady(records: list[tuple[int, float, float]], skip: int) -> float:
 
 @click.command()
 @click.option("--data", default="data/quadratic", show_default=True, help="Dataset from cli.py gen (made with --format if missing).")
-@click.option("--format", "fmt", default="published", show_default=True, type=click.Choice(["published", "steps", "long"]))
+@click.option("--format", "fmt", default="published", show_default=True, type=click.Choice(FORMATS))
 @click.option("--preset", default="tiny", show_default=True)
 @click.option("--steps", default=60, show_default=True, type=click.IntRange(min=5), help="Optimiser steps of our engine.")
 @click.option("--trainer-steps", default=None, type=click.IntRange(min=0), help="Optimiser steps of each Trainer (0: no Trainer).  [default: --steps]")

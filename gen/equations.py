@@ -14,13 +14,15 @@ from __future__ import annotations
 
 import bisect
 import random
+import re
 import sys
 from dataclasses import dataclass
 from math import isqrt
 
 CLASSES = ("two", "one", "none")  # names of the classes, by number of real roots
 NUM_ROOTS = {"two": 2, "one": 1, "none": 0}
-FORMATS = ("published", "steps", "long")
+FORMATS = ("published", "steps", "long", "reversed")
+REVERSED_MARK = "~"  # first character of a solution whose numbers are written least significant digit first
 
 
 @dataclass(frozen=True)
@@ -174,8 +176,17 @@ def _long_division(n: int, m: int) -> list[str]:
     return steps
 
 
+def reverse_digits(text: str) -> str:
+    """Every run of digits in `text` written backwards (`3556*5=17780` <-> `6553*5=08771`)."""
+    return re.sub(r"[0-9]+", lambda m: m[0][::-1], text)
+
+
 def write_solution(a: int, b: int, c: int, fmt: str = "published") -> str:
     """The worked solution in one of FORMATS (grammar in the README)."""
+    if fmt == "reversed":
+        # the long format with every number least significant digit first, so that each digit of
+        # a sum or a product by one digit follows from digits already written and a carry
+        return REVERSED_MARK + reverse_digits(write_solution(a, b, c, "long"))
     disc = b * b - 4 * a * c
     la, lb = _lit(a), _lit(b)
     if fmt == "published":

@@ -5,7 +5,8 @@ Model outputs and user input are hostile, so nothing here hands a string to `eva
 in the ASCII digits 0-9, `+ - * / ^`, parentheses, `sqrt(...)`, the symbols `a b c D x` and the
 word `none`), with limits on the length of the input, the digits of a number, the nesting depth,
 the size of exponents and the size of every intermediate value. Every value is an exact rational
-of sympy's QQ domain.
+of sympy's QQ domain. A solution that starts with `~` (the reversed format) writes every number
+least significant digit first; it is read back into the usual order before anything else.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from functools import lru_cache
 from dataclasses import dataclass, field
 
 from math import isqrt
+
+from gen.equations import REVERSED_MARK, reverse_digits
 
 from sympy.polys.densetools import dup_eval
 from sympy.polys.domains import QQ
@@ -322,6 +325,7 @@ class Verdict:
     answer_correct: bool = False
     stated_answer: object = None  # list of root strings, "none", or None when unreadable
     errors: list = field(default_factory=list)
+    false_statements: list = field(default_factory=list)  # numbers (from 1) of the statements that are not true equalities
 
     @property
     def ok(self) -> bool:
@@ -337,6 +341,7 @@ class Verdict:
             "stated_answer": self.stated_answer,
             "num_real_roots": self.num_roots,
             "errors": self.errors,
+            "false_statements": self.false_statements,
         }
 
 
@@ -347,6 +352,8 @@ def _parse_solution(solution: str) -> list:
         raise GradeError(f"solution longer than {MAX_SOLUTION_CHARS} characters")
     _check_ascii(solution)
     text = solution.strip()
+    if text.startswith(REVERSED_MARK):  # the reversed format: read every number back in the usual order
+        text = reverse_digits(text[1:])
     if not text.endswith(";"):
         raise GradeError("a solution ends with ';'")
     statements = []
@@ -409,20 +416,25 @@ def grade(a: int, b: int, c: int, solution: str) -> Verdict:
             if verdict.num_roots != 0:
                 steps_valid = False
                 verdict.errors.append(f"statement {number}: x=none, but the equation has real roots")
+                verdict.false_statements.append(number)
             continue
         try:
             values = [side.function(side.numbers, env) for side in sides]
         except GradeError as err:
             steps_valid = False
             verdict.errors.append(f"statement {number}: {err}")
+            verdict.false_statements.append(number)
             continue
+        false = []
         if values.count(values[0]) != len(values):
+            false.append(f"statement {number}: the sides are not equal")
+        if is_x and not root(values[-1]):
+            false.append(f"statement {number}: x={values[-1]} is not a root")
+        if false:
             steps_valid = False
-            verdict.errors.append(f"statement {number}: the sides are not equal")
+            verdict.errors += false
+            verdict.false_statements.append(number)
         if is_x:
-            if not root(values[-1]):
-                steps_valid = False
-                verdict.errors.append(f"statement {number}: x={values[-1]} is not a root")
             if in_answer:
                 stated.append(values[-1])
                 continue

@@ -56,3 +56,35 @@ def test_breakdown_by_statement_size_and_class():
     assert d["by_digits_of_D"]["1"]["n"] == 2  # D = 0 (7x^2+3556x+451612) and D = 1 (x^2-3x+2)
     assert d["by_num_roots"]["none"]["full_solution_accuracy"] == 1.0
     assert d["by_num_roots"]["two"]["statements"]["D: formula"]["accuracy"] == 0.5
+
+
+def test_a_step_that_computes_right_on_a_wrong_copy_holds():
+    """`holds`: the statement is a true equality whatever its operands, so a model that multiplies
+    right what it copied wrong is seen to have learned the multiplication."""
+    long = write_solution(-3, -15, 18, "long")  # 4*a=-12;18*1=18;18*2=36;180+36=216;...
+    wrong_copy = long.replace("18*2=36;180+36=216", "19*2=38;180+38=218")  # copies 19 for 18, multiplies right
+    record = judge(-3, -15, 18, long, wrong_copy)["diagnosis"]
+    assert not record["statements"]["D work 2: formula"] and not record["statements"]["D work 2: value"]
+    assert record["holds"]["D work 2"] and record["holds"]["D work 3"] and record["holds"]["4*a"]
+    wrong_product = judge(-3, -15, 18, long, long.replace("18*2=36;", "18*2=37;"))["diagnosis"]
+    assert not wrong_product["holds"]["D work 2"] and wrong_product["holds"]["D work 1"]
+    assert "answer" not in wrong_product["holds"]
+    # the reversed format is judged after its numbers are read back
+    reversed_wrong = write_solution(-3, -15, 18, "reversed").replace("81*2=63;", "81*2=73;")
+    assert not judge(-3, -15, 18, write_solution(-3, -15, 18, "reversed"), reversed_wrong)["diagnosis"]["holds"]["D work 2"]
+    assert judge(-3, -15, 18, long, "D=1;")["diagnosis"]["holds"] == {}  # malformed (no answer): nothing judged
+    truncated = judge(-3, -15, 18, long, long[: long.index("D=")] + "x=none;")["diagnosis"]["holds"]
+    assert truncated["D work 6"] and not truncated["sqrt(D)"]  # a statement the output does not reach does not hold
+    records = [{"a": -3, "b": -15, "c": 18, "num_roots": 2, **judge(-3, -15, 18, long, p)} for p in (long, wrong_copy, "D=1;")]
+    held = diagnosis(records)["statement_holds"]
+    assert held["D work 2"] == {"n": 2, "rate": 1.0} and held["4*a"]["n"] == 2  # the malformed output is left out
+    assert list(held)[:3] == ["4*a", "D work 1", "D work 2"]
+
+
+def test_grader_numbers_the_false_statements():
+    from gen.grader import grade
+
+    long = write_solution(-3, -15, 18, "long")
+    verdict = grade(-3, -15, 18, long.replace("18*2=36;", "18*2=37;").replace("x=1;x=-6;", "x=2;x=-6;"))
+    assert verdict.false_statements == [3, len(long.split(";")) - 2] and not verdict.steps_valid
+    assert grade(-3, -15, 18, long).false_statements == []

@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 
 from gen import QuadlabError
 from gen.dataset import GenOptions, build_splits, generate
-from gen.equations import FORMATS, Ranges, write_equation, write_solution
+from gen.equations import FORMATS, Ranges, reverse_digits, write_equation, write_solution
 from gen.grader import grade, parse_equation
 from train.metrics import diagnose, statement_names
 from train.quadratic import solution_roles
@@ -53,26 +53,48 @@ def test_long_format_leaves_out_steps_by_zero(abc, solution):
     assert grade(*abc, solution).ok
 
 
+@pytest.mark.parametrize("fmt", ["long", "reversed"])
 @settings(max_examples=300, deadline=None)
-@given(equations())
-def test_long_solutions_are_graded_right(eq):
+@given(eq=equations())
+def test_long_solutions_are_graded_right(fmt, eq):
     a, b, c, kind = eq
-    verdict = grade(a, b, c, write_solution(a, b, c, "long"))
+    verdict = grade(a, b, c, write_solution(a, b, c, fmt))
     assert verdict.ok, verdict.errors
     assert verdict.num_roots == kind
 
 
+@pytest.mark.parametrize("fmt", ["long", "reversed"])
 @settings(max_examples=300, deadline=None)
-@given(equations(Ranges(a_lo=-5, a_hi=5, root_lo=-30, root_hi=30)))
-def test_long_solutions_are_graded_right_on_small_ranges(eq):
+@given(eq=equations(Ranges(a_lo=-5, a_hi=5, root_lo=-30, root_hi=30)))
+def test_long_solutions_are_graded_right_on_small_ranges(fmt, eq):
     a, b, c, _ = eq
-    assert grade(a, b, c, write_solution(a, b, c, "long")).ok
+    assert grade(a, b, c, write_solution(a, b, c, fmt)).ok
+
+
+def test_reversed_format_is_the_long_format_least_significant_digit_first():
+    reversed_example = write_solution(-3, -15, 18, "reversed")
+    assert reversed_example.startswith("~4*a=-21;81*1=81;81*2=63;081+63=612;51*1=51;51*5=57;051+57=522;D=522-(-612)=144;")
+    assert reversed_example.endswith(";x=1;x=-6;")
+    assert reversed_example == "~" + reverse_digits(LONG_EXAMPLE) and reverse_digits(reversed_example[1:]) == LONG_EXAMPLE
+    published = write_solution(7, 3556, 451612, "reversed")
+    assert "6553*5=08771;086601+08771=064421;" in published and published.endswith(";x=-452;x=-452;")
+    assert grade(7, 3556, 451612, published).stated_answer == ["-254", "-254"]  # read back in the usual order
+    # without the mark the numbers are read most significant digit first: `081` is malformed
+    assert not grade(-3, -15, 18, reversed_example[1:]).well_formed
+    # a reversed number may not end in 0 (that is a leading zero read back), as 0120 may not start with one
+    trailing_zero = grade(-3, -15, 18, reversed_example.replace("4*a=-21;", "4*a=-210;"))
+    assert not trailing_zero.well_formed and "leading zero" in trailing_zero.errors[0]
 
 
 def _corrupted_statements(solution: str):
     """(statement, corrupted solution) for every digit of every statement before the final answer
     replaced by another digit (no leading zero: that would be refused as malformed, not judged),
-    or deleted from a number of several digits."""
+    or deleted from a number of several digits. A reversed solution is corrupted in the order it is
+    written (no trailing zero there) and returned with its mark."""
+    if solution.startswith("~"):
+        for statement, position, corrupted in _corrupted_statements(reverse_digits(solution[1:])):
+            yield statement, position, "~" + reverse_digits(corrupted)
+        return
     statements = solution.split(";")[:-1]
     final = len(statements)
     while final and re.fullmatch(r"x=-?\d+|x=none", statements[final - 1]):
@@ -88,15 +110,16 @@ def _corrupted_statements(solution: str):
                     yield statement, i, ";".join(statements[:k] + [corrupted] + statements[k + 1 :]) + ";"
 
 
+@pytest.mark.parametrize("fmt", ["long", "reversed"])
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(equations())
-def test_every_intermediate_digit_is_checked(eq):
+@given(eq=equations())
+def test_every_intermediate_digit_is_checked(fmt, eq):
     """Corrupting any digit of any step makes a false equality (steps_valid false): the grader's
     verdict covers the whole scratchpad. The one exception is a copy that a value does not depend
     on: 2a in `x=0/(2a)=0` (a root 0), which the substitution check catches instead (or the
     division by zero, when deleting a digit leaves 0)."""
     a, b, c, _ = eq
-    for statement, position, corrupted in _corrupted_statements(write_solution(a, b, c, "long")):
+    for statement, position, corrupted in _corrupted_statements(write_solution(a, b, c, fmt)):
         verdict = grade(a, b, c, corrupted)
         if statement.startswith("x=0/") and position > statement.index("/"):
             assert not (verdict.steps_valid and verdict.substitutions_valid), corrupted
@@ -163,6 +186,7 @@ def test_diagnosis_names_on_the_long_format():
     assert names[:8] == ["4*a"] + [f"D work {k}" for k in range(1, 7)] + ["D"]
     assert names[8:13] == [f"sqrt(D) work {k}" for k in range(1, 5)] + ["sqrt(D)"]
     assert len(names) == len(LONG_EXAMPLE.split(";")) - 2  # one per statement, the final answer judged as one
+    assert statement_names(write_solution(-3, -15, 18, "reversed")) == names  # the mark is not a statement
     wrong = diagnose(LONG_EXAMPLE, LONG_EXAMPLE.replace("150+75=225", "150+75=235"), answer_correct=True)
     order = list(wrong["statements"])
     assert wrong["first_wrong"] == "D work 6: value" and order.index(wrong["first_wrong"]) < order.index("D: formula")
@@ -176,3 +200,21 @@ def test_every_character_of_every_format_has_a_role(eq):
     for fmt in FORMATS:
         solution = write_solution(a, b, c, fmt)
         assert "other" not in solution_roles(list(solution)), solution
+
+
+def test_analyses_run_on_a_reversed_run(tmp_path):
+    """The reversed format through training, maps and explain: its mark is a role of its own, and
+    the solution the model writes is graded after reading its numbers back."""
+    from conftest import TINY_DATA, tiny_run
+
+    from analyze.maps import explain, render_maps
+
+    generate(GenOptions(rows=200, seed=5, format="reversed", ranges=Ranges(**TINY_DATA)), tmp_path / "data", workers=1)
+    run = tiny_run("quadratic", tmp_path / "data", tmp_path, max_steps=6, eval_every=6)
+    result = render_maps(run, tmp_path / "figs", limit=4, examples=[0], heads=[(0, 1)], batch_size=4, progress=False)
+    assert result["examples_averaged"] == 4
+    header, keys = (tmp_path / "figs" / "average" / "symbols-decoder.csv").read_text().splitlines()[:2]
+    share = dict(zip(header.split(","), keys.split(",")))
+    assert float(share["~"]) > 0  # the mark, one key of each solution, is a role of its own
+    explained = explain(run, {"equation": "x^2 - 5x + 6 = 0"}, tmp_path / "explain")
+    assert explained["lines"] and (tmp_path / "explain" / "example-explain" / "encoder-heads.png").exists()

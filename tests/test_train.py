@@ -6,7 +6,7 @@ from safetensors.torch import load_file
 
 from gen import QuadlabError
 from gen.dataset import GenOptions, generate
-from gen.equations import Ranges
+from gen.equations import FORMATS, Ranges
 from train.config import PRESETS, resolve
 from train.engine import Interrupted, LengthGroupedBatches, read_log
 from train.metrics import character_accuracy, judge, quadratic_metrics
@@ -51,7 +51,7 @@ def test_quadratic_metrics_overall_and_by_root_count():
     assert m["by_num_roots"]["two"]["roots_accuracy"] == 1.0
 
 
-@pytest.mark.parametrize("fmt", ["published", "steps", "long"])
+@pytest.mark.parametrize("fmt", FORMATS)
 def test_tokenizer_is_per_character_and_round_trips_every_string(tmp_path, fmt):
     import datasets
     from transformers import AutoTokenizer

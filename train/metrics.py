@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 
+from gen.equations import REVERSED_MARK
 from gen.grader import grade
 
 ROOT_CLASSES = {2: "two", 1: "one", 0: "none"}
@@ -25,7 +26,7 @@ def judge(a: int, b: int, c: int, target: str, prediction: str) -> dict:
         "char_accuracy": character_accuracy(prediction, target),
         "roots_correct": verdict.answer_correct,
         "steps_valid": verdict.well_formed and verdict.steps_valid,
-        "diagnosis": diagnose(target, prediction, verdict.answer_correct),
+        "diagnosis": diagnose(target, prediction, verdict.answer_correct, verdict.false_statements if verdict.well_formed else None),
     }
 
 
@@ -56,6 +57,7 @@ def quadratic_metrics(judged: list[dict], num_roots: list[int]) -> dict:
 
 
 def _statements(solution: str) -> list[str]:
+    solution = solution.removeprefix(REVERSED_MARK)  # the reversed format's mark is not a statement
     return [s for s in solution.split(";")[:-1]] if solution.endswith(";") else solution.split(";")
 
 
@@ -97,14 +99,19 @@ def statement_names(target: str) -> list[str]:
 _PUBLISHED_ROOT = re.compile(r"x=\(-(?:\d+|\(-\d+\))-(\d+)\)/")
 
 
-def diagnose(target: str, prediction: str, answer_correct: bool) -> dict:
+def diagnose(target: str, prediction: str, answer_correct: bool, false_statements: list | None = None) -> dict:
     """Which statements of `prediction` are right, in the order of the reference `target`, and the
     first that goes wrong (None when all are right). A statement is compared with the reference's
     statement at the same place, character for character, in two parts: `NAME: formula` (every side
     but the last: the formula written out with this equation's numbers) and `NAME: value` (the last
     side, the computed number). The final answer is right when the grader says so
     (`answer_correct`), whatever its order. In the published format the square root of D appears only
-    inside the root formulas, so `sqrt(D)` is judged there: the number after `-B-` in x1's formula."""
+    inside the root formulas, so `sqrt(D)` is judged there: the number after `-B-` in x1's formula.
+
+    `holds` says, for each statement but the answer, whether the prediction's statement at that
+    place is a true equality, whatever its operands: a model that multiplies right what it copied
+    wrong has learned the multiplication. It is given for well-formed predictions, from the
+    grader's `false_statements` (numbers from 1), and empty when that is None."""
     names = statement_names(target)
     ref, pred = _statements(target), _statements(prediction)
     right = {}
@@ -122,7 +129,11 @@ def diagnose(target: str, prediction: str, answer_correct: bool) -> dict:
             if root:
                 right["sqrt(D)"] = bool(written) and written.group(1) == root.group(1)
     first_wrong = next((name for name, ok in right.items() if not ok), None)
-    return {"statements": right, "first_wrong": first_wrong}
+    holds = {}
+    if false_statements is not None:
+        false = set(false_statements)
+        holds = {name: i < len(pred) and i + 1 not in false for i, name in enumerate(names) if name != "answer"}
+    return {"statements": right, "first_wrong": first_wrong, "holds": holds}
 
 
 def digits(n: int) -> int:
@@ -162,9 +173,16 @@ def diagnosis(records: list[dict]) -> dict:
                 for k, rows in sorted(groups.items())}
 
     first = Counter(r["diagnosis"]["first_wrong"] or "none wrong" for r in records)
+    holds = {}
+    for r in records:
+        for name, ok in r["diagnosis"].get("holds", {}).items():
+            holds.setdefault(name, []).append(ok)
     return {
         "n": n,
         "statement_accuracy": statement_accuracy(records),
+        # over well-formed outputs: the statement is a true equality, whatever its operands
+        "statement_holds": {name: {"n": len(holds[name]), "rate": sum(holds[name]) / len(holds[name])}
+                            for name in dict.fromkeys(nm.split(": ")[0] for nm in names) if name in holds},
         "first_wrong": {name: first[name] / n for name in [*names, "none wrong"] if first[name]},
         "by_digits_of_b": group(lambda r: digits(r["b"])),
         "by_digits_of_c": group(lambda r: digits(r["c"])),

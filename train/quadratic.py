@@ -249,7 +249,8 @@ def train_run(config: TrainConfig, resume: bool = False, overwrite: bool = False
         metrics, _ = evaluate_rows(model_to_evaluate, tokenizer, splits["validation"], config.eval_batch_size)
         # the per-statement accuracies give each step its learning curve in diagnosis.png
         statements = {name: m["accuracy"] for name, m in metrics["diagnosis"]["statement_accuracy"].items()}
-        return {**{k: v for k, v in metrics["greedy"].items() if k != "by_num_roots"}, "statements": statements}
+        holds = {name: m["rate"] for name, m in metrics["diagnosis"]["statement_holds"].items()}
+        return {**{k: v for k, v in metrics["greedy"].items() if k != "by_num_roots"}, "statements": statements, "holds": holds}
 
     summary = engine.train(
         model, train_rows, [len(r["input_ids"]) + len(r["labels"]) for r in train_rows], collator(tokenizer.pad_token_id),
@@ -279,6 +280,9 @@ def metric_lines(run_dir, metrics: dict, split: str) -> list[str]:
     if diagnosed and diagnosed["n"]:
         statements = ", ".join(f"{k} {v['accuracy']:.3f}" for k, v in diagnosed["statement_accuracy"].items())
         lines.append(f"  greedy, each statement right: {statements}")
+        if diagnosed.get("statement_holds"):
+            holds = ", ".join(f"{k} {v['rate']:.3f}" for k, v in diagnosed["statement_holds"].items())
+            lines.append(f"  each statement a true equality, whatever its operands (well-formed outputs): {holds}")
         first = ", ".join(f"{k} {v:.3f}" for k, v in sorted(diagnosed["first_wrong"].items(), key=lambda kv: -kv[1]))
         lines.append(f"  first statement to go wrong: {first} (diagnosis.png)")
     return lines
@@ -300,6 +304,11 @@ def plot_diagnosis(run_dir: Path, diagnosed: dict, name: str = "diagnosis.png") 
     fig, axes = plt.subplots(1, 3 if curves else 2, figsize=(17 if curves else 11, max(4.2, 0.16 * len(names) + 1.2)))
     axes[0].barh(names, [diagnosed["statement_accuracy"][n]["accuracy"] for n in names], color="tab:blue", label="statement right")
     axes[0].barh(names, [diagnosed["first_wrong"].get(n, 0) for n in names], color="tab:red", height=0.4, label="first wrong here")
+    holds = diagnosed.get("statement_holds", {})
+    held = [(f"{k}: value", v["rate"]) for k, v in holds.items() if f"{k}: value" in names]
+    if held:  # on the value's row: a step learned is true even where its operands were copied wrong
+        axes[0].plot([rate for _, rate in held], [names.index(row) for row, _ in held], "k|", markersize=9,
+                     label="true equality, whatever its operands")
     axes[0].invert_yaxis()
     axes[0].set(xlim=(0, 1), xlabel="share of outputs", title=f"Statements ({diagnosed['n']} outputs)")
     axes[0].legend(loc="lower right", fontsize=8)
@@ -363,7 +372,7 @@ def evaluate_run(run_dir: Path, split: str = "test", limit: int = 0, batch_size:
 
 # Equation: the digits of a, b and c, the exponent 2, the right-hand side 0.
 EQUATION_ROLES = ("a", "b", "c", "x", "^", "exp", "+", "-", "=", "rhs", "</s>", "other")
-SOLUTION_ROLES = ("<start>", "digit", "D", "x", "^", "=", ";", "(", ")", "+", "-", "*", "/", "none", "sqrt", "name", "</s>", "other")
+SOLUTION_ROLES = ("<start>", "digit", "D", "x", "^", "=", ";", "(", ")", "+", "-", "*", "/", "none", "sqrt", "name", "</s>", "other", "~")
 
 
 def equation_roles(tokens: list[str]) -> list[str]:
@@ -393,7 +402,7 @@ def equation_roles(tokens: list[str]) -> list[str]:
 
 def solution_roles(tokens: list[str]) -> list[str]:
     """Role of each decoder token: `<start>` (T5's start token), digits, symbols, `none`, `sqrt`,
-    the names a, b, c of the steps and long formats, `</s>`."""
+    the names a, b, c of the steps and long formats, `</s>`, the reversed format's mark `~`."""
     out = []
     for tok in tokens:
         if tok in ("<pad>", "<start>"):
