@@ -195,6 +195,8 @@ def render_maps(run_dir: Path, out_dir: Path | None = None, split: str = "test",
     shown = [example_maps(model, task.sides, task.example(index=i)) for i in chosen]
     if given:
         shown.append(example_maps(model, task.sides, task.example(given=given)))
+    if neurons and not shown:
+        raise QuadlabError("the neuron view is drawn on an example: give one with --example or the input options")
     for kind, layer, head, query in neurons or []:
         check_neuron(model, shown[0]["inputs"], kind, layer, head, query)
     start = time.perf_counter()
@@ -212,7 +214,8 @@ def render_maps(run_dir: Path, out_dir: Path | None = None, split: str = "test",
             written += render_example(example, example["name"], tmp, heads, arrays)
             viewed.append({k: example[k] for k in ("name", "input", "output", "tokens")} |
                           {"maps": {k: np.round(v.astype(np.float64), 3).tolist() for k, v in example["maps"].items()}, "neuron": viewer_vectors(model, example)})
-        written += render_neurons(model, shown[0], neurons or [], tmp, arrays)
+        if neurons:
+            written += render_neurons(model, shown[0], neurons, tmp, arrays)
         written += render_average(averages, roles, tmp, arrays, material["split"])
         if bertviz and shown:
             written += export_bertviz(shown[0], tmp)

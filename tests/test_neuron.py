@@ -160,10 +160,11 @@ def test_the_reports_viewer_draws_the_neuron_view_offline(rendered, tmp_path):
 
 
 @pytest.mark.parametrize("spec, message", [(("encoder", 2, 0, 0), "layer 2 is out of range"), (("decoder", 0, 4, 0), "head 4 is out of range"),
-                                           (("cross", 0, 0, 999), "query token 999 is out of range")], ids=["layer", "head", "token"])
+                                           (("cross", 0, 0, 999), "query token 999 is out of range"),
+                                           (("encoder", 0, 0, 0), "drawn on an example")], ids=["layer", "head", "token", "no example"])
 def test_maps_refuses_a_neuron_out_of_range_before_writing(run_dir, tmp_path, spec, message):
     with pytest.raises(QuadlabError, match=message):
-        render_maps(run_dir, tmp_path / "f", limit=2, neurons=[spec], progress=False)
+        render_maps(run_dir, tmp_path / "f", limit=2, neurons=[spec], examples=[] if "example" in message else None, progress=False)
     assert not (tmp_path / "f").exists()
 
 
