@@ -21,7 +21,7 @@ from math import isqrt
 
 CLASSES = ("two", "one", "none")  # names of the classes, by number of real roots
 NUM_ROOTS = {"two": 2, "one": 1, "none": 0}
-FORMATS = ("published", "steps", "long", "reversed")
+FORMATS = ("published", "steps", "long", "reversed", "magnitudes")
 REVERSED_MARK = "~"  # first character of a solution whose numbers are written least significant digit first
 
 
@@ -181,39 +181,69 @@ def reverse_digits(text: str) -> str:
     return re.sub(r"[0-9]+", lambda m: m[0][::-1], text)
 
 
+def _magnitude_step(x: int, y: int) -> list[str]:
+    """The signed sum x + y worked on magnitudes: `|x|+|y|=|x+y|` when the signs agree, else the
+    larger magnitude minus the smaller (`216-177=39`), so that the step is an addition or a
+    subtraction of non-negative numbers with a non-negative result, whose sign the next statement
+    writes. Nothing when an operand is 0 (the step would be a copy that stays true when wrong)."""
+    if not x or not y:
+        return []
+    big, small = max(abs(x), abs(y)), min(abs(x), abs(y))
+    op = "+" if (x > 0) == (y > 0) else "-"
+    return [f"{big if op == '-' else abs(x)}{op}{small if op == '-' else abs(y)}={abs(x + y)}"]
+
+
+def _long_solution(a: int, b: int, c: int, magnitudes: bool) -> str:
+    """The long format (README); with `magnitudes`, every signed addition (D, -b-S, -b+S) that has
+    a negative operand or result is preceded by its `_magnitude_step`."""
+    disc = b * b - 4 * a * c
+    # 4*a and its product with c first, so that b^2 ends right before D: one long copy, not two
+    work = [f"4*a={4 * a}"] + _long_product(abs(c), abs(4 * a)) + _long_product(abs(b), abs(b))
+    if magnitudes and (4 * a * c > 0 > disc or 4 * a * c < 0):
+        work += _magnitude_step(b * b, -4 * a * c)
+    work.append(f"D={b * b}-{_lit(4 * a * c)}={disc}")
+    if disc < 0:
+        return "".join(f"{step};" for step in work) + "x=none;"
+    root, x1, x2 = _integer_roots(a, b, disc)
+    work += (_long_square_root(disc) if disc else []) + [f"sqrt(D)={root}", f"2*a={2 * a}"]
+    for sign, n, x in (("-", -b - root, x1), ("+", -b + root, x2)):
+        if magnitudes and (-b < 0 or n < 0):
+            work += _magnitude_step(-b, n + b)
+        work += [f"{-b}{sign}{root}={n}", *_long_division(abs(n), abs(2 * a)), f"x={n}/{_lit(2 * a)}={x}"]
+    return "".join(f"{step};" for step in work) + f"x={x1};x={x2};"
+
+
+def _integer_roots(a: int, b: int, disc: int) -> tuple[int, int, int]:
+    """sqrt(D), x1 = (-b-sqrt(D))/(2a), x2 = (-b+sqrt(D))/(2a), refused unless all are integers."""
+    root = isqrt(disc)
+    if root * root != disc:
+        raise ValueError(f"D={disc} is not a perfect square: the roots are not integers")
+    if (-b - root) % (2 * a) or (-b + root) % (2 * a):
+        raise ValueError("the roots are not integers")
+    return root, (-b - root) // (2 * a), (-b + root) // (2 * a)
+
+
 def write_solution(a: int, b: int, c: int, fmt: str = "published") -> str:
     """The worked solution in one of FORMATS (grammar in the README)."""
-    if fmt == "reversed":
+    if fmt in ("reversed", "magnitudes"):
         # the long format with every number least significant digit first, so that each digit of
         # a sum or a product by one digit follows from digits already written and a carry
-        return REVERSED_MARK + reverse_digits(write_solution(a, b, c, "long"))
+        return REVERSED_MARK + reverse_digits(_long_solution(a, b, c, magnitudes=fmt == "magnitudes"))
+    if fmt == "long":
+        return _long_solution(a, b, c, magnitudes=False)
     disc = b * b - 4 * a * c
     la, lb = _lit(a), _lit(b)
     if fmt == "published":
         text = f"D=({lb}^2-4*{la}*{_lit(c)})={disc};"
     elif fmt == "steps":
         text = f"b^2={lb}^2={b * b};4*a*c=4*{la}*{_lit(c)}={4 * a * c};D=b^2-4*a*c={b * b}-{_lit(4 * a * c)}={disc};"
-    elif fmt == "long":
-        # 4*a and its product with c first, so that b^2 ends right before D: one long copy, not two
-        work = [f"4*a={4 * a}"] + _long_product(abs(c), abs(4 * a)) + _long_product(abs(b), abs(b))
-        text = "".join(f"{step};" for step in work) + f"D={b * b}-{_lit(4 * a * c)}={disc};"
     else:
         raise ValueError(f"unknown format {fmt!r}")
     if disc < 0:
         return text + "x=none;"
-    root = isqrt(disc)
-    if root * root != disc:
-        raise ValueError(f"D={disc} is not a perfect square: the roots are not integers")
-    if (-b - root) % (2 * a) or (-b + root) % (2 * a):
-        raise ValueError("the roots are not integers")
-    x1, x2 = (-b - root) // (2 * a), (-b + root) // (2 * a)
+    root, x1, x2 = _integer_roots(a, b, disc)
     if fmt == "published":
         text += f"x=(-{lb}-{root})/(2*{la})={x1};x=(-{lb}+{root})/(2*{la})={x2};"
-    elif fmt == "long":
-        work = (_long_square_root(disc) if disc else []) + [f"sqrt(D)={root}", f"2*a={2 * a}"]
-        for sign, n, x in (("-", -b - root, x1), ("+", -b + root, x2)):
-            work += [f"{-b}{sign}{root}={n}", *_long_division(abs(n), abs(2 * a)), f"x={n}/{_lit(2 * a)}={x}"]
-        text += "".join(f"{step};" for step in work)
     else:
         n1, n2 = -b - root, -b + root
         text += (

@@ -53,7 +53,7 @@ def test_long_format_leaves_out_steps_by_zero(abc, solution):
     assert grade(*abc, solution).ok
 
 
-@pytest.mark.parametrize("fmt", ["long", "reversed"])
+@pytest.mark.parametrize("fmt", ["long", "reversed", "magnitudes"])
 @settings(max_examples=300, deadline=None)
 @given(eq=equations())
 def test_long_solutions_are_graded_right(fmt, eq):
@@ -63,7 +63,7 @@ def test_long_solutions_are_graded_right(fmt, eq):
     assert verdict.num_roots == kind
 
 
-@pytest.mark.parametrize("fmt", ["long", "reversed"])
+@pytest.mark.parametrize("fmt", ["long", "reversed", "magnitudes"])
 @settings(max_examples=300, deadline=None)
 @given(eq=equations(Ranges(a_lo=-5, a_hi=5, root_lo=-30, root_hi=30)))
 def test_long_solutions_are_graded_right_on_small_ranges(fmt, eq):
@@ -84,6 +84,48 @@ def test_reversed_format_is_the_long_format_least_significant_digit_first():
     # a reversed number may not end in 0 (that is a leading zero read back), as 0120 may not start with one
     trailing_zero = grade(-3, -15, 18, reversed_example.replace("4*a=-21;", "4*a=-210;"))
     assert not trailing_zero.well_formed and "leading zero" in trailing_zero.errors[0]
+
+
+MAGNITUDES_EXAMPLE = (  # -3x^2-15x+18=0, as in the README (read back in the usual order)
+    "4*a=-12;18*1=18;18*2=36;180+36=216;15*1=15;15*5=75;150+75=225;225+216=441;D=225-(-216)=441;"
+    "2*2=4;4-4=0;(20*2+1)*1=41;41-41=0;sqrt(D)=21;2*a=-6;"
+    "21-15=6;15-21=-6;6-6*1=0;x=-6/(-6)=1;15+21=36;36-6*6=0;x=36/(-6)=-6;x=1;x=-6;"
+)
+_SUM = re.compile(r"(\(?-?\d+\)?)([-+])(\(?-?\d+\)?)=(-?\d+)")  # a sum or difference: D's (after `D=`), -B-S=N, 180+36=216
+
+
+def test_magnitudes_format_of_the_documented_example():
+    solution = write_solution(-3, -15, 18, "magnitudes")
+    assert solution == "~" + reverse_digits(MAGNITUDES_EXAMPLE)
+    assert grade(-3, -15, 18, solution).ok
+    # no negative operand or result: the signed steps are already unsigned and get no extra step
+    assert write_solution(1, -5, 6, "magnitudes") == write_solution(1, -5, 6, "reversed")
+    # D < 0: the larger magnitude first
+    assert reverse_digits(write_solution(5, 3, 7, "magnitudes")[1:]) == "4*a=20;7*2=14;3*3=9;140-9=131;D=9-140=-131;x=none;"
+
+
+@settings(max_examples=300, deadline=None)
+@given(eq=equations())
+def test_magnitudes_format_is_reversed_with_an_unsigned_step_before_each_signed_one(eq):
+    """Read back, the format is the long one plus, right before each signed addition (D, -b-S,
+    -b+S) that has a negative operand or result and no operand 0, one addition or subtraction of
+    non-negative numbers, the larger first, whose result is the magnitude of the signed one's."""
+    a, b, c, _ = eq
+    steps = reverse_digits(write_solution(a, b, c, "magnitudes")[1:]).split(";")
+    long_steps = write_solution(a, b, c, "long").split(";")
+    extra = [i for i in range(len(steps)) if steps[i] not in long_steps]
+    assert [s for i, s in enumerate(steps) if i not in extra] == long_steps
+    expected = 0
+    for statement in long_steps:
+        found = _SUM.fullmatch(statement.removeprefix("D="))
+        if found:
+            left, right, result = (int(found[k].strip("()")) for k in (1, 3, 4))
+            expected += (left < 0 or right < 0 or result < 0) and left != 0 and right != 0
+    assert len(extra) == expected
+    for i in extra:
+        x, op, y, z = re.fullmatch(r"(\d+)([-+])(\d+)=(\d+)", steps[i]).groups()
+        assert op == "+" or int(x) >= int(y)
+        assert int(z) == abs(int(steps[i + 1].rsplit("=", 1)[1]))
 
 
 def _corrupted_statements(solution: str):
@@ -110,7 +152,7 @@ def _corrupted_statements(solution: str):
                     yield statement, i, ";".join(statements[:k] + [corrupted] + statements[k + 1 :]) + ";"
 
 
-@pytest.mark.parametrize("fmt", ["long", "reversed"])
+@pytest.mark.parametrize("fmt", ["long", "reversed", "magnitudes"])
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(eq=equations())
 def test_every_intermediate_digit_is_checked(fmt, eq):

@@ -402,7 +402,8 @@ def equation_roles(tokens: list[str]) -> list[str]:
 
 def solution_roles(tokens: list[str]) -> list[str]:
     """Role of each decoder token: `<start>` (T5's start token), digits, symbols, `none`, `sqrt`,
-    the names a, b, c of the steps and long formats, `</s>`, the reversed format's mark `~`."""
+    the names a, b, c of the steps and long formats, `</s>`, the mark `~` of the reversed and
+    magnitudes formats."""
     out = []
     for tok in tokens:
         if tok in ("<pad>", "<start>"):
