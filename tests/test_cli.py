@@ -141,7 +141,10 @@ def _press_ctrl_c(args, ready: str, cwd, timeout=300):
     main, terminal = pty.openpty()
     fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # tqdm draws nothing on a 0x0 terminal
     proc = subprocess.Popen([sys.executable, str(ROOT / "cli.py"), *map(str, args)], cwd=cwd, env={**os.environ, "PYTHONPATH": str(ROOT)},
-                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=terminal, start_new_session=True)
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=terminal, start_new_session=True,
+                            # a suite started in the background (`pytest &`) passes SIGINT on ignored, and
+                            # Python then installs no Ctrl-C handler: give the child the terminal's default
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     os.close(terminal)
     chunks = []
 

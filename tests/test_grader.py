@@ -70,7 +70,8 @@ def _digit_corruptions(text):
 @given(equations())
 def test_grader_rejects_every_single_digit_corruption(eq):
     a, b, c, _ = eq
-    for fmt in FORMATS:
+    # the schoolbook formats get the stronger check (every digit makes a false step) in test_formats
+    for fmt in ("published", "steps"):
         for corrupted in _digit_corruptions(write_solution(a, b, c, fmt)):
             assert not grade(a, b, c, corrupted).ok, corrupted
 
