@@ -188,9 +188,9 @@ def _magnitude_step(x: int, y: int) -> list[str]:
     writes. Nothing when an operand is 0 (the step would be a copy that stays true when wrong)."""
     if not x or not y:
         return []
-    big, small = max(abs(x), abs(y)), min(abs(x), abs(y))
-    op = "+" if (x > 0) == (y > 0) else "-"
-    return [f"{big if op == '-' else abs(x)}{op}{small if op == '-' else abs(y)}={abs(x + y)}"]
+    if (x > 0) == (y > 0):
+        return [f"{abs(x)}+{abs(y)}={abs(x + y)}"]
+    return [f"{max(abs(x), abs(y))}-{min(abs(x), abs(y))}={abs(x + y)}"]
 
 
 def _long_solution(a: int, b: int, c: int, magnitudes: bool) -> str:
