@@ -28,11 +28,14 @@ def kinds(target: str, a: int, b: int, c: int) -> list[str]:
     steps; after 2a the numerators, long-division steps and roots."""
     steps = (reverse_digits(target[1:]) if target.startswith("~") else target).split(";")[:-1]
     long_steps = write_solution(a, b, c, "long").split(";")[:-1]
-    out, phase = [], "before D"
+    out, phase, j = [], "before D", 0
     for i, step in enumerate(steps):
-        if step not in long_steps:  # only the magnitudes format writes steps the long one lacks
+        if j < len(long_steps) and step == long_steps[j]:
+            j += 1
+        else:  # only the magnitudes format writes steps the long one lacks
             out.append("magnitude step before D" if steps[i + 1].startswith("D=") else "magnitude step before -B+-S")
-        elif step.startswith("D="):
+            continue
+        if step.startswith("D="):
             out.append("D = B^2 - 4AC")
             phase = "square root"
         elif step.startswith(("4*a=", "2*a=", "sqrt(D)=")):
