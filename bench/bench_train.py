@@ -7,7 +7,7 @@ same tokenised data:
   `DataCollatorForSeq2Seq` dynamic padding; its default batch size is 8), plus the Trainer at our
   batch size, and on a GPU at our batch size with bf16=True. Throughput is real (non-padding)
   input + label tokens per second of training time: over all N steps, and over the steps after
-  the first fifth (`steady`: without start-up and compilation).
+  the first fifth (`steady`: without start-up, and without the steps that compile a new batch width).
 - evaluation: the test rows decoded with `train.quadratic.evaluate_rows` (batched greedy, sorted
   by length, static key-value cache, eager attention and float32 as `cli.py eval` loads a run;
   it also grades every output) and with `Seq2SeqTrainer.predict(predict_with_generate=True)`
@@ -40,10 +40,17 @@ sys.path.insert(0, str(ROOT))
 from gen.equations import FORMATS  # noqa: E402  (after the path: the bench runs as a script)
 
 
-def steady(records: list[tuple[int, float, float]], skip: int) -> float:
-    """Tokens per second between step `skip` and the last, from (step, cumulative tokens, seconds)."""
-    (_, tokens0, t0), (_, tokens1, t1) = records[skip - 1], records[-1]
-    return round((tokens1 - tokens0) / (t1 - t0), 1)
+def steady(records: list[tuple[int, float, float]], skip: int) -> dict:
+    """From (step, cumulative tokens, seconds): tokens per second and seconds per step over the
+    steps after `skip`, without those that took over 5 times the median step (a compiled run's
+    compilation of a new batch width), whose seconds are reported apart."""
+    durations = [(t1 - t0, n1 - n0) for (_, n0, t0), (_, n1, t1) in zip(records[skip - 1 :], records[skip:])]
+    median = sorted(d for d, _ in durations)[len(durations) // 2]
+    kept = [(d, n) for d, n in durations if d <= 5 * median]
+    seconds = sum(d for d, _ in kept)
+    return {"steady_tokens_per_second": round(sum(n for _, n in kept) / seconds, 1),
+            "steady_seconds_per_step": round(seconds / len(kept), 4),
+            "slow_steps": len(durations) - len(kept), "slow_steps_seconds": round(sum(d for d, _ in durations) - seconds, 1)}
 
 
 @click.command()
@@ -106,10 +113,13 @@ def main(data, fmt, preset, steps, trainer_steps, eval_rows, trainer_eval_rows, 
             result[name] = {"failed": f"{type(err).__name__}: {(str(err).splitlines() or [''])[0][:300]}"}
             report(name)
             continue
-        logged = [(r["step"], r["tokens"], r["elapsed"]) for r in engine.read_log(run)[0]]
+        log = engine.read_log(run)[0]
+        logged = [(r["step"], r["tokens"], r["elapsed"]) for r in log]
         result[name] = {"batch_size": config.batch_size, "precision": summary["precision"], "compiled": summary["compiled"],
                         "seconds": summary["train_seconds"], "tokens_per_second": summary["train_tokens_per_second"],
-                        "steady_tokens_per_second": steady(logged, skip), "steady_seconds_per_step": round((logged[-1][2] - logged[skip - 1][2]) / (steps - skip), 4)}
+                        **steady(logged, skip),
+                        # the same training, so compiled and eager reach about the same loss
+                        "mean_loss_last_fifth": round(sum(r["loss"] for r in log[-skip:]) / skip, 4)}
         report(name)
 
     # --- training: Seq2SeqTrainer, default arguments, at our batch size, and with bf16 on a GPU

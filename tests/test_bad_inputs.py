@@ -325,7 +325,8 @@ def test_a_model_that_is_no_encoder_is_one_line_and_exit_2(lab, tmp_path, cwd, c
 
 
 CONFIGS = {"empty": b"", "blank lines": b"\n\n", "not UTF-8": b"max_steps: \xff\n", "not YAML": b"max_steps: [\n", "a list": b"- 1\n",
-           "unknown key": b"colour: red\n", "a number as text": b"max_steps: many\n", "a list as preset": b"preset: [tiny]\n"}
+           "unknown key": b"colour: red\n", "a number as text": b"max_steps: many\n", "a list as preset": b"preset: [tiny]\n",
+           "an unknown compile mode": b"compile_mode: fastest\n"}
 
 
 def test_a_bad_config_file_is_one_line_and_exit_2(lab, tmp_path, cwd, capsys, monkeypatch):

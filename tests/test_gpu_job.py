@@ -13,7 +13,7 @@ import cli
 from gen.dataset import GenOptions, generate
 from gen.equations import Ranges
 from train.config import resolve
-from train.engine import read_log
+from train.engine import bucket_width, pad_to_buckets, read_log
 from train.job import ARCHIVE_LIMIT, STAGES
 from train.quadratic import train_run
 
@@ -123,8 +123,8 @@ def test_recipes_in_the_repository_resolve():
 
 
 def test_compiled_training_matches_eager_training(tmp_path, one_thread, monkeypatch):
-    """compile=true: the training forward goes through torch.compile with dynamic shapes (batches
-    of different widths, no recompilation per width), evaluation and the saved model do not."""
+    """compile=true: the training forward goes through torch.compile, on batches padded to bucket
+    widths (the same losses as unpadded eager training), evaluation and the saved model do not."""
     from safetensors.torch import load_file
 
     data = tmp_path / "data"
@@ -141,3 +141,34 @@ def test_compiled_training_matches_eager_training(tmp_path, one_thread, monkeypa
         assert not any(key.startswith("_orig_mod") for key in load_file(run_dir / "model.safetensors"))
         losses[compiled] = [r["loss"] for r in read_log(run_dir)[0]]
     assert len(losses["true"]) == 4 and losses["true"] == pytest.approx(losses["false"], rel=1e-4)
+
+
+def test_bucket_widths_are_few_and_hold_every_width():
+    widths = {bucket_width(n) for n in range(1, 1025)}
+    assert sorted(widths) == [32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024]
+    for n in range(1, 1025):
+        assert n <= bucket_width(n) and (n <= 32 or (bucket_width(n) - n) / bucket_width(n) < 1 / 3)
+
+
+def test_padding_to_buckets_leaves_the_loss_unchanged(one_thread):
+    """What compiled training sees: the batch widened with -100 labels and masked pad tokens."""
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    torch.manual_seed(0)
+    model = T5ForConditionalGeneration(T5Config(vocab_size=20, d_model=32, d_ff=64, d_kv=8, num_layers=2, num_heads=2,
+                                                dropout_rate=0.0, pad_token_id=0, decoder_start_token_id=0)).eval()
+    input_ids = torch.randint(3, 20, (4, 21))
+    input_ids[0, 15:] = 0  # a shorter row, padded as the collator pads it
+    labels = torch.randint(3, 20, (4, 37))
+    labels[1, 30:] = -100
+    batch = {"input_ids": input_ids, "attention_mask": (input_ids != 0).long(), "labels": labels}
+    padded = pad_to_buckets(batch, pad_token_id=0)
+    assert padded["input_ids"].shape == (4, 32) and padded["labels"].shape == (4, 48)
+    assert (padded["input_ids"][:, 21:] == 0).all() and (padded["attention_mask"][:, 21:] == 0).all()
+    assert (padded["labels"][:, 37:] == -100).all() and torch.equal(padded["labels"][:, :37], labels)
+    with torch.no_grad():
+        loss, loss_padded = model(**batch).loss, model(**padded).loss
+        # what padding would change if it were not masked: the pad label counted, or the pad keys seen
+        unmasked = model(**{**padded, "attention_mask": torch.ones_like(padded["attention_mask"])}).loss
+    assert loss_padded.item() == pytest.approx(loss.item(), rel=1e-5)
+    assert abs(unmasked.item() - loss.item()) > 1e-3

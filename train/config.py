@@ -15,6 +15,9 @@ from gen import QuadlabError, ascii_float, ascii_int
 from train.tasks import TASKS
 
 
+COMPILE_MODES = ("reduce-overhead", "default", "max-autotune", "max-autotune-no-cudagraphs")
+
+
 @dataclass
 class TrainConfig:
     task: str = "quadratic"
@@ -48,9 +51,12 @@ class TrainConfig:
     epochs: float = 1.0
     max_grad_norm: float = 1.0
     precision: str = "auto"  # auto (bf16 on a GPU, fp32 on CPU) | bf16 | fp32
-    # torch.compile of the training forward and backward, with dynamic shapes (every length-grouped
-    # batch has its own widths): auto = on a GPU only; on CPU compiling takes minutes
+    # torch.compile of the training forward and backward: auto = on a GPU only (on CPU compiling
+    # takes minutes). Compiled, every batch is padded to one of a few widths (engine.bucket_width)
+    # and each width is compiled once with static shapes: dynamic shapes recompiled at every new
+    # width and ran 3x slower than eager on an H100 (BENCHMARKS.md, "Training on an H100").
     compile: str = "auto"  # auto | true | false
+    compile_mode: str = "reduce-overhead"  # torch.compile's mode: reduce-overhead (CUDA graphs) | default | max-autotune
     # evaluation, early stopping, checkpoints
     eval_every: int = 250
     val_size: int = 500  # rows carved from train for validation; 0 validates on the training rows
@@ -199,6 +205,7 @@ def validate(config: TrainConfig) -> TrainConfig:
         (config.scheduler in ("linear", "cosine", "constant_with_warmup"), "scheduler must be linear, cosine or constant_with_warmup"),
         (config.precision in ("auto", "bf16", "fp32"), "precision must be auto, bf16 or fp32"),
         (config.compile in ("auto", "true", "false"), "compile must be auto, true or false"),
+        (config.compile_mode in COMPILE_MODES, f"compile_mode must be one of {', '.join(COMPILE_MODES)}"),
         (config.eval_every > 0, "eval_every must be positive"),
         (config.val_size >= 0, "val_size must not be negative"),
         (config.d_model > 0 and config.num_heads > 0 and config.num_layers > 0, "model sizes must be positive"),

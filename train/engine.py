@@ -52,6 +52,30 @@ class Interrupted(Exception):
         self.step = step
 
 
+def bucket_width(width: int) -> int:
+    """The smallest of 32, 48, 64, 96, 128, 192, ... (2^k and 3 * 2^(k-1)) that holds `width`.
+    Each width is one compilation (about 35 s on an H100), so few of them: one for the published
+    format's equations, five for its solutions (up to 129 tokens), eight for the long format's (up
+    to 622); above 32, less than a third of a padded row is padding."""
+    bucket = 32
+    while bucket < width:
+        bucket = bucket * 3 // 2 if bucket & (bucket - 1) == 0 else bucket * 4 // 3
+    return bucket
+
+
+def pad_to_buckets(batch: dict, pad_token_id: int) -> dict:
+    """Every 2-D tensor of `batch` widened to its bucket_width with what the model ignores there:
+    -100 in labels, the pad token in token ids, 0 in masks and token types. The loss is the same
+    as the unpadded batch's (tests/test_gpu_job.py)."""
+    out = {}
+    for key, value in batch.items():
+        if value.ndim == 2:
+            fill = -100 if key == "labels" else pad_token_id if key.endswith("input_ids") else 0
+            value = torch.nn.functional.pad(value, (0, bucket_width(value.shape[1]) - value.shape[1]), value=fill)
+        out[key] = value
+    return out
+
+
 class LengthGroupedBatches(torch.utils.data.Sampler):
     """Batches of similar length, in an order fixed by (seed, epoch).
 
@@ -220,7 +244,14 @@ def train(
     # Only the training forward is compiled: evaluation and checkpoints use the model itself, so
     # generate() and the saved weights (no `_orig_mod.` prefix) do not see the compiled wrapper.
     compiled = config.compile == "true" or (config.compile == "auto" and torch.cuda.is_available())
-    forward = torch.compile(model, dynamic=True) if compiled else model
+    if compiled:
+        # Static shapes, one compilation per bucket width (pad_to_buckets): the long format has
+        # eight widths, dynamo's default limit of recompilations.
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+        forward = torch.compile(model, dynamic=False, mode=config.compile_mode)
+        pad_token_id = accelerator.unwrap_model(model).config.pad_token_id or 0
+    else:
+        forward = model
 
     state = TrainerState(processes=accelerator.num_processes)
     checkpoint_dir, log_path = run_dir / CHECKPOINT, run_dir / LOG
@@ -294,6 +325,9 @@ def train(
                 rows = [train_set[i] for i in mine[state.batches_in_epoch]]
                 batch = collate(rows)
                 step_tokens += count_tokens(batch)  # on the CPU copy: counting on the GPU would wait for it
+                if compiled:
+                    batch = pad_to_buckets(batch, pad_token_id)
+                    torch.compiler.cudagraph_mark_step_begin()  # CUDA graphs: the last step's outputs may be overwritten
                 batch = {k: v.to(accelerator.device) for k, v in batch.items()}
                 state.batches_in_epoch += 1
                 sync = state.batches_in_epoch % config.grad_accum == 0 or state.batches_in_epoch == len(mine)
