@@ -9,11 +9,14 @@ import tarfile
 import pytest
 import torch
 
+from transformers import T5ForConditionalGeneration
+
 import cli
 from gen.dataset import GenOptions, generate
 from gen.equations import Ranges
 from train.config import resolve
 from train.engine import bucket_width, pad_to_buckets, read_log
+from train import job
 from train.job import ARCHIVE_LIMIT, STAGES
 from train.quadratic import train_run
 
@@ -77,11 +80,19 @@ def test_gpu_job_trains_across_calls_and_packs_the_results(tmp_path, one_thread,
         manifest = json.load(tar.extractfile("mini/job.json"))
         metrics = json.load(tar.extractfile("mini/run/metrics.json"))
     for name in ("recipe.yaml", "data/card.json", "run/metrics.json", "run/predictions.jsonl", "run/config.yaml",
-                 "run/environment.json", "run/log.jsonl", "run/training_curve.png", "run/diagnosis.png", "run/model.safetensors",
+                 "run/environment.json", "run/log.jsonl", "run/training_curve.png", "run/diagnosis.png", "run/config.json",
                  "run/tokenizer.json", "figures/index.html", "figures/heads/heads.json", "figures/average/encoder-roles.png"):
         assert f"mini/{name}" in names, name
-    assert not any("/checkpoint/" in name or "/best/" in name for name in names)
-    assert manifest["done"] and manifest["archive"]["left_out"] == [] and manifest["archive"]["weights"] == "float32"
+    assert not any("/checkpoint/" in name or "/best/" in name or name.endswith(".safetensors") for name in names)
+    assert manifest["done"] and manifest["archive"]["left_out"] == []
+    assert manifest["archive"]["weights"] == "float32, in mini.model.safetensors"
+    # the weights beside the archive make the unpacked run a model that from_pretrained loads
+    with tarfile.open(archive) as tar:
+        tar.extractall(tmp_path / "back", filter="data")
+    (tmp_path / "back" / "mini" / "run" / "model.safetensors").write_bytes((out / "mini.model.safetensors").read_bytes())
+    back = T5ForConditionalGeneration.from_pretrained(tmp_path / "back" / "mini" / "run")
+    trained = T5ForConditionalGeneration.from_pretrained(work / "run")
+    assert all(torch.equal(a, b) for a, b in zip(back.state_dict().values(), trained.state_dict().values()))
     assert metrics["recipe"]["recipe_text"] == RECIPE and metrics["test"]["rows"] == 24 and metrics["test"]["diagnosis"]["n"] == 24
 
     archive.unlink()
@@ -110,6 +121,22 @@ def test_gpu_job_refuses_a_bad_recipe_in_one_line_before_any_work(tmp_path, caps
     err = capsys.readouterr().err
     assert stop.value.code == 2 and err.startswith("quadlab: error: ") and message in err and err.count("\n") == 1
     assert not (tmp_path / "work").exists() and not (tmp_path / "out").exists()
+
+
+def test_weights_over_the_limit_travel_in_bfloat16_or_not_at_all(tmp_path, monkeypatch):
+    from safetensors.torch import load_file, save_file
+
+    model, target = tmp_path / "model.safetensors", tmp_path / "out" / "r.model.safetensors"
+    weight = torch.randn(1000)
+    save_file({"w": weight}, model)  # 4,000 bytes of float32 and a small header
+    monkeypatch.setattr(job, "ARCHIVE_LIMIT", 3000)
+    assert job.write_weights(model, target).startswith("bfloat16 (rounded from float32")
+    back = load_file(target)["w"]
+    assert back.dtype == torch.bfloat16 and torch.allclose(back.float(), weight, rtol=1e-2, atol=1e-2)
+    target.unlink()
+    monkeypatch.setattr(job, "ARCHIVE_LIMIT", 1000)
+    assert job.write_weights(model, target) == "left out: over 16 MiB even in bfloat16" and not target.exists()
+    assert job.write_weights(tmp_path / "none.safetensors", target) == "none"
 
 
 def test_recipes_in_the_repository_resolve():

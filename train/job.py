@@ -11,7 +11,9 @@ directory:
 Training stops at the call's time budget with a checkpoint and the next call resumes it; maps
 and heads cannot be resumed, so they start only with half the budget left. After every stage the
 results are packed into OUT/NAME.tar.gz, at most 16 MiB: what a stage cut off by the time limit
-leaves undone, the archive of the stages before it still holds.
+leaves undone, the archive of the stages before it still holds. The trained model's weights go
+beside it as OUT/NAME.model.safetensors (in bfloat16 if float32 is over 16 MiB), so that they come
+back whole however large the figures are: put the file in the unpacked run/ as model.safetensors.
 """
 
 from __future__ import annotations
@@ -134,39 +136,28 @@ def run_job(recipe: Path, text: str, make_data: Callable[[], None], overrides: d
 
 def pack(work: Path, out: Path, state: dict) -> dict:
     """OUT/NAME.tar.gz: the job's results, in order of worth (metrics, configs, logs, tables and
-    small figures; predictions; figures; the model, in bfloat16 if float32 does not fit; SVG
-    copies; arrays), each file while the archive stays under ARCHIVE_LIMIT. The archive's
-    job.json is the state with the files packed and those left out."""
-    from safetensors.torch import load, save
-
+    small figures; predictions; figures; SVG copies; arrays), each file while the archive stays
+    under ARCHIVE_LIMIT; and OUT/NAME.model.safetensors, the model, in bfloat16 if float32 is over
+    ARCHIVE_LIMIT. The archive's job.json is the state with the files packed and those left out."""
     def worth(rel: str) -> int:
         if rel.startswith("figures/") and not rel.endswith((".csv", "/index.json", "/heads.json")):
             return {".svg": 4, ".npz": 5}.get(Path(rel).suffix, 2)
-        return {"run/predictions.jsonl": 1, "run/model.safetensors": 3}.get(rel, 0)
+        return 1 if rel == "run/predictions.jsonl" else 0
 
+    weights = write_weights(work / "run" / "model.safetensors", out / f"{state['recipe']}.model.safetensors")
     files = {"recipe.yaml": state["recipe_text"].encode()}
     for folder, pattern in (("run", "*"), ("data", "*.json"), ("data", "*.md"), ("figures", "**/*")):
         for path in sorted((work / folder).glob(pattern)):
-            if path.is_file() and ".tmp" not in path.name:
+            if path.is_file() and ".tmp" not in path.name and path.name != "model.safetensors":
                 files[path.relative_to(work).as_posix()] = path.read_bytes()
-    packed, left_out, room, weights = {}, [], ARCHIVE_LIMIT - HEADROOM, "none"
+    packed, left_out, room = {}, [], ARCHIVE_LIMIT - HEADROOM
     for rel in sorted(files, key=lambda r: (worth(r), r)):
         data = files[rel]
-        if rel == "run/model.safetensors":  # random-looking floats do not compress: sized as they are
-            weights = "float32"
-            if len(data) + 1024 > room:
-                import torch
-
-                data = save({k: v.to(torch.bfloat16) for k, v in load(data).items()}, metadata={"format": "pt"})
-                weights = "bfloat16 (rounded from float32; from_pretrained loads them into float32)"
-            size = len(data) + 1024
-        else:
-            size = len(zlib.compress(data, 6)) + 1024
+        size = len(zlib.compress(data, 6)) + 1024
         if size <= room:
             packed[rel], room = data, room - size
         else:
             left_out.append(rel)
-            weights = "left out: too large" if rel == "run/model.safetensors" else weights
     manifest = {**state, "archive": {"files": sorted(packed), "left_out": left_out, "weights": weights}}
     packed["job.json"] = (json.dumps(manifest, indent=2) + "\n").encode()
     out.mkdir(parents=True, exist_ok=True)
@@ -182,5 +173,26 @@ def pack(work: Path, out: Path, state: dict) -> dict:
         raise QuadlabError(f"the archive of {work} came out over {ARCHIVE_LIMIT // 2**20} MiB; report this as a bug")
     os.replace(tmp, archive)
     print(f"gpu-job: packed {archive} ({archive.stat().st_size / 2**20:.1f} MiB, {len(packed)} files, "
-          f"{len(left_out)} left out, weights {weights.split(' (')[0]})", flush=True)
+          f"{len(left_out)} left out; weights {weights.split(' (')[0]})", flush=True)
     return manifest
+
+
+def write_weights(model: Path, target: Path) -> str:
+    """The model's safetensors at `target`, rounded to bfloat16 if float32 is over ARCHIVE_LIMIT;
+    says what it wrote."""
+    if not model.is_file():
+        return "none"
+    data, weights = model.read_bytes(), "float32"
+    if len(data) > ARCHIVE_LIMIT:
+        import torch
+        from safetensors.torch import load, save
+
+        data = save({k: v.to(torch.bfloat16) for k, v in load(data).items()}, metadata={"format": "pt"})
+        weights = "bfloat16 (rounded from float32; from_pretrained loads them into float32)"
+    if len(data) > ARCHIVE_LIMIT:
+        return "left out: over 16 MiB even in bfloat16"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(target.name + ".tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, target)
+    return f"{weights}, in {target.name}"
