@@ -120,6 +120,12 @@ def cli():
               help="Shares of equations with two, one and no real roots; must sum to 1.")
 @click.option("--test-fraction", default=0.2, show_default=True, type=FLOAT,
               help="Share of each class that goes to the test split (the rest is train).")
+@click.option("--extra-train-rows", default=0, show_default=True, type=INT,
+              help="More training equations on top of --rows, none equal to any of them: the test split stays the "
+                   "one that --rows and --seed give, row for row, while the model sees more distinct equations.")
+@click.option("--extra-mix", default=None, type=Shares(), show_default="--mix",
+              help="Shares of two, one and no real roots among the extra training equations (the one-root class "
+                   "is small: 60,060 equations in the default ranges).")
 @click.option("--a-range", default="-30:30", show_default=True, type=INT_RANGE,
               help="Leading coefficient a, LO:HI inclusive (0 is skipped).")
 @click.option("--root-range", default="-500:500", show_default=True, type=INT_RANGE,
@@ -134,7 +140,7 @@ def cli():
 @click.option("--overwrite", is_flag=True, help="Replace the output directory if it exists.")
 @click.option("--workers", default=os.cpu_count() or 1, show_default="all cores", type=IntRange(min=1),
               help="Processes that write and verify rows; the output does not depend on it.")
-def gen(rows, seed, mix, test_fraction, a_range, root_range, fmt, out, overwrite, workers):
+def gen(rows, seed, mix, test_fraction, extra_train_rows, extra_mix, a_range, root_range, fmt, out, overwrite, workers):
     """Generate the verified quadratic-equation dataset.
 
     Samples distinct equations of each class, writes each worked solution, verifies every row with
@@ -149,7 +155,7 @@ def gen(rows, seed, mix, test_fraction, a_range, root_range, fmt, out, overwrite
     _check_out(out, "--out")
     options = GenOptions(
         rows=rows, seed=seed, mix=mix, test_fraction=test_fraction, format=fmt,
-        ranges=Ranges(a_lo=a_range[0], a_hi=a_range[1], root_lo=root_range[0], root_hi=root_range[1]),
+        extra_train_rows=extra_train_rows, extra_mix=extra_mix, ranges=Ranges(a_lo=a_range[0], a_hi=a_range[1], root_lo=root_range[0], root_hi=root_range[1]),
     )
     start = time.perf_counter()
     card = generate(options, out, overwrite=overwrite, workers=workers, progress=True)

@@ -39,22 +39,26 @@ class GenOptions:
     test_fraction: float = 0.2
     ranges: Ranges = field(default_factory=Ranges)
     format: str = "published"
+    # more training equations, drawn apart from the split so that the test split stays that of `rows`
+    extra_train_rows: int = 0
+    extra_mix: tuple | None = None  # their shares of two, one and no real roots; None: `mix`
 
     def class_counts(self) -> dict[str, int]:
         """Rows per class: the mix rounded by largest remainder, so the counts sum to `rows`."""
-        exact = [share * self.rows for share in self.mix]
-        counts = [int(x) for x in exact]
-        by_remainder = sorted(range(len(CLASSES)), key=lambda i: (counts[i] - exact[i], i))
-        for i in by_remainder[: self.rows - sum(counts)]:
-            counts[i] += 1
-        return dict(zip(CLASSES, counts))
+        return _counts_by_mix(self.rows, self.mix)
+
+    def extra_class_counts(self) -> dict[str, int]:
+        return _counts_by_mix(self.extra_train_rows, self.extra_mix or self.mix)
 
     def validate(self) -> None:
         if self.rows <= 0:
             raise QuadlabError(f"--rows must be a positive number of equations, not {self.rows}")
-        if len(self.mix) != 3 or any(not 0 <= share <= 1 for share in self.mix) or abs(sum(self.mix) - 1) > 1e-9:  # `not`: nan too
-            shown = ",".join(f"{share:g}" for share in self.mix)
-            raise QuadlabError(f"--mix {shown}: give three non-negative shares (two,one,none roots) that sum to 1, e.g. 0.5,0.3,0.2")
+        if self.extra_train_rows < 0:
+            raise QuadlabError(f"--extra-train-rows must be 0 or a positive number of equations, not {self.extra_train_rows}")
+        for option, mix in (("--mix", self.mix), ("--extra-mix", self.extra_mix or self.mix)):
+            if len(mix) != 3 or any(not 0 <= share <= 1 for share in mix) or abs(sum(mix) - 1) > 1e-9:  # `not`: nan too
+                shown = ",".join(f"{share:g}" for share in mix)
+                raise QuadlabError(f"{option} {shown}: give three non-negative shares (two,one,none roots) that sum to 1, e.g. 0.5,0.3,0.2")
         if not 0 < self.test_fraction < 1:
             raise QuadlabError(f"--test-fraction must lie strictly between 0 and 1, not {self.test_fraction}")
         if self.format not in FORMATS:
@@ -67,15 +71,43 @@ class GenOptions:
         if max(abs(r.a_lo), abs(r.a_hi), abs(r.root_lo), abs(r.root_hi)) > MAX_ABS_VALUE:
             raise QuadlabError(f"ranges are limited to +-{MAX_ABS_VALUE}; narrow --a-range or --root-range")
         room = capacity(r)
+        extra = self.extra_class_counts()
         for cls, count in self.class_counts().items():
-            if count > room[cls]:
+            if count + extra[cls] > room[cls]:
                 raise QuadlabError(
                     f"the ranges hold only {room[cls]} distinct equations with {NUM_ROOTS[cls]} real root(s) but "
-                    f"{count} are asked for; widen --a-range/--root-range or lower --rows"
+                    f"{count + extra[cls]} are asked for; widen --a-range/--root-range, lower --rows"
+                    + (" or --extra-train-rows, or give that class a smaller share in --extra-mix" if extra[cls] else "")
                 )
 
     def as_dict(self) -> dict:
-        return {**asdict(self), "mix": dict(zip(CLASSES, self.mix))}
+        return {**asdict(self), "mix": dict(zip(CLASSES, self.mix)),
+                "extra_mix": dict(zip(CLASSES, self.extra_mix or self.mix))}
+
+
+def _counts_by_mix(rows: int, mix: tuple) -> dict[str, int]:
+    """`rows` shared by `mix` and rounded by largest remainder, so that the counts sum to `rows`."""
+    exact = [share * rows for share in mix]
+    counts = [int(x) for x in exact]
+    by_remainder = sorted(range(len(CLASSES)), key=lambda i: (counts[i] - exact[i], i))
+    for i in by_remainder[: rows - sum(counts)]:
+        counts[i] += 1
+    return dict(zip(CLASSES, counts))
+
+
+def _extra_training_rows(options: GenOptions, sampled: dict[str, list]) -> list[tuple]:
+    """`options.extra_train_rows` equations none of which is in `sampled` (the split's rows), from
+    a random stream of their own: the split's rows are then the same with or without them."""
+    rng = random.Random(f"extra-train-rows-{options.seed}")
+    counts = options.extra_class_counts()
+    # drawn with as many again as the split holds, so that at least `count` of them are new
+    drawn = sample_coefficients(options.ranges, {cls: len(sampled[cls]) + n if n else 0 for cls, n in counts.items()}, rng)
+    rows = []
+    for cls, n in counts.items():
+        taken = set(sampled[cls])
+        rows += [(a, b, c, cls) for a, b, c in [abc for abc in drawn[cls] if abc not in taken][:n]]
+    rng.shuffle(rows)
+    return rows
 
 
 def _write_and_verify(job: tuple) -> list[tuple[str, str]]:
@@ -110,12 +142,14 @@ def build_splits(options: GenOptions, workers: int = 1, progress: bool = False) 
         splits["test"] += rows[len(rows) - n_test :]
     for rows in splits.values():
         rng.shuffle(rows)
+    if options.extra_train_rows:  # after the split's rows, which stay where they were
+        splits["train"] += _extra_training_rows(options, sampled)
 
     order = [(name, i) for name in splits for i in range(0, len(splits[name]), CHUNK_ROWS)]
     jobs = [(splits[name][i : i + CHUNK_ROWS], options.format) for name, i in order]
     written = {name: [] for name in splits}
     # `with`: Ctrl-C closes the bar too, so that the interruption message starts a line of its own
-    with tqdm(total=options.rows, desc="write+verify", unit="row", disable=None if progress else True, file=sys.stderr) as bar:
+    with tqdm(total=options.rows + options.extra_train_rows, desc="write+verify", unit="row", disable=None if progress else True, file=sys.stderr) as bar:
         if workers > 1 and len(jobs) > 1:
             context = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
             # Ctrl-C reaches every process of the terminal's group; workers ignore it, so that only
@@ -185,6 +219,8 @@ def card_markdown(card: dict) -> str:
         f"Generated by `python cli.py gen` (seed {card['seed']}, solution format `{card['format']}`).",
         f"Leading coefficient a in [{r['a_lo']}, {r['a_hi']}] without 0; integer roots in [{r['root_lo']}, {r['root_hi']}];",
         "equations without real roots are a(x^2 - s x + p) with s^2 < 4p over the same ranges.",
+        *([f"The train split holds {card['options']['extra_train_rows']} extra equations (`--extra-train-rows`), none of them "
+           f"in the {card['options']['rows']} split into train and test."] if card["options"].get("extra_train_rows") else []),
         "Every row was verified by the sympy grader before it was written. Load with",
         "`datasets.load_from_disk(path)`.",
         "",

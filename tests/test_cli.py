@@ -48,6 +48,8 @@ def test_gen_writes_a_loadable_dataset(run_cli, tmp_path):
         ["--a-range", "-1:1", "--root-range", "0:3"],
         ["--test-fraction", "0"],
         ["--format", "latex"],
+        ["--extra-train-rows", "-3"],
+        ["--extra-train-rows", "10", "--extra-mix", "1,1,0"],
         ["--workers", "0"],
         ["--no-such-option"],
         # numbers are ASCII digits, nothing else (int() and float() would read every one of these)

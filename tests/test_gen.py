@@ -134,12 +134,47 @@ def test_every_row_is_verified_a_wrong_solution_stops_generation(monkeypatch):
         (GenOptions(ranges=Ranges(a_lo=-10**7, a_hi=1)), "limited"),
         (GenOptions(rows=100_000, ranges=Ranges(a_lo=1, a_hi=2, root_lo=-10, root_hi=10)), "distinct"),
         (GenOptions(format="latex"), "--format"),
+        (GenOptions(extra_train_rows=-1), "--extra-train-rows"),
+        (GenOptions(extra_train_rows=10, extra_mix=(0.5, 0.6, 0.0)), "--extra-mix"),
+        # SMALL holds 7 * 13 = 78 one-root equations: 30 in the split, 50 more asked for
+        (GenOptions(rows=100, ranges=SMALL, extra_train_rows=100, extra_mix=(0.5, 0.5, 0.0)), "smaller share in --extra-mix"),
     ],
 )
 def test_bad_options_are_refused(options, message, tmp_path):
     with pytest.raises(QuadlabError, match=message):
         generate(options, tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_extra_training_rows_are_new_equations_and_leave_the_split_as_it_was(tmp_path):
+    """The test split and the split's training rows are those of the same options without extra
+    rows, row for row; the extra rows follow --extra-mix, are verified like the others and equal
+    none of the split's equations (test included) nor each other."""
+    ranges = Ranges(a_lo=-3, a_hi=3, root_lo=-20, root_hi=20)  # 246 one-root equations, 180 of them in the split
+    base = build_splits(GenOptions(rows=600, seed=5, ranges=ranges, format="steps"), workers=1)
+    more = build_splits(GenOptions(rows=600, seed=5, ranges=ranges, format="steps", extra_train_rows=400,
+                                   extra_mix=(0.75, 0.0, 0.25)), workers=2)
+    assert more["test"] == base["test"]
+    assert {k: v[:480] for k, v in more["train"].items()} == base["train"]
+    extra = {k: v[480:] for k, v in more["train"].items()}
+    assert len(extra["equation"]) == 400
+    assert [extra["num_roots"].count(n) for n in (2, 1, 0)] == [300, 0, 100]
+    taken = set(base["train"]["equation"]) | set(base["test"]["equation"])
+    assert len(set(extra["equation"])) == 400 and not set(extra["equation"]) & taken
+    assert all(real_root_count(a, b, c) == n for a, b, c, n in zip(extra["a"], extra["b"], extra["c"], extra["num_roots"]))
+    # reproducible: the same options give the same extra rows; by default they follow --mix
+    assert build_splits(GenOptions(rows=600, seed=5, ranges=ranges, format="steps", extra_train_rows=400,
+                                   extra_mix=(0.75, 0.0, 0.25)), workers=1) == more
+    default_mix = build_splits(GenOptions(rows=600, seed=5, ranges=ranges, extra_train_rows=100), workers=1)
+    assert [default_mix["train"]["num_roots"][480:].count(n) for n in (2, 1, 0)] == [50, 30, 20]
+
+
+def test_card_records_the_extra_training_rows(tmp_path):
+    card = generate(GenOptions(rows=200, seed=2, ranges=SMALL, extra_train_rows=50, extra_mix=(1.0, 0.0, 0.0)), tmp_path / "q")
+    assert card["counts"]["train"] == {"two": 80 + 50, "one": 48, "none": 32, "total": 210}
+    assert card["counts"]["test"]["total"] == 40
+    assert card["options"]["extra_train_rows"] == 50 and card["options"]["extra_mix"] == {"two": 1.0, "one": 0.0, "none": 0.0}
+    assert "50 extra equations" in (tmp_path / "q" / "README.md").read_text()
 
 
 def test_existing_output_needs_overwrite(tmp_path):

@@ -199,3 +199,37 @@ def test_padding_to_buckets_leaves_the_loss_unchanged(one_thread):
         unmasked = model(**{**padded, "attention_mask": torch.ones_like(padded["attention_mask"])}).loss
     assert loss_padded.item() == pytest.approx(loss.item(), rel=1e-5)
     assert abs(unmasked.item() - loss.item()) > 1e-3
+
+
+@pytest.mark.parametrize("attention", ["eager", "sdpa"])
+def test_rows_added_to_a_short_batch_change_neither_loss_nor_gradient(one_thread, attention):
+    """An epoch's last batch, lengthened to the batch size with rows that are all padding: the
+    gradient is the short batch's (no NaN from rows whose every key is masked)."""
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    torch.manual_seed(0)
+    model = T5ForConditionalGeneration(T5Config(vocab_size=20, d_model=32, d_ff=64, d_kv=8, num_layers=2, num_heads=2,
+                                                dropout_rate=0.0, pad_token_id=0, decoder_start_token_id=0,
+                                                attn_implementation=attention))
+    input_ids = torch.randint(3, 20, (3, 21))
+    labels = torch.randint(3, 20, (3, 37))
+    labels[2, 25:] = -100
+    batch = {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids), "labels": labels}
+    padded = pad_to_buckets(batch, pad_token_id=0, rows=8)
+    assert padded["input_ids"].shape == (8, 32) and padded["labels"].shape == (8, 48)
+    assert (padded["attention_mask"][3:] == 0).all() and (padded["labels"][3:] == -100).all()
+    assert torch.equal(padded["input_ids"][:3, :21], input_ids)
+
+    def loss_and_gradient(b):
+        model.zero_grad()
+        loss = model(**b).loss
+        loss.backward()
+        return loss.item(), torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+
+    (loss, grad), (loss_padded, grad_padded) = loss_and_gradient(batch), loss_and_gradient(padded)
+    assert torch.isfinite(grad_padded).all()
+    assert loss_padded == pytest.approx(loss, rel=1e-5)
+    assert torch.allclose(grad_padded, grad, rtol=1e-4, atol=1e-6)
+    # a batch with a 1-D tensor (a class label a row) keeps its rows: a padded row would be counted
+    one_label = pad_to_buckets({"input_ids": input_ids, "labels": torch.tensor([1, 0, 1])}, pad_token_id=0, rows=8)
+    assert one_label["input_ids"].shape == (3, 32) and one_label["labels"].shape == (3,)

@@ -63,15 +63,20 @@ def bucket_width(width: int) -> int:
     return bucket
 
 
-def pad_to_buckets(batch: dict, pad_token_id: int) -> dict:
+def pad_to_buckets(batch: dict, pad_token_id: int, rows: int = 0) -> dict:
     """Every 2-D tensor of `batch` widened to its bucket_width with what the model ignores there:
-    -100 in labels, the pad token in token ids, 0 in masks and token types. The loss is the same
-    as the unpadded batch's (tests/test_gpu_job.py)."""
+    -100 in labels, the pad token in token ids, 0 in masks and token types; and, where every
+    tensor is 2-D (token labels, a loss averaged over the labelled tokens), lengthened to `rows`
+    rows of the same (an epoch's last, short batch would otherwise compile a graph of its own at
+    every width it meets). The loss and its gradient are those of the unpadded batch
+    (tests/test_gpu_job.py)."""
     out = {}
+    grow_rows = all(value.ndim == 2 for value in batch.values())
     for key, value in batch.items():
         if value.ndim == 2:
             fill = -100 if key == "labels" else pad_token_id if key.endswith("input_ids") else 0
-            value = torch.nn.functional.pad(value, (0, bucket_width(value.shape[1]) - value.shape[1]), value=fill)
+            more_rows = max(0, rows - value.shape[0]) if grow_rows else 0
+            value = torch.nn.functional.pad(value, (0, bucket_width(value.shape[1]) - value.shape[1], 0, more_rows), value=fill)
         out[key] = value
     return out
 
@@ -321,12 +326,20 @@ def train(
             if accelerator.num_processes > 1:  # the same number on every process, or DDP waits forever
                 batches = batches[: len(batches) - len(batches) % accelerator.num_processes]
             mine = batches[accelerator.process_index :: accelerator.num_processes]
+
+            def collated(index: int) -> tuple[dict, int]:
+                """Batch `index` of this epoch on the CPU, and its real tokens (counted on the CPU
+                copy: counting on the GPU would wait for it)."""
+                batch = collate([train_set[i] for i in mine[index]])
+                tokens = count_tokens(batch)
+                return (pad_to_buckets(batch, pad_token_id, config.batch_size) if compiled else batch), tokens
+
+            following = None  # the next batch, collated while the GPU runs this one
             while state.batches_in_epoch < len(mine):
-                rows = [train_set[i] for i in mine[state.batches_in_epoch]]
-                batch = collate(rows)
-                step_tokens += count_tokens(batch)  # on the CPU copy: counting on the GPU would wait for it
+                batch, tokens = following or collated(state.batches_in_epoch)
+                following = None
+                step_tokens += tokens
                 if compiled:
-                    batch = pad_to_buckets(batch, pad_token_id)
                     torch.compiler.cudagraph_mark_step_begin()  # CUDA graphs: the last step's outputs may be overwritten
                 batch = {k: v.to(accelerator.device) for k, v in batch.items()}
                 state.batches_in_epoch += 1
@@ -340,6 +353,8 @@ def train(
                     optimizer.step()
                     scheduler.step()
                     optimizer.zero_grad()
+                if state.batches_in_epoch < len(mine):  # the step's kernels are queued: collate before waiting for its loss
+                    following = collated(state.batches_in_epoch)
                 if not sync:
                     continue
                 step_loss = loss.item()
