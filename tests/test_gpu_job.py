@@ -26,6 +26,8 @@ gen:
   seed: 3
   a_range: "-2:2"
   root_range: "-5:5"
+  extra_train_rows: 40
+  extra_mix: "1,0,0"
 preset: tiny
 d_model: 32
 d_ff: 64
@@ -79,6 +81,9 @@ def test_gpu_job_trains_across_calls_and_packs_the_results(tmp_path, one_thread,
         names = set(tar.getnames())
         manifest = json.load(tar.extractfile("mini/job.json"))
         metrics = json.load(tar.extractfile("mini/run/metrics.json"))
+    with tarfile.open(archive) as tar:
+        card = json.load(tar.extractfile("mini/data/card.json"))
+    assert card["counts"]["train"]["total"] == 96 + 40 and card["counts"]["test"]["total"] == 24
     for name in ("recipe.yaml", "data/card.json", "run/metrics.json", "run/predictions.jsonl", "run/config.yaml",
                  "run/environment.json", "run/log.jsonl", "run/training_curve.png", "run/diagnosis.png", "run/config.json",
                  "run/tokenizer.json", "figures/index.html", "figures/heads/heads.json", "figures/average/encoder-roles.png"):
@@ -151,7 +156,8 @@ def test_recipes_in_the_repository_resolve():
 
 def test_compiled_training_matches_eager_training(tmp_path, one_thread, monkeypatch):
     """compile=true: the training forward goes through torch.compile, on batches padded to bucket
-    widths (the same losses as unpadded eager training), evaluation and the saved model do not."""
+    widths and the epoch's short last batch to the batch size (the same losses as unpadded eager
+    training), evaluation and the saved model do not."""
     from safetensors.torch import load_file
 
     data = tmp_path / "data"
@@ -162,12 +168,13 @@ def test_compiled_training_matches_eager_training(tmp_path, one_thread, monkeypa
         run_dir = tmp_path / f"compile-{compiled}"
         config = resolve("tiny", None, {"data": str(data), "run_dir": str(run_dir), "compile": compiled, "d_model": 32, "d_ff": 64,
                                         "d_kv": 8, "num_layers": 1, "num_decoder_layers": 1, "num_heads": 2, "batch_size": 16,
-                                        "max_steps": 4, "eval_every": 2, "val_size": 8, "eval_limit": 8})
+                                        "max_steps": 7, "eval_every": 3, "val_size": 8, "eval_limit": 8})
         metrics = train_run(config, progress=False)
         assert metrics["training"]["compiled"] is (compiled == "true")
         assert not any(key.startswith("_orig_mod") for key in load_file(run_dir / "model.safetensors"))
         losses[compiled] = [r["loss"] for r in read_log(run_dir)[0]]
-    assert len(losses["true"]) == 4 and losses["true"] == pytest.approx(losses["false"], rel=1e-4)
+    # 88 training rows: an epoch is five batches of 16 and one of 8, which the compiled run fills up
+    assert len(losses["true"]) == 7 and losses["true"] == pytest.approx(losses["false"], rel=1e-4)
 
 
 def test_bucket_widths_are_few_and_hold_every_width():
