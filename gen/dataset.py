@@ -47,15 +47,19 @@ class GenOptions:
         """Rows per class: the mix rounded by largest remainder, so the counts sum to `rows`."""
         return _counts_by_mix(self.rows, self.mix)
 
+    @property
+    def extra_shares(self) -> tuple:
+        return self.extra_mix or self.mix
+
     def extra_class_counts(self) -> dict[str, int]:
-        return _counts_by_mix(self.extra_train_rows, self.extra_mix or self.mix)
+        return _counts_by_mix(self.extra_train_rows, self.extra_shares)
 
     def validate(self) -> None:
         if self.rows <= 0:
             raise QuadlabError(f"--rows must be a positive number of equations, not {self.rows}")
         if self.extra_train_rows < 0:
             raise QuadlabError(f"--extra-train-rows must be 0 or a positive number of equations, not {self.extra_train_rows}")
-        for option, mix in (("--mix", self.mix), ("--extra-mix", self.extra_mix or self.mix)):
+        for option, mix in (("--mix", self.mix), ("--extra-mix", self.extra_shares)):
             if len(mix) != 3 or any(not 0 <= share <= 1 for share in mix) or abs(sum(mix) - 1) > 1e-9:  # `not`: nan too
                 shown = ",".join(f"{share:g}" for share in mix)
                 raise QuadlabError(f"{option} {shown}: give three non-negative shares (two,one,none roots) that sum to 1, e.g. 0.5,0.3,0.2")
@@ -82,7 +86,7 @@ class GenOptions:
 
     def as_dict(self) -> dict:
         return {**asdict(self), "mix": dict(zip(CLASSES, self.mix)),
-                "extra_mix": dict(zip(CLASSES, self.extra_mix or self.mix))}
+                "extra_mix": dict(zip(CLASSES, self.extra_shares))}
 
 
 def _counts_by_mix(rows: int, mix: tuple) -> dict[str, int]:
