@@ -5,7 +5,7 @@ Model outputs and user input are hostile, so nothing here hands a string to `eva
 in the ASCII digits 0-9, `+ - * / ^`, parentheses, `sqrt(...)`, the symbols `a b c D x` and the
 word `none`), with limits on the length of the input, the digits of a number, the nesting depth,
 the size of exponents and the size of every intermediate value. Every value is an exact rational
-of sympy's QQ domain. A solution that starts with `~` (the reversed and magnitudes formats) writes
+of sympy's QQ domain. A solution that starts with `~` (the reversed formats) writes
 every number least significant digit first; it is read back into the usual order before anything
 else.
 """

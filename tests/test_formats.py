@@ -105,6 +105,29 @@ def test_magnitudes_format_of_the_documented_example():
     assert reverse_digits(write_solution(5, 3, 7, "magnitudes")[1:]) == "4*a=20;7*2=14;3*3=9;140-9=131;D=9-140=-131;x=none;"
 
 
+@settings(max_examples=200, deadline=None)
+@given(eq=equations())
+def test_published_reversed_is_the_published_format_with_its_numbers_reversed(eq):
+    a, b, c, _ = eq
+    published = write_solution(a, b, c, "published")
+    solution = write_solution(a, b, c, "published-reversed")
+    assert solution == "~" + reverse_digits(published) and len(solution) == len(published) + 1
+    assert grade(a, b, c, solution).ok
+    assert statement_names(solution) == statement_names(published)
+    # D's value wrong in its last digit, which this format writes first: the same diagnosis as the published format's
+    disc = str(b * b - 4 * a * c)
+    wrong_disc = disc[:-1] + str((int(disc[-1]) + 1) % 10)
+    wrong = published.replace(f")={disc};", f")={wrong_disc};", 1)
+    assert diagnose(solution, "~" + reverse_digits(wrong), answer_correct=True) == diagnose(published, wrong, answer_correct=True)
+    assert diagnose(published, wrong, answer_correct=True)["first_wrong"] == "D: value"
+
+
+def test_published_reversed_of_the_documented_examples():
+    assert write_solution(5, 3, 7, "published-reversed") == "~D=(3^2-4*5*7)=-131;x=none;"
+    assert write_solution(-3, -15, 18, "published-reversed") == (
+        "~D=((-51)^2-4*(-3)*81)=144;x=(-(-51)-12)/(2*(-3))=1;x=(-(-51)+12)/(2*(-3))=-6;x=1;x=-6;")
+
+
 @settings(max_examples=300, deadline=None)
 @given(eq=equations())
 def test_magnitudes_format_is_reversed_with_an_unsigned_step_before_each_signed_one(eq):

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 
 from analyze import patching
 from gen.dataset import GenOptions, generate
-from gen.equations import Ranges, write_equation
+from gen.equations import Ranges, reverse_digits, write_equation
 from train import tasks
 from train.config import resolve
 from train.quadratic import EQUATION_ROLES, corruption, equation_roles, root_class
@@ -87,6 +87,32 @@ def test_pairs_align_and_score_the_clean_value_of_d(task):
         assert [EQUATION_ROLES[r] for r in pairs["roles"][i][:n]] == equation_roles(pairs["tokens"][i][:n])
     assert len({p["row"] for p in pairs["pairs"]}) == 12
     assert task.patch_pairs(12, seed=3)["pairs"] == pairs["pairs"] != task.patch_pairs(12, seed=4)["pairs"]  # the seed decides
+
+
+@pytest.mark.parametrize("fmt", ["published-reversed", "reversed"])
+def test_pairs_of_a_run_that_writes_numbers_reversed(fmt, tmp_path):
+    """D's value read back from its reversed digits, scored on the digits written first (its last),
+    and no pair whose D > 0 is written starting with `0`, the one-root class's first character."""
+    generate(GenOptions(rows=300, seed=5, format=fmt, ranges=Ranges(a_lo=-5, a_hi=5, root_lo=-20, root_hi=20)), tmp_path / "data", workers=1)
+    config = resolve("tiny", None, {"data": str(tmp_path / "data"), "run_dir": str(tmp_path / "run"), "val_size": 10, "eval_limit": 4,
+                                    "max_steps": 2, "eval_every": 2, "batch_size": 16})
+    tasks.module("quadratic").train_run(config, progress=False)
+    task = analysis(tmp_path / "run", "patch")
+    pairs = task.patch_pairs(12, seed=3)
+    tok = task.tokenizer
+    for i, pair in enumerate(pairs["pairs"]):
+        a, b, c = (task.rows[k][pair["row"]] for k in "abc")
+        written = reverse_digits(str(b * b - 4 * a * c))
+        solution = task.rows["solution"][pair["row"]]
+        (start, _), *_ = pairs["targets"]["D digits"][i]
+        assert solution[:start].endswith("=") and solution[start:].startswith(written + ";")
+        assert pair["scored"] == written[: 2 + written.startswith("-")]
+        (position, allowed), = pairs["targets"]["root class"][i]
+        assert written[0] in tok.convert_ids_to_tokens(allowed)
+        assert (written[0] == "0") == (pair["clean_class"] == "one")
+    # not only the rows whose D reads the same both ways (0, 1, 121, -4, ...)
+    values = [str(task.rows["b"][p["row"]] ** 2 - 4 * task.rows["a"][p["row"]] * task.rows["c"][p["row"]]) for p in pairs["pairs"]]
+    assert sum(v != reverse_digits(v) for v in values) >= 3
 
 
 def test_recorded_states_are_the_encoders_hidden_states(task):

@@ -402,8 +402,8 @@ def equation_roles(tokens: list[str]) -> list[str]:
 
 def solution_roles(tokens: list[str]) -> list[str]:
     """Role of each decoder token: `<start>` (T5's start token), digits, symbols, `none`, `sqrt`,
-    the names a, b, c of the steps and long formats, `</s>`, the mark `~` of the reversed and
-    magnitudes formats."""
+    the names a, b, c of the steps and long formats, `</s>`, the mark `~` of the reversed
+    formats."""
     out = []
     for tok in tokens:
         if tok in ("<pad>", "<start>"):
@@ -671,14 +671,16 @@ class Analysis:
         of real roots changes; the same tokens' count and roles).
         Both runs are teacher-forced on the clean solution up to D's value (`D=(b^2-4*a*c)=` in the
         published format; all of it up to there in the others), and scored at D's value:
-          "D digits"    log P of its characters up to its first PATCH_DIGITS digits, minus sign included
+          "D digits"    log P of its characters up to its first PATCH_DIGITS digits written, minus sign
+                        included (the last digits, in formats that write numbers reversed)
           "root class"  log P that its first character is of the clean class: `-` none, `0` one, 1-9 two
+                        (reversed formats: rows whose D > 0 ends in 0 are left out, as its `0` comes first)
         Padded tensors: clean, corrupted, attention_mask (P, T); decoder_input_ids,
         decoder_attention_mask (P, S); roles (P, T) indices into roles["encoder"]; targets
         {score: per pair [(decoder position, [token ids whose probabilities add up])]}."""
         import random
 
-        from gen.equations import write_equation
+        from gen.equations import REVERSED_MARK, reverse_digits, write_equation
 
         tok, rng = self.tokenizer, random.Random(seed)
         order = rng.sample(range(self.n_rows), self.n_rows)
@@ -688,17 +690,18 @@ class Analysis:
             if len(chosen) == n:
                 break
             a, b, c = (self.rows[k][row] for k in "abc")
-            solution = self.rows["solution"][row]
-            statement = next((s for s in solution.split(";") if s.startswith("D=")), None)
+            solution, disc = self.rows["solution"][row], b * b - 4 * a * c
+            marked = solution.startswith(REVERSED_MARK)  # numbers written least significant digit first
+            statement = next((s for s in solution.removeprefix(REVERSED_MARK).split(";") if s.startswith("D=")), None)
             found = corruption(a, b, c, rng, largest)
-            if statement is None or found is None:
-                continue
+            if statement is None or found is None or marked and disc > 0 and disc % 10 == 0:
+                continue  # (the last: written first, D's last digit 0 would name the one-root class)
             value = statement.rsplit("=", 1)[1]
             prefix = solution[: solution.index(statement) + len(statement) - len(value)]
             scored = value[: PATCH_DIGITS + value.startswith("-")]
             equations = (write_equation(a, b, c), write_equation(*found[1]))
             ids = [tok(text, add_special_tokens=False)["input_ids"] for text in (*equations, prefix + scored)]
-            if any(tok.unk_token_id in i for i in ids) or value != str(b * b - 4 * a * c):
+            if any(tok.unk_token_id in i for i in ids) or (reverse_digits(value) if marked else value) != str(disc):
                 continue  # characters this model never saw; a D statement that is not D
             chosen.append({"row": row, "equations": equations, "changed": found[0], "target": ids[2], "start": len(prefix),
                            "scored": scored, "classes": (root_class(a, b, c), root_class(*found[1]))})
