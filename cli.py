@@ -133,7 +133,7 @@ def cli():
 @click.option("--format", "fmt", default="published", show_default=True, type=click.Choice(FORMATS),
               help="Solution format: 'published' (the study's), 'steps' (every intermediate product), 'long' "
                    "(schoolbook steps: long multiplication, digit-by-digit square root, long division), 'reversed' "
-                   "(long, with every number written least significant digit first after a leading '~') or "
+                   "(long, with every number written least significant digit first after a leading '~'), "
                    "'magnitudes' (reversed, with each signed addition first worked on non-negative numbers) or "
                    "'published-reversed' (published, with every number written least significant digit first).")
 @click.option("--out", default="data/quadratic", show_default=True, type=click.Path(file_okay=False),
