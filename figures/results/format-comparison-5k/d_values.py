@@ -28,6 +28,13 @@ def read_back(solution: str) -> str:
     return reverse_digits(solution[1:]) if solution.startswith(REVERSED_MARK) else solution
 
 
+def squares_share(digits: int) -> float:
+    """The share of perfect squares among the non-negative integers written with `digits` digits:
+    what a wrong D of that length would give by chance."""
+    lo, hi = (0 if digits == 1 else 10 ** (digits - 1)), 10**digits - 1
+    return (isqrt(hi) + 1 - (isqrt(lo - 1) + 1 if lo else 0)) / (hi - lo + 1)
+
+
 def share(flags: list) -> str:
     return f"{sum(flags) / len(flags):.3f} ({sum(flags)}/{len(flags)})" if flags else "-"
 
@@ -47,6 +54,7 @@ def report(run: str) -> dict:
             true_root = isqrt(disc)
             two.append({
                 "D a perfect square": written >= 0 and isqrt(written) ** 2 == written,
+                "chance": squares_share(len(str(abs(written)))),
                 "sqrt(D) in x1's formula squared is D": root * root == written,
                 "sqrt(D) a multiple of |a|": root % abs(a) == 0,
                 "(sqrt(D) - true sqrt(D)) / |a| even": (root - true_root) % (2 * abs(a)) == 0,
@@ -69,6 +77,9 @@ def report(run: str) -> dict:
     out = {"run": run, "two roots, D wrong": {}, "no root": {}}
     for name, group in (("two roots, D wrong", two), ("no root", none)):
         for key in (group[0] if group else {}):
+            if key == "chance":
+                out[name]["a random number as long as that D a perfect square (expected)"] = f"{sum(g[key] for g in group) / len(group):.3f}"
+                continue
             out[name][key] = share([g[key] for g in group if g[key] is not None])
     return out
 
