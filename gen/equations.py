@@ -21,7 +21,7 @@ from math import isqrt
 
 CLASSES = ("two", "one", "none")  # names of the classes, by number of real roots
 NUM_ROOTS = {"two": 2, "one": 1, "none": 0}
-FORMATS = ("published", "steps", "long", "reversed", "magnitudes", "published-reversed")
+FORMATS = ("published", "steps", "long", "reversed", "magnitudes", "published-reversed", "steps-reversed")
 REVERSED_MARK = "~"  # first character of a solution whose numbers are written least significant digit first
 
 
@@ -231,10 +231,10 @@ def write_solution(a: int, b: int, c: int, fmt: str = "published") -> str:
         return REVERSED_MARK + reverse_digits(_long_solution(a, b, c, magnitudes=fmt == "magnitudes"))
     if fmt == "long":
         return _long_solution(a, b, c, magnitudes=False)
-    if fmt == "published-reversed":
-        # the published statements, numbers least significant digit first: D's last digits follow
-        # from the coefficients' last digits, and each further digit from those and one carry
-        return REVERSED_MARK + reverse_digits(write_solution(a, b, c, "published"))
+    if fmt in ("published-reversed", "steps-reversed"):
+        # the same statements, numbers least significant digit first: each digit of a product or
+        # of D's sum follows from the operands' digits already seen and one carry
+        return REVERSED_MARK + reverse_digits(write_solution(a, b, c, fmt.removesuffix("-reversed")))
     disc = b * b - 4 * a * c
     la, lb = _lit(a), _lit(b)
     if fmt == "published":

@@ -107,25 +107,31 @@ def test_magnitudes_format_of_the_documented_example():
 
 @settings(max_examples=200, deadline=None)
 @given(eq=equations())
-def test_published_reversed_is_the_published_format_with_its_numbers_reversed(eq):
+@pytest.mark.parametrize("fmt", ["published-reversed", "steps-reversed"])
+def test_reversed_form_is_the_format_with_its_numbers_reversed(fmt, eq):
     a, b, c, _ = eq
-    published = write_solution(a, b, c, "published")
-    solution = write_solution(a, b, c, "published-reversed")
-    assert solution == "~" + reverse_digits(published) and len(solution) == len(published) + 1
+    plain = write_solution(a, b, c, fmt.removesuffix("-reversed"))
+    solution = write_solution(a, b, c, fmt)
+    assert solution == "~" + reverse_digits(plain) and len(solution) == len(plain) + 1
     assert grade(a, b, c, solution).ok
-    assert statement_names(solution) == statement_names(published)
-    # D's value wrong in its last digit, which this format writes first: the same diagnosis as the published format's
+    assert statement_names(solution) == statement_names(plain)
+    # D's value wrong in its last digit, which this format writes first: the same diagnosis as the plain format's
     disc = str(b * b - 4 * a * c)
     wrong_disc = disc[:-1] + str((int(disc[-1]) + 1) % 10)
-    wrong = published.replace(f")={disc};", f")={wrong_disc};", 1)
-    assert diagnose(solution, "~" + reverse_digits(wrong), answer_correct=True) == diagnose(published, wrong, answer_correct=True)
-    assert diagnose(published, wrong, answer_correct=True)["first_wrong"] == "D: value"
+    wrong = ";".join(s.rsplit("=", 1)[0] + "=" + wrong_disc if s.startswith("D=") else s for s in plain.split(";"))
+    assert wrong != plain and not grade(a, b, c, wrong).steps_valid
+    assert diagnose(solution, "~" + reverse_digits(wrong), answer_correct=True) == diagnose(plain, wrong, answer_correct=True)
+    assert diagnose(plain, wrong, answer_correct=True)["first_wrong"] == "D: value"
 
 
-def test_published_reversed_of_the_documented_examples():
+def test_reversed_forms_of_the_documented_examples():
     assert write_solution(5, 3, 7, "published-reversed") == "~D=(3^2-4*5*7)=-131;x=none;"
     assert write_solution(-3, -15, 18, "published-reversed") == (
         "~D=((-51)^2-4*(-3)*81)=144;x=(-(-51)-12)/(2*(-3))=1;x=(-(-51)+12)/(2*(-3))=-6;x=1;x=-6;")
+    assert write_solution(5, 3, 7, "steps-reversed") == "~b^2=3^2=9;4*a*c=4*5*7=041;D=b^2-4*a*c=9-041=-131;x=none;"
+    assert write_solution(-3, -15, 18, "steps-reversed") == (
+        "~b^2=(-51)^2=522;4*a*c=4*(-3)*81=-612;D=b^2-4*a*c=522-(-612)=144;sqrt(D)=sqrt(144)=12;"
+        "-b-sqrt(D)=-(-51)-12=-6;-b+sqrt(D)=-(-51)+12=63;2*a=2*(-3)=-6;x=-6/(-6)=1;x=63/(-6)=-6;x=1;x=-6;")
 
 
 @settings(max_examples=300, deadline=None)

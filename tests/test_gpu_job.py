@@ -151,7 +151,7 @@ def test_recipes_in_the_repository_resolve():
         _, _, gen_options = read_recipe(path.stem)
         config = resolve(yaml_path=str(path))
         assert config.preset == "small" and config.eval_limit == 0 and gen_options["rows"] == 100_000
-        assert gen_options["format"] == path.stem.split("-")[0]
+        assert gen_options["format"] == path.stem.rsplit("-", 1)[0]
 
 
 def test_compiled_training_matches_eager_training(tmp_path, one_thread, monkeypatch):
