@@ -2,9 +2,11 @@
 committed predictions: b^2, 4ac, D (split by the signed sum it is: an addition when 4ac < 0, a
 subtraction with D > 0, D = 0 or D < 0; and given both operands written right), the
 square root, the numerators and the roots. Works on the steps and steps-reversed runs (a `~`
-solution is read back first). Run from the repository root:
+solution is read back first). Run from the repository root, on folders beside this script or
+given by path:
 
     python figures/results/format-comparison-5k/steps_values.py steps-10k-extra32k steps-reversed-10k-extra32k
+    python figures/results/format-comparison-5k/steps_values.py figures/results/default-ranges-cpu/steps-reversed-7k
 """
 
 import gzip
@@ -43,7 +45,8 @@ def share(flags: list) -> str:
 
 
 def report(run: str) -> dict:
-    rows = [json.loads(line) for line in gzip.open(HERE / run / "predictions.jsonl.gz", "rt")]
+    folder = Path(run) if Path(run).is_dir() else HERE / run  # a results folder, or one beside this script
+    rows = [json.loads(line) for line in gzip.open(folder / "predictions.jsonl.gz", "rt")]
     kinds = ("addition (4ac < 0)", "subtraction, D > 0", "subtraction, D = 0", "subtraction, D < 0")
     order = ["full solution", "b^2 right", "4ac right", "D right", *(f"D right: {k}" for k in kinds),
              *(f"D right, both operands right: {k}" for k in kinds)]
