@@ -4,8 +4,9 @@ In `D=b^2-4*a*c=B2-(4AC)=D` written least significant digit first, the k-th digi
 from the k-th digits of the two operands just before it and a carry from column k-1. This reads
 the decoder's self-attention, teacher-forced on the reference solutions, from the position that
 predicts D's k-th digit (query) to the operands' digits (keys), and reports per head the mean
-attention on the operand digits of column k (and on B2's alone), of column k-1, and on all operand digits; and what
-a head that spread that same attention evenly over the operand digits would put on column k.
+attention on the operand digits of column k (and on B2's alone), of column k-1, and on all
+operand digits; and what a head that spread that same attention evenly over the operand digits
+would put on column k.
 Run from the repository root on a run's directory (its model; the weights are not committed:
 the commands that train it are in RESULTS.md):
 
@@ -41,11 +42,11 @@ def operand_columns(solution: str):
         return None
     third = start + len("=".join(sides[:2])) + 1
     fourth = third + len(sides[2]) + 1
-    runs = [list(range(third + m.start(), third + m.end())) for m in re.finditer(r"[0-9]+", sides[2])]
+    operands = [list(range(third + m.start(), third + m.end())) for m in re.finditer(r"[0-9]+", sides[2])]
     value = [list(range(fourth + m.start(), fourth + m.end())) for m in re.finditer(r"[0-9]+", sides[3])]
-    if len(runs) != 2 or len(value) != 1:
+    if len(operands) != 2 or len(value) != 1:
         return None
-    return runs[0], runs[1], value[0]
+    return operands[0], operands[1], value[0]
 
 
 def main():
@@ -85,8 +86,8 @@ def main():
             # predicts character j is j
             keys = [j + 1 for j in first + second]
             for k, char in enumerate(value):
-                column = [run[k] + 1 for run in (first, second) if k < len(run)]
-                before = [run[k - 1] + 1 for run in (first, second) if 0 < k <= len(run)]
+                column = [digits[k] + 1 for digits in (first, second) if k < len(digits)]
+                before = [digits[k - 1] + 1 for digits in (first, second) if 0 < k <= len(digits)]
                 row = attention[:, i, :, char, :]  # (layers, heads, keys)
                 on_operands = row[:, :, keys].sum(-1)
                 aligned += row[:, :, column].sum(-1)
