@@ -4,9 +4,11 @@ The diagnosis names scratch statements by place (`D work 3`), and the same place
 product in one equation and a running sum in another. This groups them by kind instead. For each
 kind, it gives the share of well-formed predictions whose statement at the reference's place is a
 true equality, using the grader's `false_statements`. It also splits D's statement by the signed sum
-it is. Run from the repository root:
+it is, and the partial products and running sums by the digits of the number they work on (the
+multiplicand; the sum). Run from the repository root, on folders beside this script or given by path:
 
     python figures/results/format-comparison-5k/statement_kinds.py long reversed magnitudes
+    python figures/results/format-comparison-5k/statement_kinds.py figures/results/default-ranges-cpu/reversed-3k
 """
 
 import gzip
@@ -65,8 +67,9 @@ def sign_case(a: int, b: int, c: int) -> str:
 
 def main(runs: list[str]) -> None:
     for run in runs:
-        total, true, d_total, d_true = {}, {}, {}, {}
-        with gzip.open(HERE / run / "predictions.jsonl.gz", "rt") as lines:
+        total, true, d_total, d_true, size_total, size_true = {}, {}, {}, {}, {}, {}
+        folder = Path(run) if Path(run).is_dir() else HERE / run
+        with gzip.open(folder / "predictions.jsonl.gz", "rt") as lines:
             for line in lines:
                 r = json.loads(line)
                 verdict = grade(r["a"], r["b"], r["c"], r["prediction"])
@@ -74,12 +77,18 @@ def main(runs: list[str]) -> None:
                     continue
                 false = set(verdict.false_statements)
                 written = len(r["prediction"].split(";")) - 1
+                reference = (reverse_digits(r["target"][1:]) if r["target"].startswith("~") else r["target"]).split(";")
                 for i, kind in enumerate(kinds(r["target"], r["a"], r["b"], r["c"])):
                     if kind == "answer":
                         continue
                     holds = i < written and i + 1 not in false
                     total[kind] = total.get(kind, 0) + 1
                     true[kind] = true.get(kind, 0) + holds
+                    if kind in ("partial product", "running sum"):  # `X*d=P`: X's digits; `S+P=T`: T's
+                        number = re.findall(r"\d+", reference[i])[0 if kind == "partial product" else -1]
+                        size = f"{kind}, {len(number):2d} digits"
+                        size_total[size] = size_total.get(size, 0) + 1
+                        size_true[size] = size_true.get(size, 0) + holds
                     if kind == "D = B^2 - 4AC":
                         case = sign_case(r["a"], r["b"], r["c"])
                         d_total[case] = d_total.get(case, 0) + 1
@@ -90,6 +99,9 @@ def main(runs: list[str]) -> None:
         print(f"{run}: D = B^2 - 4AC true, by the signed sum it is")
         for case in sorted(d_total):
             print(f"  {case:30s} {d_true[case] / d_total[case]:.3f}  (n = {d_total[case]})")
+        print(f"{run}: partial products by the multiplicand's digits, running sums by the sum's")
+        for size in sorted(size_total):
+            print(f"  {size:30s} {size_true[size] / size_total[size]:.3f}  (n = {size_total[size]})")
 
 
 if __name__ == "__main__":
