@@ -1,6 +1,8 @@
-"""Which decoder heads line up the columns of D's sum, in a steps-reversed run.
+"""Which decoder heads line up the columns of D's sum, in a run of a reversed format (steps-reversed,
+reversed, magnitudes).
 
-In `D=b^2-4*a*c=B2-(4AC)=D` written least significant digit first, the k-th digit of D follows
+In `D=b^2-4*a*c=B2-(4AC)=D` (steps-reversed; `D=B2-(4AC)=D` in the long formats) written least
+significant digit first, the k-th digit of D follows
 from the k-th digits of the two operands just before it and a carry from column k-1. This reads
 the decoder's self-attention, teacher-forced on the reference solutions, from the position that
 predicts D's k-th digit (query) to the operands' digits (keys), and reports per head the mean
@@ -27,7 +29,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
 from analyze.attention import capture, padded  # noqa: E402  (after the path: a script)
 from datasets import load_from_disk  # noqa: E402
-from gen.equations import write_solution  # noqa: E402
+from gen.equations import REVERSED_MARK  # noqa: E402
 
 
 def operand_columns(solution: str):
@@ -38,12 +40,12 @@ def operand_columns(solution: str):
         return None
     end = solution.index(";", start)
     sides = solution[start:end].split("=")
-    if len(sides) != 4:
+    if len(sides) not in (3, 4):  # `D=B2-(4AC)=D`, or with `b^2-4*a*c` between
         return None
-    third = start + len("=".join(sides[:2])) + 1
-    fourth = third + len(sides[2]) + 1
-    operands = [list(range(third + m.start(), third + m.end())) for m in re.finditer(r"[0-9]+", sides[2])]
-    value = [list(range(fourth + m.start(), fourth + m.end())) for m in re.finditer(r"[0-9]+", sides[3])]
+    third = start + len("=".join(sides[:-2])) + 1
+    fourth = third + len(sides[-2]) + 1
+    operands = [list(range(third + m.start(), third + m.end())) for m in re.finditer(r"[0-9]+", sides[-2])]
+    value = [list(range(fourth + m.start(), fourth + m.end())) for m in re.finditer(r"[0-9]+", sides[-1])]
     if len(operands) != 2 or len(value) != 1:
         return None
     return operands[0], operands[1], value[0]
@@ -66,8 +68,8 @@ def main():
     aligned, on_b2, carry, spread, total, queries = (np.zeros((layers, heads)) for _ in range(6))
     for start in range(0, len(test), 50):
         rows = test.select(range(start, min(start + 50, len(test))))
-        solutions = [write_solution(a, b, c, "steps-reversed") for a, b, c in zip(rows["a"], rows["b"], rows["c"])]
-        assert all(s == t for s, t in zip(solutions, rows["solution"])), "the run's data is not in the steps-reversed format"
+        solutions = list(rows["solution"])  # the references, as the run was trained on them
+        assert all(s.startswith(REVERSED_MARK) for s in solutions), "the run's data is not in a reversed format"
         enc = tokenizer(list(rows["equation"]), padding=True, return_tensors="pt")
         labels = [tokenizer(s)["input_ids"] for s in solutions]
         assert all(len(ids) == len(s) + 1 for ids, s in zip(labels, solutions)), "the tokenizer is not per character"
@@ -126,7 +128,7 @@ def main():
     fig.tight_layout()
     fig.savefig(out / "column-heads.png", dpi=120)
     for h in result["heads"]:
-        print(h)
+        print(json.dumps(h))
 
 
 if __name__ == "__main__":
