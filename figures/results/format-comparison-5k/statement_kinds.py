@@ -24,11 +24,16 @@ from gen.grader import grade  # noqa: E402
 HERE = Path(__file__).parent
 
 
+def read_back(solution: str) -> str:
+    """A `~` solution with its numbers in the usual order; any other as it is."""
+    return reverse_digits(solution[1:]) if solution.startswith("~") else solution
+
+
 def kinds(target: str, a: int, b: int, c: int) -> list[str]:
     """The kind of each statement of a long, reversed or magnitudes reference, read back in order:
     before D come 4a, partial products and running sums; between D and sqrt(D) the square-root
     steps; after 2a the numerators, long-division steps and roots."""
-    steps = (reverse_digits(target[1:]) if target.startswith("~") else target).split(";")[:-1]
+    steps = read_back(target).split(";")[:-1]
     long_steps = write_solution(a, b, c, "long").split(";")[:-1]
     out, phase, j = [], "before D", 0
     for i, step in enumerate(steps):
@@ -77,7 +82,7 @@ def main(runs: list[str]) -> None:
                     continue
                 false = set(verdict.false_statements)
                 written = len(r["prediction"].split(";")) - 1
-                reference = (reverse_digits(r["target"][1:]) if r["target"].startswith("~") else r["target"]).split(";")
+                reference = read_back(r["target"]).split(";")
                 for i, kind in enumerate(kinds(r["target"], r["a"], r["b"], r["c"])):
                     if kind == "answer":
                         continue
