@@ -105,6 +105,8 @@ def test_config_precedence_preset_then_yaml_then_command_line(tmp_path):
         (("tiny", None, {"lerning_rate": "1"}), "unknown config key 'lerning_rate'"),
         (("tiny", None, {"batch_size": "many"}), "takes a int"),
         (("tiny", None, {"scheduler": "exotic"}), "scheduler"),
+        (("tiny", None, {"scheduler": "warmup_stable_decay", "decay_ratio": "0"}), "decay_ratio"),
+        (("tiny", None, {"warmup_ratio": "0.1", "decay_ratio": "0.95"}), "decay_ratio"),
     ],
 )
 def test_bad_configuration_is_refused(args, message):
@@ -149,6 +151,17 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(data_dir, tmp_pat
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     steps = lambda p: [json.loads(line)["loss"] for line in (p / "log.jsonl").read_text().splitlines() if "loss" in line]
     assert steps(tmp_path / "whole") == steps(tmp_path / "broken")
+
+
+def test_warmup_stable_decay_holds_the_rate_then_decays_linearly_to_zero(data_dir, tmp_path):
+    config = _config(data_dir, tmp_path / "run", scheduler="warmup_stable_decay", warmup_ratio=0.1, decay_ratio=0.4)
+    train_run(config, progress=False)
+    rate = {step["step"]: step["lr"] for step in read_log(tmp_path / "run")[0]}
+    top = config.learning_rate
+    assert len(rate) == 30
+    assert rate[1] == pytest.approx(top / 3) and rate[2] == pytest.approx(2 * top / 3)  # warmup: 3 steps
+    assert all(rate[k] == pytest.approx(top) for k in range(3, 19))  # stable until the last 40% (12 steps)
+    assert all(rate[k] == pytest.approx(top * (30 - k) / 12) for k in range(18, 31))  # linear to 0
 
 
 def test_tiny_model_learns_32_equations(tmp_path):

@@ -16,6 +16,7 @@ from train.tasks import TASKS
 
 
 COMPILE_MODES = ("reduce-overhead", "default", "max-autotune", "max-autotune-no-cudagraphs")
+SCHEDULERS = ("linear", "cosine", "constant_with_warmup", "warmup_stable_decay")
 
 
 @dataclass
@@ -46,7 +47,10 @@ class TrainConfig:
     learning_rate: float = 3e-3
     weight_decay: float = 0.01
     warmup_ratio: float = 0.05
-    scheduler: str = "linear"  # linear | cosine | constant_with_warmup
+    scheduler: str = "linear"  # linear | cosine | constant_with_warmup | warmup_stable_decay
+    # warmup_stable_decay only: the last fraction of the steps, over which the rate falls linearly
+    # to 0 (constant before). A late-learned step keeps a high rate (RESULTS.md, "Learning-rate schedules").
+    decay_ratio: float = 0.2
     max_steps: int = 1000  # 0: train for `epochs` instead
     epochs: float = 1.0
     max_grad_norm: float = 1.0
@@ -202,7 +206,8 @@ def validate(config: TrainConfig) -> TrainConfig:
         (config.learning_rate > 0, "learning_rate must be positive"),
         (config.max_steps > 0 or config.epochs > 0, "give max_steps > 0 or epochs > 0"),
         (0 <= config.warmup_ratio < 1, "warmup_ratio must lie in [0, 1)"),
-        (config.scheduler in ("linear", "cosine", "constant_with_warmup"), "scheduler must be linear, cosine or constant_with_warmup"),
+        (config.scheduler in SCHEDULERS, f"scheduler must be one of {', '.join(SCHEDULERS)}"),
+        (0 < config.decay_ratio <= 1 - config.warmup_ratio, "decay_ratio must lie in (0, 1 - warmup_ratio]"),
         (config.precision in ("auto", "bf16", "fp32"), "precision must be auto, bf16 or fp32"),
         (config.compile in ("auto", "true", "false"), "compile must be auto, true or false"),
         (config.compile_mode in COMPILE_MODES, f"compile_mode must be one of {', '.join(COMPILE_MODES)}"),
