@@ -106,12 +106,16 @@ def test_config_precedence_preset_then_yaml_then_command_line(tmp_path):
         (("tiny", None, {"batch_size": "many"}), "takes a int"),
         (("tiny", None, {"scheduler": "exotic"}), "scheduler"),
         (("tiny", None, {"scheduler": "warmup_stable_decay", "decay_ratio": "0"}), "decay_ratio"),
-        (("tiny", None, {"warmup_ratio": "0.1", "decay_ratio": "0.95"}), "decay_ratio"),
+        (("tiny", None, {"scheduler": "warmup_stable_decay", "warmup_ratio": "0.1", "decay_ratio": "0.95"}), "decay_ratio"),
     ],
 )
 def test_bad_configuration_is_refused(args, message):
     with pytest.raises(QuadlabError, match=message):
         resolve(*args)
+
+
+def test_decay_ratio_matters_only_to_warmup_stable_decay():
+    assert resolve("tiny", None, {"warmup_ratio": "0.9"}).scheduler == "linear"  # the default decay_ratio 0.2 is unused
 
 
 def test_bad_yaml_key_is_refused(tmp_path):
