@@ -243,9 +243,9 @@ def train(
         lr=config.learning_rate,
         fused=torch.cuda.is_available() or None,
     )
-    decay = {"num_decay_steps": int(config.decay_ratio * total_steps), "decay_type": "linear"}
+    wsd_decay = {"num_decay_steps": int(config.decay_ratio * total_steps), "decay_type": "linear"}
     scheduler = get_scheduler(config.scheduler, optimizer, int(config.warmup_ratio * total_steps), total_steps,
-                              scheduler_specific_kwargs=decay if config.scheduler == "warmup_stable_decay" else None)
+                              scheduler_specific_kwargs=wsd_decay if config.scheduler == "warmup_stable_decay" else None)
     model, optimizer = accelerator.prepare(model, optimizer)
     accelerator.register_for_checkpointing(scheduler)  # stepped by us, once per optimiser step
     # Only the training forward is compiled: evaluation and checkpoints use the model itself, so
