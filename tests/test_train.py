@@ -1,5 +1,6 @@
 import json
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -10,7 +11,7 @@ from gen.equations import FORMATS, Ranges
 from train.config import PRESETS, resolve
 from train.engine import Interrupted, LengthGroupedBatches, read_log
 from train.metrics import character_accuracy, judge, quadratic_metrics
-from train.quadratic import build_tokenizer, collator, evaluate_run, load_run, train_run
+from train.quadratic import build_tokenizer, collator, encode, evaluate_run, load_run, train_run
 
 SMALL_RANGES = Ranges(a_lo=-5, a_hi=5, root_lo=-20, root_hi=20)
 
@@ -69,6 +70,22 @@ def test_tokenizer_is_per_character_and_round_trips_every_string(tmp_path, fmt):
         assert tokenizer.unk_token_id not in row
         assert tokenizer.decode(row, skip_special_tokens=True) == text
     assert tokenizer.convert_ids_to_tokens(tokenizer("1640")["input_ids"])[:4] == ["1", "6", "4", "0"]
+
+
+def test_encode_keeps_every_row_in_order_across_chunks_one_byte_a_token(data_dir):
+    import datasets
+
+    train = datasets.load_from_disk(str(data_dir))["train"]
+    tokenizer = build_tokenizer(list(train["equation"]) + list(train["solution"]))
+    rows = encode(tokenizer, train, chunk=7)  # 7 does not divide the row count: a short last chunk
+    assert len(rows) == len(train) and len(train) % 7
+    for row, equation, solution in zip(rows, train["equation"], train["solution"]):
+        assert row["input_ids"].dtype == row["labels"].dtype == np.uint8
+        assert tokenizer.decode(row["input_ids"], skip_special_tokens=True) == equation
+        assert tokenizer.decode(row["labels"], skip_special_tokens=True) == solution
+        assert row["labels"][-1] == tokenizer.eos_token_id
+    batch = collator(tokenizer.pad_token_id)(rows[:3])  # arrays collate as lists do
+    assert batch["labels"].dtype == torch.long and batch["labels"][0, : len(rows[0]["labels"])].tolist() == rows[0]["labels"].tolist()
 
 
 def test_collator_pads_inputs_and_masks_labels():
