@@ -4,6 +4,8 @@ hand-made outputs of x^2-317x-8184=0 (D = 133225, sqrt(D) = 365) in the reversed
 import gzip
 import importlib.util
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -72,3 +74,10 @@ def test_report_counts_only_outputs_with_d_right(tmp_path, capsys):
                                             "sqrt(D) statement wrong": 1}}
     printed = capsys.readouterr().out
     assert "3 digits:     5, wrong at [0, 3, 0, 1]" in printed
+
+
+def test_a_folder_without_predictions_is_one_line_and_a_non_zero_exit(tmp_path):
+    done = subprocess.run([sys.executable, str(SCRIPT), str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0 and done.stdout == ""
+    assert done.stderr.strip().splitlines() == [f"sqrt_steps.py: {tmp_path} has no predictions.jsonl.gz; "
+                                                "give a results folder (a path, or a name beside this script)"]

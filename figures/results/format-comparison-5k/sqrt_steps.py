@@ -74,8 +74,13 @@ def first_difference(ours: list, reference: list) -> str:
     return "steps go on past D's last pair" if len(ours) > len(reference) else "sqrt(D) statement wrong"
 
 
+def results_folder(run: str) -> Path:
+    """A results folder given by path, or one beside this script."""
+    return Path(run) if Path(run).is_dir() else HERE / run
+
+
 def report(run: str) -> dict:
-    folder = Path(run) if Path(run).is_dir() else HERE / run  # a results folder, or one beside this script
+    folder = results_folder(run)
     counts, by_digits, total_by_digits = Counter(), Counter(), Counter()
     considered = right = root_right = 0
     for line in gzip.open(folder / "predictions.jsonl.gz", "rt"):
@@ -109,4 +114,6 @@ def report(run: str) -> dict:
 
 if __name__ == "__main__":
     for name in sys.argv[1:] or ["reversed"]:
+        if not (results_folder(name) / "predictions.jsonl.gz").is_file():
+            sys.exit(f"sqrt_steps.py: {name} has no predictions.jsonl.gz; give a results folder (a path, or a name beside this script)")
         report(name)
