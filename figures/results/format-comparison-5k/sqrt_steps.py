@@ -57,9 +57,10 @@ def first_difference(ours: list, reference: list) -> str:
                 return "trial malformed"
             if want[1] is not None and got[1] != want[1]:
                 return "root so far copied wrong"
-            d_want, d_got = (want[2], got[2]) if want[1] is not None else (want[4], got[4])
-            if got[2 if want[1] is not None else 4] != got[3 if want[1] is not None else 5]:
+            digit = 2 if want[1] is not None else 4  # the groups of d: 2 and 3 in `(20*P+d)*d`, 4 and 5 in `d*d`
+            if got[digit] != got[digit + 1]:
                 return "trial malformed"
+            d_want, d_got = want[digit], got[digit]
             if d_got != d_want:
                 return "trial digit too large" if int(d_got) > int(d_want) else "trial digit too small"
             return "trial product wrong"
