@@ -1,0 +1,176 @@
+"""Does a statement's value come from the written work or from the equation? A conflict test.
+
+For a kind of statement (D, sqrt(D), the first root's formula, the first final answer), take two
+test rows E and E' whose reference values V and V' of that statement differ. Run the model on
+the equation E with the decoder teacher-forced on E''s reference solution up to the statement's
+last `=` (the work of another equation), and read what greedy decoding writes next:
+
+    work      V', the value that the written work implies
+    equation  V, the value of the equation in the encoder
+    other     anything else
+
+Greedy decoding writes a value c iff, teacher-forced on prefix + c + `;`, the argmax at each of
+those positions is that token; so both candidates are checked in one forward pass each, without
+decoding. Control: the same prefix with its own equation E' (no conflict): the share of pairs
+where the model writes V' then. The mean log-probability margin log P(V') - log P(V) (each value
+with its `;`) says how firmly one source wins. A model that reads its scratchpad writes V'; one
+that solves from the encoder and only formats the work writes V.
+
+Run from the repository root on a run's directory (its model; weights are not committed: the
+commands that train it are in RESULTS.md):
+
+    python figures/results/format-comparison-5k/work_or_equation.py RUN_DIR OUT_DIR [--pairs 300]
+
+It writes OUT_DIR/work-or-equation.json and prints a table.
+"""
+
+import argparse
+import random
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
+from gen import QuadlabError  # noqa: E402  (after the path: a script)
+from train.engine import write_json  # noqa: E402
+
+KINDS = {  # the first statement of each kind in a solution (published, steps, long and reversed formats)
+    "D": lambda s: s.startswith("D="),
+    "sqrt(D)": lambda s: s.startswith("sqrt(D)="),
+    "first root's formula": lambda s: s.startswith("x=") and "/" in s,
+    "first answer": lambda s: s.startswith("x=") and "/" not in s and s != "x=none",
+}
+
+
+def statement_value(solution: str, kind: str) -> tuple[str, str] | None:
+    """(prefix up to and including the statement's last `=`, the value after it) of the first
+    statement of `kind` in `solution`; None when it has none."""
+    start = 0
+    for statement in solution.split(";"):
+        body = statement.lstrip("~")  # the reversed formats' mark before the first statement
+        if "=" in body and KINDS[kind](body):
+            cut = start + statement.rindex("=") + 1
+            return solution[:cut], statement[statement.rindex("=") + 1:]
+        start += len(statement) + 1
+    return None
+
+
+def make_pairs(equations: list[str], solutions: list[str], kind: str, n: int, seed: int) -> list[dict]:
+    """Up to n pairs: the equation of one row, the work of another whose value differs. Rows are
+    taken in a seeded random order; row k's equation gets row k+1's work."""
+    found = [(e, *v) for e, s in zip(equations, solutions) if (v := statement_value(s, kind))]
+    random.Random(seed).shuffle(found)
+    pairs = []
+    for (equation, _, value), (own_equation, prefix, work_value) in zip(found, found[1:]):
+        if value != work_value:
+            pairs.append({"equation": equation, "work_of": own_equation, "prefix": prefix, "work": work_value, "value": value})
+        if len(pairs) == n:
+            break
+    return pairs
+
+
+def greedy_writes(logits: torch.Tensor, labels: torch.Tensor, start: torch.Tensor, length: torch.Tensor) -> torch.Tensor:
+    """(B,) bool: whether the argmax of logits (B, S, V) equals labels (B, S) at every position
+    start[b] .. start[b] + length[b] - 1, i.e. whether greedy decoding from the teacher-forced
+    prefix writes those labels."""
+    positions = torch.arange(labels.shape[1])[None]
+    inside = (positions >= start[:, None]) & (positions < (start + length)[:, None])
+    return ((logits.argmax(-1) == labels) | ~inside).all(dim=1)
+
+
+def first_tokens(logits: torch.Tensor, start: torch.Tensor) -> torch.Tensor:
+    """(B,): the greedy token at position start[b], the value's first character (its sign, or
+    its first digit as written)."""
+    return logits.argmax(-1)[torch.arange(len(start)), start]
+
+
+def value_log_probs(logits: torch.Tensor, labels: torch.Tensor, start: torch.Tensor, length: torch.Tensor) -> torch.Tensor:
+    """(B,): log P of the labels at positions start .. start + length - 1."""
+    positions = torch.arange(labels.shape[1])[None]
+    inside = (positions >= start[:, None]) & (positions < (start + length)[:, None])
+    chosen = torch.log_softmax(logits.double(), -1).gather(-1, labels.clamp(min=0)[..., None])[..., 0]
+    return chosen.masked_fill(~inside, 0).sum(dim=1)
+
+
+@torch.no_grad()
+def score(model, tokenizer, encoder_texts: list[str], prefixes: list[str], continuations: list[str], batch_size: int = 32) -> tuple[torch.Tensor, ...]:
+    """(writes (N,) bool, log P (N,), first (N,) the greedy first token) of each continuation (a
+    value and its `;`) after its prefix, with its encoder text."""
+    writes, log_p, first_token = [], [], []
+    for first in range(0, len(prefixes), batch_size):
+        rows = slice(first, first + batch_size)
+        enc = tokenizer(encoder_texts[rows], padding=True, return_tensors="pt")
+        labels = [tokenizer(p + c, add_special_tokens=False)["input_ids"] for p, c in zip(prefixes[rows], continuations[rows])]
+        starts = [len(tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prefixes[rows]]
+        width = max(map(len, labels))
+        label_tensor = torch.tensor([ids + [-100] * (width - len(ids)) for ids in labels])
+        decoder_input = torch.tensor([[model.config.decoder_start_token_id] + ids[:-1] + [tokenizer.pad_token_id] * (width - len(ids)) for ids in labels])
+        decoder_mask = torch.tensor([[1] * len(ids) + [0] * (width - len(ids)) for ids in labels])
+        logits = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"], decoder_input_ids=decoder_input,
+                       decoder_attention_mask=decoder_mask).logits
+        start, length = torch.tensor(starts), torch.tensor([len(ids) - s for ids, s in zip(labels, starts)])
+        writes.append(greedy_writes(logits, label_tensor, start, length))
+        log_p.append(value_log_probs(logits, label_tensor, start, length))
+        first_token.append(first_tokens(logits, start))
+    return torch.cat(writes), torch.cat(log_p), torch.cat(first_token)
+
+
+def conflict_test(model, tokenizer, pairs: list[dict]) -> dict:
+    """Counts of work / equation / other under conflict, the control's share, the mean margin."""
+    equations, prefixes = [p["equation"] for p in pairs], [p["prefix"] for p in pairs]
+    works, values = [p["work"] + ";" for p in pairs], [p["value"] + ";" for p in pairs]
+    writes_work, log_p_work, first = score(model, tokenizer, equations, prefixes, works)
+    writes_value, log_p_value, _ = score(model, tokenizer, equations, prefixes, values)
+    control, _, _ = score(model, tokenizer, [p["work_of"] for p in pairs], prefixes, works)
+    n = len(pairs)
+    work, equation = int(writes_work.sum()), int(writes_value.sum())
+    # the first character alone, where the two values begin differently (a sign against a digit,
+    # or two digits): which source decides it
+    first_text = tokenizer.convert_ids_to_tokens(first.tolist())
+    differ = [(t, p["work"][0], p["value"][0]) for t, p in zip(first_text, pairs) if p["work"][0] != p["value"][0]]
+    return {"pairs": n, "work": work, "equation": equation, "other": n - work - equation,
+            "control_writes_work": int(control.sum()),
+            "first_character": {"pairs": len(differ), "work": sum(t == w for t, w, _ in differ),
+                                "equation": sum(t == v for t, _, v in differ)},
+            "mean_log_margin_work_minus_equation": float((log_p_work - log_p_value).mean()) if n else None,
+            "examples": [{**p, "writes": "work" if w else "equation" if v else "other"}
+                         for p, w, v in zip(pairs[:5], writes_work.tolist(), writes_value.tolist())]}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("run_dir")
+    parser.add_argument("out_dir")
+    parser.add_argument("--pairs", type=int, default=300, help="pairs per kind of statement (default 300)")
+    parser.add_argument("--rows", type=int, default=3000, help="test rows the pairs are drawn from (default 3000)")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    from train.quadratic import load_run, load_splits
+
+    try:
+        model, tokenizer, config = load_run(Path(args.run_dir), "work_or_equation")
+        test = load_splits(config)["test"]
+    except QuadlabError as err:
+        sys.exit(f"work_or_equation: {err}")
+    model.eval()
+    test = test.select(range(min(args.rows, len(test))))
+    equations, solutions = list(test["equation"]), list(test["solution"])
+    results = {}
+    for kind in KINDS:
+        pairs = make_pairs(equations, solutions, kind, args.pairs, args.seed)
+        if pairs:
+            results[kind] = conflict_test(model, tokenizer, pairs)
+    print(f"{'statement':22} {'pairs':>5} {'work':>6} {'equation':>8} {'other':>6} {'control':>7} {'margin':>7}   first character: pairs, work, equation")
+    for kind, r in results.items():
+        n, first = r["pairs"], r["first_character"]
+        print(f"{kind:22} {n:5d} {r['work'] / n:6.3f} {r['equation'] / n:8.3f} {r['other'] / n:6.3f} "
+              f"{r['control_writes_work'] / n:7.3f} {r['mean_log_margin_work_minus_equation']:7.2f}   {first['pairs']:5d} "
+              f"{first['work'] / max(first['pairs'], 1):6.3f} {first['equation'] / max(first['pairs'], 1):6.3f}")
+    out = Path(args.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "work-or-equation.json", {"run": str(args.run_dir), "rows": len(test), "seed": args.seed, "results": results})
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,125 @@
+"""figures/results/format-comparison-5k/work_or_equation.py: which statement it cuts where, the
+pairs it makes, and that its teacher-forced verdicts are what greedy decoding writes."""
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from gen.dataset import GenOptions, generate
+from gen.equations import Ranges, reverse_digits, write_equation, write_solution
+
+SCRIPT = Path(__file__).resolve().parents[1] / "figures/results/format-comparison-5k/work_or_equation.py"
+spec = importlib.util.spec_from_file_location("work_or_equation", SCRIPT)
+woe = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(woe)
+
+TWO, NONE = (1, -317, -8184), (1, 2, 5)  # D = 133225 = 365^2, roots 341 and -24; D = -16
+
+
+@pytest.mark.parametrize("fmt", ["published", "steps-reversed", "reversed"])
+def test_statement_values_are_the_values_written(fmt):
+    solution = write_solution(*TWO, fmt)
+    read = (lambda v: reverse_digits(v)) if solution.startswith("~") else (lambda v: v)
+    expected = {"D": "133225", "sqrt(D)": "365", "first root's formula": "-24", "first answer": "-24"}
+    for kind, value in expected.items():
+        found = woe.statement_value(solution, kind)
+        if kind == "sqrt(D)" and fmt == "published":
+            assert found is None  # the published format writes the root inside the roots' formulas
+            continue
+        prefix, written = found
+        assert solution.startswith(prefix + written + ";") and prefix.endswith("=")
+        assert read(written) == value
+    assert woe.statement_value(write_solution(*NONE, fmt), "first root's formula") is None
+    assert woe.statement_value(write_solution(*NONE, fmt), "first answer") is None  # `x=none` has no value to follow
+    assert read(woe.statement_value(write_solution(*NONE, fmt), "D")[1]) == "-16"
+
+
+def test_pairs_put_one_equations_work_under_another():
+    coefficients = [TWO, (2, -10, 12), (1, -6, 9), (3, 3, -90), (1, 2, 5), (-1, 1, 12)]
+    equations = [write_equation(*c) for c in coefficients]
+    solutions = [write_solution(*c, "reversed") for c in coefficients]
+    pairs = woe.make_pairs(equations, solutions, "D", 10, seed=3)
+    assert 0 < len(pairs) <= len(coefficients) - 1
+    assert pairs == woe.make_pairs(equations, solutions, "D", 10, seed=3)  # seeded
+    assert len(woe.make_pairs(equations, solutions, "D", 2, seed=3)) == 2
+    by_equation = dict(zip(equations, solutions))
+    for pair in pairs:
+        assert pair["equation"] != pair["work_of"] and pair["value"] != pair["work"]
+        assert by_equation[pair["work_of"]].startswith(pair["prefix"] + pair["work"] + ";")
+        assert woe.statement_value(by_equation[pair["equation"]], "D")[1] == pair["value"]
+
+
+def test_greedy_verdicts_on_hand_made_logits():
+    labels = torch.tensor([[5, 6, 7, 8], [5, 6, 7, -100]])
+    logits = torch.full((2, 4, 10), -1.0)
+    logits[0, torch.arange(4), torch.tensor([5, 6, 7, 8])] = 1.0  # row 0: argmax = labels everywhere
+    logits[1, torch.arange(4), torch.tensor([1, 6, 2, 0])] = 1.0  # row 1: right only at position 1
+    start, length = torch.tensor([1, 1]), torch.tensor([3, 1])
+    assert woe.greedy_writes(logits, labels, start, length).tolist() == [True, True]
+    assert woe.greedy_writes(logits, labels, torch.tensor([1, 1]), torch.tensor([3, 2])).tolist() == [True, False]
+    assert woe.first_tokens(logits, torch.tensor([0, 2])).tolist() == [5, 2]
+    log_p = woe.value_log_probs(logits, labels, start, length)
+    row0 = torch.log_softmax(logits[0].double(), -1)
+    assert log_p[0].item() == pytest.approx(sum(row0[j, labels[0, j]].item() for j in (1, 2, 3)))
+    assert log_p[1].item() == pytest.approx(torch.log_softmax(logits[1, 1].double(), -1)[6].item())
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    from conftest import TINY_DATA, tiny_run
+
+    root = tmp_path_factory.mktemp("work-or-equation")
+    generate(GenOptions(rows=200, seed=5, format="reversed", ranges=Ranges(**TINY_DATA)), root / "data", workers=1)
+    return tiny_run("quadratic", root / "data", root, max_steps=6, eval_every=6)
+
+
+def test_verdicts_match_generate(run):
+    """A continuation is 'written' exactly when model.generate, given the same prefix, writes it:
+    the model's own first greedy characters are, and those with the last one changed are not."""
+    from train.quadratic import load_run, load_splits
+
+    model, tokenizer, config = load_run(run, "test")
+    model.double().eval()  # float64: generate's cached steps and one full pass must not split a near tie
+    test = load_splits(config)["test"]
+    pairs = woe.make_pairs(list(test["equation"]), list(test["solution"]), "D", 6, seed=0)
+    assert len(pairs) == 6
+    continued = []
+    for pair in pairs:
+        prefix = [model.config.decoder_start_token_id] + tokenizer(pair["prefix"], add_special_tokens=False)["input_ids"]
+        out = model.generate(**tokenizer([pair["equation"]], return_tensors="pt"), decoder_input_ids=torch.tensor([prefix]),
+                             max_new_tokens=4, min_new_tokens=4, do_sample=False, num_beams=1)
+        continued.append(tokenizer.decode(out[0][len(prefix):]))
+    assert all(len(c) == 4 for c in continued), continued  # one character a token, no special token
+    equations, prefixes = [p["equation"] for p in pairs], [p["prefix"] for p in pairs]
+    writes, log_p, first = woe.score(model, tokenizer, equations, prefixes, continued, batch_size=4)
+    assert writes.all()
+    assert tokenizer.convert_ids_to_tokens(first.tolist()) == [c[0] for c in continued]
+    assert (log_p <= 0).all()
+    changed = [c[:-1] + ("1" if c[-1] != "1" else "2") for c in continued]
+    changed_writes, changed_log_p, _ = woe.score(model, tokenizer, equations, prefixes, changed, batch_size=4)
+    assert not changed_writes.any() and (changed_log_p < log_p).all()
+
+
+def test_the_script_writes_counts_that_add_up(run, tmp_path):
+    out = subprocess.run([sys.executable, str(SCRIPT), str(run), str(tmp_path / "out"), "--pairs", "20", "--rows", "200"],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    result = json.loads((tmp_path / "out" / "work-or-equation.json").read_text())["results"]
+    assert set(result) == set(woe.KINDS)
+    for r in result.values():
+        assert r["work"] + r["equation"] + r["other"] == r["pairs"] > 0
+        assert 0 <= r["control_writes_work"] <= r["pairs"]
+        first = r["first_character"]
+        assert first["work"] + first["equation"] <= first["pairs"] <= r["pairs"]
+    assert "D " in out.stdout
+
+
+def test_a_folder_that_is_not_a_run_is_one_line(tmp_path):
+    out = subprocess.run([sys.executable, str(SCRIPT), str(tmp_path), str(tmp_path / "out")], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 1 and out.stderr.startswith("work_or_equation: ") and len(out.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()
