@@ -123,3 +123,17 @@ def test_a_folder_that_is_not_a_run_is_one_line(tmp_path):
     out = subprocess.run([sys.executable, str(SCRIPT), str(tmp_path), str(tmp_path / "out")], capture_output=True, text=True, timeout=120)
     assert out.returncode == 1 and out.stderr.startswith("work_or_equation: ") and len(out.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("args, says", [(["--pairs", "0"], "at least 1"), (["--rows", "1"], "at least 2"), (["--seed", "-1"], "at least 0")])
+def test_bad_counts_are_refused(tmp_path, args, says):
+    out = subprocess.run([sys.executable, str(SCRIPT), str(tmp_path), str(tmp_path / "out"), *args], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and says in out.stderr and "Traceback" not in out.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_output_path_that_is_a_file_is_refused(run, tmp_path):
+    (tmp_path / "taken").write_text("x")
+    out = subprocess.run([sys.executable, str(SCRIPT), str(run), str(tmp_path / "taken")], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 1 and "is a file" in out.stderr and "Traceback" not in out.stderr
+    assert (tmp_path / "taken").read_text() == "x"

@@ -138,16 +138,27 @@ def conflict_test(model, tokenizer, pairs: list[dict]) -> dict:
                          for p, w, v in zip(pairs[:5], writes_work.tolist(), writes_value.tolist())]}
 
 
+def at_least(low: int):
+    def parse(text: str) -> int:
+        if not text.isascii() or not text.isdigit() or int(text) < low:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least {low}")
+        return int(text)
+    return parse
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("run_dir")
     parser.add_argument("out_dir")
-    parser.add_argument("--pairs", type=int, default=300, help="pairs per kind of statement (default 300)")
-    parser.add_argument("--rows", type=int, default=3000, help="test rows the pairs are drawn from (default 3000)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--pairs", type=at_least(1), default=300, help="pairs per kind of statement (default 300)")
+    parser.add_argument("--rows", type=at_least(2), default=3000, help="test rows the pairs are drawn from (default 3000)")
+    parser.add_argument("--seed", type=at_least(0), default=0)
     args = parser.parse_args()
     from train.quadratic import load_run, load_splits
 
+    out = Path(args.out_dir)
+    if out.exists() and not out.is_dir():
+        sys.exit(f"work_or_equation: {out} is a file; give a directory for the results")
     try:
         model, tokenizer, config = load_run(Path(args.run_dir), "work_or_equation")
         test = load_splits(config)["test"]
@@ -167,7 +178,6 @@ def main():
         print(f"{kind:22} {n:5d} {r['work'] / n:6.3f} {r['equation'] / n:8.3f} {r['other'] / n:6.3f} "
               f"{r['control_writes_work'] / n:7.3f} {r['mean_log_margin_work_minus_equation']:7.2f}   {first['pairs']:5d} "
               f"{first['work'] / max(first['pairs'], 1):6.3f} {first['equation'] / max(first['pairs'], 1):6.3f}")
-    out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "work-or-equation.json", {"run": str(args.run_dir), "rows": len(test), "seed": args.seed, "results": results})
 
