@@ -39,6 +39,18 @@ def test_statement_values_are_the_values_written(fmt):
     assert read(woe.statement_value(write_solution(*NONE, fmt), "D")[1]) == "-16"
 
 
+def test_the_long_formats_steps_are_found():
+    solution = write_solution(*TWO, "reversed")
+    expected = {"4*a (only in the equation)": "4", "first partial product": str(8184 * 4), "first square-root remainder": "4",
+                "first square-root trial": str((20 * 3 + 6) * 6), "2*a": "2", "first long-division step": "0"}
+    for kind, value in expected.items():
+        prefix, written = woe.statement_value(solution, kind)
+        assert reverse_digits(written) == value and solution.startswith(prefix + written + ";")
+    assert woe.statement_value(solution, "4*a (only in the equation)")[0] == "~4*a="  # the first statement: nothing written before it
+    for kind in expected:
+        assert woe.statement_value(write_solution(*TWO, "published"), kind) is None
+
+
 def test_pairs_put_one_equations_work_under_another():
     coefficients = [TWO, (2, -10, 12), (1, -6, 9), (3, 3, -90), (1, 2, 5), (-1, 1, 12)]
     equations = [write_equation(*c) for c in coefficients]
@@ -60,8 +72,9 @@ def test_greedy_verdicts_on_hand_made_logits():
     logits[0, torch.arange(4), torch.tensor([5, 6, 7, 8])] = 1.0  # row 0: argmax = labels everywhere
     logits[1, torch.arange(4), torch.tensor([1, 6, 2, 0])] = 1.0  # row 1: right only at position 1
     start, length = torch.tensor([1, 1]), torch.tensor([3, 1])
-    assert woe.greedy_writes(logits, labels, start, length).tolist() == [True, True]
-    assert woe.greedy_writes(logits, labels, torch.tensor([1, 1]), torch.tensor([3, 2])).tolist() == [True, False]
+    assert woe.matched(logits, labels, start, length).tolist() == [3, 1]  # all of both: greedy writes them
+    assert woe.matched(logits, labels, torch.tensor([1, 1]), torch.tensor([3, 2])).tolist() == [3, 1]  # row 1: 1 of 2
+    assert woe.matched(logits, labels, torch.tensor([0, 0]), torch.tensor([4, 3])).tolist() == [4, 1]
     assert woe.first_tokens(logits, torch.tensor([0, 2])).tolist() == [5, 2]
     log_p = woe.value_log_probs(logits, labels, start, length)
     row0 = torch.log_softmax(logits[0].double(), -1)
@@ -96,13 +109,14 @@ def test_verdicts_match_generate(run):
         continued.append(tokenizer.decode(out[0][len(prefix):]))
     assert all(len(c) == 4 for c in continued), continued  # one character a token, no special token
     equations, prefixes = [p["equation"] for p in pairs], [p["prefix"] for p in pairs]
-    writes, log_p, first = woe.score(model, tokenizer, equations, prefixes, continued, batch_size=4)
-    assert writes.all()
+    writes, log_p, first, share = woe.score(model, tokenizer, equations, prefixes, continued, batch_size=4)
+    assert writes.all() and (share == 1).all()
     assert tokenizer.convert_ids_to_tokens(first.tolist()) == [c[0] for c in continued]
     assert (log_p <= 0).all()
     changed = [c[:-1] + ("1" if c[-1] != "1" else "2") for c in continued]
-    changed_writes, changed_log_p, _ = woe.score(model, tokenizer, equations, prefixes, changed, batch_size=4)
+    changed_writes, changed_log_p, _, changed_share = woe.score(model, tokenizer, equations, prefixes, changed, batch_size=4)
     assert not changed_writes.any() and (changed_log_p < log_p).all()
+    assert torch.allclose(changed_share, torch.full_like(changed_share, 0.75))  # the first three of four still follow
 
 
 def test_the_script_writes_counts_that_add_up(run, tmp_path):
@@ -114,6 +128,7 @@ def test_the_script_writes_counts_that_add_up(run, tmp_path):
     for r in result.values():
         assert r["work"] + r["equation"] + r["other"] == r["pairs"] > 0
         assert 0 <= r["control_writes_work"] <= r["pairs"]
+        assert 0 <= r["characters_followed"]["work"] <= 1 and 0 <= r["characters_followed"]["equation"] <= 1
         first = r["first_character"]
         assert first["work"] + first["equation"] <= first["pairs"] <= r["pairs"]
     assert "D " in out.stdout

@@ -1,6 +1,7 @@
 """Does a statement's value come from the written work or from the equation? A conflict test.
 
-For a kind of statement (D, sqrt(D), the first root's formula, the first final answer), take two
+For a kind of statement (D, sqrt(D), the first root's formula, the first final answer, the first
+of each kind of one-digit step of the long formats, 2*a and 4*a), take two
 test rows E and E' whose reference values V and V' of that statement differ. Run the model on
 the equation E with the decoder teacher-forced on E''s reference solution up to the statement's
 last `=` (the work of another equation), and read what greedy decoding writes next:
@@ -14,7 +15,9 @@ those positions is that token; so both candidates are checked in one forward pas
 decoding. Control: the same prefix with its own equation E' (no conflict): the share of pairs
 where the model writes V' then. The mean log-probability margin log P(V') - log P(V) (each value
 with its `;`) says how firmly one source wins. A model that reads its scratchpad writes V'; one
-that solves from the encoder and only formats the work writes V.
+that solves from the encoder and only formats the work writes V. The long formats' `4*a=`
+is the positive control: it comes first, no written work holds its value, so a model that is
+right on it in the control has to write the equation's.
 
 Run from the repository root on a run's directory (its model; weights are not committed: the
 commands that train it are in RESULTS.md):
@@ -26,6 +29,7 @@ It writes OUT_DIR/work-or-equation.json and prints a table.
 
 import argparse
 import random
+import re
 import sys
 from pathlib import Path
 
@@ -36,10 +40,19 @@ from gen import QuadlabError  # noqa: E402  (after the path: a script)
 from train.engine import write_json  # noqa: E402
 
 KINDS = {  # the first statement of each kind in a solution (published, steps, long and reversed formats)
-    "D": lambda s: s.startswith("D="),
-    "sqrt(D)": lambda s: s.startswith("sqrt(D)="),
-    "first root's formula": lambda s: s.startswith("x=") and "/" in s,
-    "first answer": lambda s: s.startswith("x=") and "/" not in s and s != "x=none",
+    "D": r"D=.*",
+    "sqrt(D)": r"sqrt\(D\)=.*",
+    "first root's formula": r"x=.*/.*",
+    "first answer": r"x=-?[0-9]+",
+    # the long formats' one-digit steps (README, "--format reversed"), numbers as written
+    "first partial product": r"[0-9]+\*[0-9]=[0-9]+",
+    "first running sum": r"[0-9]+\+[0-9]+=[0-9]+",
+    "first square-root trial": r"\([0-9]+\*[0-9]+\+[0-9]\)\*[0-9]=[0-9]+",
+    "first square-root remainder": r"[0-9]+-[0-9]+=-?[0-9]+",
+    "first long-division step": r"[0-9]+-[0-9]+\*[0-9]=[0-9]+",
+    "2*a": r"2\*a=.*",  # the long formats: half of the 4*a written first, or from the equation
+    # the positive control: the long formats' first statement, whose value no written work holds
+    "4*a (only in the equation)": r"4\*a=.*",
 }
 
 
@@ -49,7 +62,7 @@ def statement_value(solution: str, kind: str) -> tuple[str, str] | None:
     start = 0
     for statement in solution.split(";"):
         body = statement.lstrip("~")  # the reversed formats' mark before the first statement
-        if "=" in body and KINDS[kind](body):
+        if "=" in body and re.fullmatch(KINDS[kind], body):
             cut = start + statement.rindex("=") + 1
             return solution[:cut], statement[statement.rindex("=") + 1:]
         start += len(statement) + 1
@@ -70,13 +83,13 @@ def make_pairs(equations: list[str], solutions: list[str], kind: str, n: int, se
     return pairs
 
 
-def greedy_writes(logits: torch.Tensor, labels: torch.Tensor, start: torch.Tensor, length: torch.Tensor) -> torch.Tensor:
-    """(B,) bool: whether the argmax of logits (B, S, V) equals labels (B, S) at every position
-    start[b] .. start[b] + length[b] - 1, i.e. whether greedy decoding from the teacher-forced
-    prefix writes those labels."""
+def matched(logits: torch.Tensor, labels: torch.Tensor, start: torch.Tensor, length: torch.Tensor) -> torch.Tensor:
+    """(B,): at how many of the positions start[b] .. start[b] + length[b] - 1 the argmax of
+    logits (B, S, V) is the label (B, S). Greedy decoding from the teacher-forced prefix writes
+    those labels iff it is all of them."""
     positions = torch.arange(labels.shape[1])[None]
     inside = (positions >= start[:, None]) & (positions < (start + length)[:, None])
-    return ((logits.argmax(-1) == labels) | ~inside).all(dim=1)
+    return ((logits.argmax(-1) == labels) & inside).sum(dim=1)
 
 
 def first_tokens(logits: torch.Tensor, start: torch.Tensor) -> torch.Tensor:
@@ -95,9 +108,10 @@ def value_log_probs(logits: torch.Tensor, labels: torch.Tensor, start: torch.Ten
 
 @torch.no_grad()
 def score(model, tokenizer, encoder_texts: list[str], prefixes: list[str], continuations: list[str], batch_size: int = 32) -> tuple[torch.Tensor, ...]:
-    """(writes (N,) bool, log P (N,), first (N,) the greedy first token) of each continuation (a
+    """(writes (N,) bool, log P (N,), first (N,) the greedy first token, share (N,) of the
+    continuation's tokens that are the argmax after the ones before them) of each continuation (a
     value and its `;`) after its prefix, with its encoder text."""
-    writes, log_p, first_token = [], [], []
+    writes, log_p, first_token, share = [], [], [], []
     for first in range(0, len(prefixes), batch_size):
         rows = slice(first, first + batch_size)
         enc = tokenizer(encoder_texts[rows], padding=True, return_tensors="pt")
@@ -110,19 +124,21 @@ def score(model, tokenizer, encoder_texts: list[str], prefixes: list[str], conti
         logits = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"], decoder_input_ids=decoder_input,
                        decoder_attention_mask=decoder_mask).logits
         start, length = torch.tensor(starts), torch.tensor([len(ids) - s for ids, s in zip(labels, starts)])
-        writes.append(greedy_writes(logits, label_tensor, start, length))
+        right = matched(logits, label_tensor, start, length)
+        writes.append(right == length)
+        share.append(right / length)
         log_p.append(value_log_probs(logits, label_tensor, start, length))
         first_token.append(first_tokens(logits, start))
-    return torch.cat(writes), torch.cat(log_p), torch.cat(first_token)
+    return torch.cat(writes), torch.cat(log_p), torch.cat(first_token), torch.cat(share)
 
 
 def conflict_test(model, tokenizer, pairs: list[dict]) -> dict:
     """Counts of work / equation / other under conflict, the control's share, the mean margin."""
     equations, prefixes = [p["equation"] for p in pairs], [p["prefix"] for p in pairs]
     works, values = [p["work"] + ";" for p in pairs], [p["value"] + ";" for p in pairs]
-    writes_work, log_p_work, first = score(model, tokenizer, equations, prefixes, works)
-    writes_value, log_p_value, _ = score(model, tokenizer, equations, prefixes, values)
-    control, _, _ = score(model, tokenizer, [p["work_of"] for p in pairs], prefixes, works)
+    writes_work, log_p_work, first, share_work = score(model, tokenizer, equations, prefixes, works)
+    writes_value, log_p_value, _, share_value = score(model, tokenizer, equations, prefixes, values)
+    control, *_ = score(model, tokenizer, [p["work_of"] for p in pairs], prefixes, works)
     n = len(pairs)
     work, equation = int(writes_work.sum()), int(writes_value.sum())
     # the first character alone, where the two values begin differently (a sign against a digit,
@@ -131,6 +147,9 @@ def conflict_test(model, tokenizer, pairs: list[dict]) -> dict:
     differ = [(t, p["work"][0], p["value"][0]) for t, p in zip(first_text, pairs) if p["work"][0] != p["value"][0]]
     return {"pairs": n, "work": work, "equation": equation, "other": n - work - equation,
             "control_writes_work": int(control.sum()),
+            # per character: the share of each value's characters (and `;`) that greedy decoding
+            # would write after that value's own characters before them, averaged over pairs
+            "characters_followed": {"work": float(share_work.mean()), "equation": float(share_value.mean())},
             "first_character": {"pairs": len(differ), "work": sum(t == w for t, w, _ in differ),
                                 "equation": sum(t == v for t, _, v in differ)},
             "mean_log_margin_work_minus_equation": float((log_p_work - log_p_value).mean()) if n else None,
@@ -172,11 +191,12 @@ def main():
         pairs = make_pairs(equations, solutions, kind, args.pairs, args.seed)
         if pairs:
             results[kind] = conflict_test(model, tokenizer, pairs)
-    print(f"{'statement':22} {'pairs':>5} {'work':>6} {'equation':>8} {'other':>6} {'control':>7} {'margin':>7}   first character: pairs, work, equation")
+    print(f"{'statement':28} {'pairs':>5} {'work':>6} {'equation':>8} {'other':>6} {'control':>7} {'margin':>7}   characters: work, equation   first character: pairs, work, equation")
     for kind, r in results.items():
         n, first = r["pairs"], r["first_character"]
-        print(f"{kind:22} {n:5d} {r['work'] / n:6.3f} {r['equation'] / n:8.3f} {r['other'] / n:6.3f} "
-              f"{r['control_writes_work'] / n:7.3f} {r['mean_log_margin_work_minus_equation']:7.2f}   {first['pairs']:5d} "
+        print(f"{kind:28} {n:5d} {r['work'] / n:6.3f} {r['equation'] / n:8.3f} {r['other'] / n:6.3f} "
+              f"{r['control_writes_work'] / n:7.3f} {r['mean_log_margin_work_minus_equation']:7.2f}   "
+              f"{r['characters_followed']['work']:15.3f} {r['characters_followed']['equation']:8.3f}   {first['pairs']:5d} "
               f"{first['work'] / max(first['pairs'], 1):6.3f} {first['equation'] / max(first['pairs'], 1):6.3f}")
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "work-or-equation.json", {"run": str(args.run_dir), "rows": len(test), "seed": args.seed, "results": results})
