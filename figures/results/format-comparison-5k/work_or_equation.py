@@ -83,25 +83,28 @@ def make_pairs(equations: list[str], solutions: list[str], kind: str, n: int, se
     return pairs
 
 
+def window(labels: torch.Tensor, start: torch.Tensor, length: torch.Tensor) -> torch.Tensor:
+    """(B, S) bool: the positions start[b] .. start[b] + length[b] - 1 of each row."""
+    positions = torch.arange(labels.shape[1], device=labels.device)[None]
+    return (positions >= start[:, None]) & (positions < (start + length)[:, None])
+
+
 def matched(logits: torch.Tensor, labels: torch.Tensor, start: torch.Tensor, length: torch.Tensor) -> torch.Tensor:
     """(B,): at how many of the positions start[b] .. start[b] + length[b] - 1 the argmax of
     logits (B, S, V) is the label (B, S). Greedy decoding from the teacher-forced prefix writes
     those labels iff it is all of them."""
-    positions = torch.arange(labels.shape[1])[None]
-    inside = (positions >= start[:, None]) & (positions < (start + length)[:, None])
-    return ((logits.argmax(-1) == labels) & inside).sum(dim=1)
+    return ((logits.argmax(-1) == labels) & window(labels, start, length)).sum(dim=1)
 
 
 def first_tokens(logits: torch.Tensor, start: torch.Tensor) -> torch.Tensor:
     """(B,): the greedy token at position start[b], the value's first character (its sign, or
     its first digit as written)."""
-    return logits.argmax(-1)[torch.arange(len(start)), start]
+    return logits.argmax(-1)[torch.arange(len(start), device=start.device), start]
 
 
 def value_log_probs(logits: torch.Tensor, labels: torch.Tensor, start: torch.Tensor, length: torch.Tensor) -> torch.Tensor:
     """(B,): log P of the labels at positions start .. start + length - 1."""
-    positions = torch.arange(labels.shape[1])[None]
-    inside = (positions >= start[:, None]) & (positions < (start + length)[:, None])
+    inside = window(labels, start, length)
     chosen = torch.log_softmax(logits.double(), -1).gather(-1, labels.clamp(min=0)[..., None])[..., 0]
     return chosen.masked_fill(~inside, 0).sum(dim=1)
 
@@ -111,6 +114,7 @@ def score(model, tokenizer, encoder_texts: list[str], prefixes: list[str], conti
     """(writes (N,) bool, log P (N,), first (N,) the greedy first token, share (N,) of the
     continuation's tokens that are the argmax after the ones before them) of each continuation (a
     value and its `;`) after its prefix, with its encoder text."""
+    device = next(model.parameters()).device
     writes, log_p, first_token, share = [], [], [], []
     for first in range(0, len(prefixes), batch_size):
         rows = slice(first, first + batch_size)
@@ -121,14 +125,16 @@ def score(model, tokenizer, encoder_texts: list[str], prefixes: list[str], conti
         label_tensor = torch.tensor([ids + [-100] * (width - len(ids)) for ids in labels])
         decoder_input = torch.tensor([[model.config.decoder_start_token_id] + ids[:-1] + [tokenizer.pad_token_id] * (width - len(ids)) for ids in labels])
         decoder_mask = torch.tensor([[1] * len(ids) + [0] * (width - len(ids)) for ids in labels])
-        logits = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"], decoder_input_ids=decoder_input,
-                       decoder_attention_mask=decoder_mask).logits
-        start, length = torch.tensor(starts), torch.tensor([len(ids) - s for ids, s in zip(labels, starts)])
+        logits = model(input_ids=enc["input_ids"].to(device), attention_mask=enc["attention_mask"].to(device),
+                       decoder_input_ids=decoder_input.to(device), decoder_attention_mask=decoder_mask.to(device)).logits
+        label_tensor = label_tensor.to(device)
+        start = torch.tensor(starts, device=device)
+        length = torch.tensor([len(ids) - s for ids, s in zip(labels, starts)], device=device)
         right = matched(logits, label_tensor, start, length)
-        writes.append(right == length)
-        share.append(right / length)
-        log_p.append(value_log_probs(logits, label_tensor, start, length))
-        first_token.append(first_tokens(logits, start))
+        writes.append((right == length).cpu())
+        share.append((right / length).cpu())
+        log_p.append(value_log_probs(logits, label_tensor, start, length).cpu())
+        first_token.append(first_tokens(logits, start).cpu())
     return torch.cat(writes), torch.cat(log_p), torch.cat(first_token), torch.cat(share)
 
 
@@ -183,7 +189,7 @@ def main():
         test = load_splits(config)["test"]
     except QuadlabError as err:
         sys.exit(f"work_or_equation: {err}")
-    model.eval()
+    model.eval().to("cuda" if torch.cuda.is_available() else "cpu")
     test = test.select(range(min(args.rows, len(test))))
     equations, solutions = list(test["equation"]), list(test["solution"])
     results = {}
