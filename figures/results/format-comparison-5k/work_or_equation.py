@@ -158,7 +158,7 @@ def conflict_test(model, tokenizer, pairs: list[dict]) -> dict:
             "characters_followed": {"work": float(share_work.mean()), "equation": float(share_value.mean())},
             "first_character": {"pairs": len(differ), "work": sum(t == w for t, w, _ in differ),
                                 "equation": sum(t == v for t, _, v in differ)},
-            "mean_log_margin_work_minus_equation": float((log_p_work - log_p_value).mean()) if n else None,
+            "mean_log_margin_work_minus_equation": float((log_p_work - log_p_value).mean()),  # pairs is never empty here
             "examples": [{**p, "writes": "work" if w else "equation" if v else "other"}
                          for p, w, v in zip(pairs[:5], writes_work.tolist(), writes_value.tolist())]}
 
