@@ -225,7 +225,7 @@ def _overrides(pairs: tuple[str, ...]) -> dict:
 @click.option("--data", default=None, help="Dataset directory from `cli.py gen`.  [default: data/quadratic]")
 @click.option("--run-dir", default=None, help="Where the run goes.  [default: runs/<task>-<preset>-seed<seed>]")
 @click.option("--seed", type=INT, default=None, help="Seed for initialisation, data order and the validation split.  [default: 0]")
-@click.option("--max-steps", type=INT, default=None, help="Optimiser steps (0: use --epochs).")
+@click.option("--max-steps", type=INT, default=None, help="Optimiser steps (0: use --epochs). With --resume: train a finished run on to this step.")
 @click.option("--epochs", type=FLOAT, default=None, help="Epochs, when --max-steps is 0.")
 @click.option("--batch-size", type=INT, default=None, help="Rows per optimiser step (per device, before accumulation).")
 @click.option("--lr", "learning_rate", type=FLOAT, default=None, help="Peak learning rate.")
@@ -237,7 +237,9 @@ def _overrides(pairs: tuple[str, ...]) -> dict:
               help="Also keep the model at every evaluation in checkpoints/step-N/, for `cli.py heads` to correlate with accuracy.")
 @click.option("--set", "settings", multiple=True, metavar="KEY=VALUE",
               help="Any other configuration key (see config.yaml of a run), e.g. --set d_model=128. Repeatable.")
-@click.option("--resume", is_flag=True, help="Continue the interrupted run in --run-dir exactly, with its saved configuration.")
+@click.option("--resume", is_flag=True, help="Continue the interrupted run in --run-dir exactly, with its saved configuration. "
+              "With --max-steps N, a finished run trains on to step N at the rates a run of N steps has there "
+              "(a re-warm; recorded as rewarm_after in config.yaml).")
 @click.option("--overwrite", is_flag=True, help="Delete an existing run directory and start again.")
 def train(task, model_name, train_file, eval_file, preset, config_path, data, run_dir, seed, max_steps, epochs, batch_size,
           learning_rate, eval_every, patience, eval_limit, num_beams, keep_checkpoints, settings, resume, overwrite):
@@ -252,7 +254,7 @@ def train(task, model_name, train_file, eval_file, preset, config_path, data, ru
     options here. The run directory holds the best model and tokenizer in Hugging Face format,
     config.yaml, environment.json, log.jsonl, training_curve.png, metrics.json and predictions.jsonl.
     Ctrl-C stops; --resume continues from the last checkpoint with the same result as an
-    uninterrupted run."""
+    uninterrupted run, and --resume --max-steps N trains a finished run further."""
     from train.config import resolve
     from train.engine import Interrupted
     from train.runs import check_checkpoint, read_config
@@ -265,12 +267,16 @@ def train(task, model_name, train_file, eval_file, preset, config_path, data, ru
     if resume:
         if not run_dir:
             raise QuadlabError("--resume needs --run-dir, the run to continue")
-        given = [k for k, v in options.items() if v is not None and k not in ("task", "run_dir")]
+        given = [k for k, v in options.items() if v is not None and k not in ("task", "run_dir", "max_steps")]
         if given or preset or config_path:
-            raise QuadlabError("--resume continues with the run's saved configuration; drop the other options")
+            raise QuadlabError("--resume continues with the run's saved configuration; drop the other options (all but --max-steps)")
         config = read_config(Path(run_dir))
         check_checkpoint(Path(run_dir))
         config.run_dir = run_dir  # the directory given, also when the run was moved or copied since
+        if max_steps is not None:
+            from train.engine import extend
+
+            config = extend(config, Path(run_dir), max_steps)
     else:
         config = resolve(preset or "tiny", config_path, {**options, "preset": preset})
         _check_out(config.resolved_run_dir(), "--run-dir")

@@ -198,6 +198,12 @@ def test_resuming_a_damaged_run_is_one_line_and_exit_2(lab, tmp_path, cwd, capsy
     refused(capsys, monkeypatch, cwd, "train", "--resume", "--run-dir", run, untouched=(run, lab / task))
 
 
+def test_extending_a_run_to_fewer_steps_is_one_line_and_exit_2(lab, tmp_path, cwd, capsys, monkeypatch):
+    run = copy_run(lab, "quadratic", tmp_path / "quadratic-run")
+    line = refused(capsys, monkeypatch, cwd, "train", "--resume", "--run-dir", run, "--max-steps", "1", untouched=(run, lab / "quadratic"))
+    assert "--max-steps 1 is fewer than the" in line
+
+
 # ---------------------------------------------------------------------------------------------
 # A run of the other task, and no run at all
 

@@ -8,8 +8,8 @@ from safetensors.torch import load_file
 from gen import QuadlabError
 from gen.dataset import GenOptions, generate
 from gen.equations import FORMATS, Ranges
-from train.config import PRESETS, resolve
-from train.engine import Interrupted, LengthGroupedBatches, read_log
+from train.config import PRESETS, load_yaml, resolve
+from train.engine import Interrupted, LengthGroupedBatches, extend, learning_rate_schedule, read_log
 from train.metrics import character_accuracy, judge, quadratic_metrics
 from train.quadratic import build_tokenizer, collator, encode, evaluate_run, load_run, train_run
 
@@ -183,6 +183,69 @@ def test_warmup_stable_decay_holds_the_rate_then_decays_linearly_to_zero(data_di
     assert rate[1] == pytest.approx(top / 3) and rate[2] == pytest.approx(2 * top / 3)  # warmup: 3 steps
     assert all(rate[k] == pytest.approx(top) for k in range(3, 19))  # stable until the last 40% (12 steps)
     assert all(rate[k] == pytest.approx(top * (30 - k) / 12) for k in range(18, 31))  # linear to 0
+
+
+def test_rewarm_restarts_the_schedule_as_for_a_run_ending_at_each_cycle_end():
+    config = resolve("tiny", None, {"scheduler": "warmup_stable_decay", "warmup_ratio": "0", "decay_ratio": "0.2",
+                                    "max_steps": "20", "rewarm_after": "10"})
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=2.0)
+    schedule = learning_rate_schedule(config, optimizer, config.max_steps)
+    rates = [optimizer.param_groups[0]["lr"]]
+    for _ in range(19):
+        optimizer.step()
+        schedule.step()
+        rates.append(optimizer.param_groups[0]["lr"])
+    # steps 1-10 as a 10-step run (decay over its last 2), 11-20 as a 20-step run (decay over its last 4)
+    expected = [1, 1, 1, 1, 1, 1, 1, 1, 1, 0.5] + [1, 1, 1, 1, 1, 1, 1, 0.75, 0.5, 0.25]
+    assert rates == pytest.approx([2.0 * m for m in expected])
+
+
+@pytest.mark.parametrize("value, message", [("abc", "step numbers"), ("15,10", "must rise"), ("0", "must rise"),
+                                            ("20", "must rise"), ("1e3", "step numbers")])
+def test_bad_rewarm_steps_are_refused(value, message):
+    with pytest.raises(QuadlabError, match=message):
+        resolve("tiny", None, {"max_steps": "20", "rewarm_after": value})
+
+
+def test_extending_a_finished_run_equals_one_run_with_its_rewarm_recorded(data_dir, tmp_path, run_cli):
+    schedule = {"scheduler": "warmup_stable_decay", "warmup_ratio": 0.1, "decay_ratio": 0.2}
+    train_run(_config(data_dir, tmp_path / "extended", max_steps=20, **schedule), progress=False)
+    result = run_cli("train", "--resume", "--run-dir", tmp_path / "extended", "--max-steps", 30, timeout=300)
+    assert result.returncode == 0, result.stderr
+    extended = load_yaml(tmp_path / "extended" / "config.yaml")
+    assert extended.max_steps == 30 and extended.rewarm_after == "20"
+    # the configuration it recorded reproduces it in one run
+    train_run(_config(data_dir, tmp_path / "whole", max_steps=30, rewarm_after="20", **schedule), progress=False)
+    logs = [read_log(tmp_path / name)[0] for name in ("extended", "whole")]
+    assert [r["step"] for r in logs[0]] == list(range(1, 31))
+    # a step's logged rate is the next step's (as the Trainer logs it): at step 20 the first run logged its end, 0
+    rates = [[r["lr"] for r in log] for log in logs]
+    assert rates[0][19] == 0 and rates[0][:19] + rates[0][20:] == pytest.approx(rates[1][:19] + rates[1][20:])
+    top = extended.learning_rate
+    assert rates[1][18:21] == pytest.approx([top / 4, top, top])  # step 20 trains at a quarter of the peak, 21 at the peak
+    assert [r["loss"] for r in logs[0]] == pytest.approx([r["loss"] for r in logs[1]], rel=1e-3)
+    a = load_file(tmp_path / "extended" / "checkpoint" / "model.safetensors")
+    b = load_file(tmp_path / "whole" / "checkpoint" / "model.safetensors")
+    assert all(torch.allclose(a[k], b[k], atol=1e-4) for k in a)
+    # again: it finished at 30, which is no cycle end of its own yet
+    again = run_cli("train", "--resume", "--run-dir", tmp_path / "extended", "--max-steps", 40, timeout=300)
+    assert again.returncode == 0 and load_yaml(tmp_path / "extended" / "config.yaml").rewarm_after == "20,30"
+
+
+def test_only_a_run_that_trained_all_its_steps_is_extended(data_dir, tmp_path):
+    config = _config(data_dir, tmp_path / "run", max_steps=20)
+    with pytest.raises(Interrupted):
+        train_run(config, stop_after_steps=10, progress=False)
+    with pytest.raises(QuadlabError, match="stopped at step 10 of 20; finish it"):
+        extend(config, tmp_path / "run", 30)
+    assert extend(config, tmp_path / "run", 20) is config  # the same steps: a plain resume
+    train_run(config, resume=True, progress=False)
+    with pytest.raises(QuadlabError, match="fewer than the 20 steps"):
+        extend(config, tmp_path / "run", 15)
+    impatient = _config(data_dir, tmp_path / "impatient", max_steps=200, patience=1, learning_rate=1e-9)
+    train_run(impatient, progress=False)
+    with pytest.raises(QuadlabError, match="stopped by patience"):
+        extend(impatient, tmp_path / "impatient", 300)
 
 
 def test_tiny_model_learns_32_equations(tmp_path):

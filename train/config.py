@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -52,6 +53,11 @@ class TrainConfig:
     # to 0 (constant before). A late-learned step keeps a high rate (RESULTS.md, "Learning-rate schedules").
     decay_ratio: float = 0.2
     max_steps: int = 1000  # 0: train for `epochs` instead
+    # Re-warm: comma-separated steps ("15000") at which the schedule restarts. Until each, the rate is
+    # that of a run ending there; after the last, that of a run of max_steps. `train --resume
+    # --max-steps N` on a finished run appends its end here, so that config.yaml reproduces the
+    # continued run in one command (RESULTS.md, "19,000 steps, re-warmed").
+    rewarm_after: str = ""
     epochs: float = 1.0
     max_grad_norm: float = 1.0
     precision: str = "auto"  # auto (bf16 on a GPU, fp32 on CPU) | bf16 | fp32
@@ -199,7 +205,25 @@ def resolve(preset: str = "tiny", yaml_path: str | None = None, overrides: dict 
     return validate(TrainConfig(**values))
 
 
+def rewarm_steps(config: TrainConfig) -> list[int]:
+    """The steps of `rewarm_after`, checked: rising, each above 0 and below max_steps."""
+    if not config.rewarm_after.strip():
+        return []
+    try:
+        steps = [ascii_int(part.strip()) for part in config.rewarm_after.split(",")]
+    except ValueError:
+        raise QuadlabError(f"bad configuration: rewarm_after takes step numbers separated by commas, e.g. 15000 or "
+                           f"10000,15000, not {config.rewarm_after!r}") from None
+    if config.max_steps <= 0:
+        raise QuadlabError("bad configuration: rewarm_after needs max_steps > 0 (a schedule in epochs has no steps to restart at)")
+    if any(b <= a for a, b in zip([0, *steps], [*steps, config.max_steps])):
+        raise QuadlabError(f"bad configuration: rewarm_after must rise from above 0 to below max_steps ({config.max_steps}), "
+                           f"not {config.rewarm_after!r}")
+    return steps
+
+
 def validate(config: TrainConfig) -> TrainConfig:
+    rewarm_steps(config)
     checks = [
         (config.task in TASKS, f"task must be one of {', '.join(TASKS)}"),
         (config.batch_size > 0 and config.grad_accum > 0, "batch_size and grad_accum must be positive"),
@@ -229,9 +253,12 @@ def validate(config: TrainConfig) -> TrainConfig:
 
 
 def save_yaml(config: TrainConfig, path: Path) -> None:
+    """Written whole or not at all (it may replace the config.yaml of a run being extended)."""
     import yaml
 
-    path.write_text(yaml.safe_dump(dataclasses.asdict(config), sort_keys=False))
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(yaml.safe_dump(dataclasses.asdict(config), sort_keys=False))
+    os.replace(tmp, path)
 
 
 def load_yaml(path: Path) -> TrainConfig:

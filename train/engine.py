@@ -22,6 +22,7 @@ process saves its own RNG state in it, for an exact resume under the same number
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import json
 import math
@@ -29,7 +30,7 @@ import os
 import shutil
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Callable, TypeVar
@@ -37,7 +38,7 @@ from typing import Callable, TypeVar
 import torch
 
 from gen import QuadlabError, swap_in
-from train.config import TrainConfig
+from train.config import TrainConfig, rewarm_steps, save_yaml, validate
 
 CHECKPOINT, BEST, KEPT, LOG, STATE = "checkpoint", "best", "checkpoints", "log.jsonl", "trainer_state.json"
 STOP_AFTER_STEPS = "QUADLAB_STOP_AFTER_STEPS"  # tests of launched runs: `stop_after_steps` (Interrupted, with a checkpoint)
@@ -125,9 +126,34 @@ class TrainerState:
     def save(self, path: Path) -> None:
         path.write_text(json.dumps(self.__dict__, indent=2))
 
+    def stopped_early(self, config: TrainConfig) -> bool:
+        """Whether `patience` ended the run."""
+        return bool(config.patience) and self.evals_without_improvement >= config.patience
+
     @classmethod
     def load(cls, path: Path) -> "TrainerState":
         return cls(**json.loads(path.read_text()))
+
+
+def learning_rate_schedule(config: TrainConfig, optimizer, total_steps: int):
+    """Hugging Face's schedule `config.scheduler` for a run of `total_steps`; with `rewarm_after`,
+    each cycle follows the schedule of a run that ends where the cycle ends."""
+    from torch.optim.lr_scheduler import LambdaLR
+    from transformers import get_scheduler
+
+    def for_run_of(steps: int, target) -> LambdaLR:
+        wsd_decay = {"num_decay_steps": int(config.decay_ratio * steps), "decay_type": "linear"}
+        return get_scheduler(config.scheduler, target, int(config.warmup_ratio * steps), steps,
+                             scheduler_specific_kwargs=wsd_decay if config.scheduler == "warmup_stable_decay" else None)
+
+    restarts = rewarm_steps(config)
+    if not restarts:
+        return for_run_of(total_steps, optimizer)
+    # each cycle's multiplier, taken from a schedule built on a stand-in, so that only one scheduler drives the optimiser
+    stand_in = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    cycles = [for_run_of(end, stand_in).lr_lambdas[0] for end in [*restarts, total_steps]]
+    # LambdaLR asks for the multiplier of step index i (0-based) before optimiser step i + 1
+    return LambdaLR(optimizer, lambda i: cycles[bisect.bisect_right(restarts, i)](i))
 
 
 def _atomic_dir(target: Path, write: Callable[[Path], None]) -> None:
@@ -213,7 +239,6 @@ def train(
     from accelerate import Accelerator
     from accelerate.utils import set_seed
     from tqdm import tqdm
-    from transformers import get_scheduler
 
     quiet_libraries()
     precision = config.precision
@@ -243,9 +268,7 @@ def train(
         lr=config.learning_rate,
         fused=torch.cuda.is_available() or None,
     )
-    wsd_decay = {"num_decay_steps": int(config.decay_ratio * total_steps), "decay_type": "linear"}
-    scheduler = get_scheduler(config.scheduler, optimizer, int(config.warmup_ratio * total_steps), total_steps,
-                              scheduler_specific_kwargs=wsd_decay if config.scheduler == "warmup_stable_decay" else None)
+    scheduler = learning_rate_schedule(config, optimizer, total_steps)
     model, optimizer = accelerator.prepare(model, optimizer)
     accelerator.register_for_checkpointing(scheduler)  # stepped by us, once per optimiser step
     # Only the training forward is compiled: evaluation and checkpoints use the model itself, so
@@ -271,6 +294,14 @@ def train(
             raise QuadlabError(f"{run_dir} was trained by {state.processes} process(es), this is {accelerator.num_processes}; "
                                f"resume it with as many: {launch} train --resume --run-dir {run_dir}")
         accelerator.load_state(str(checkpoint_dir))
+        if state.finished and state.step in rewarm_steps(config) and not state.stopped_early(config):
+            state.finished = False  # it ended a cycle that `train --resume --max-steps` has since extended
+            # the optimiser's saved rate is the one the finished schedule gave after its last step (0 for
+            # most); the next step takes the extended schedule's, as it would have in one run
+            for group, base, multiplier in zip(scheduler.optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
+                group["lr"] = base * multiplier(scheduler.last_epoch)
+            if main:  # the extended schedule, recorded once the checkpoint has loaded
+                save_yaml(config, run_dir / "config.yaml")
         if main:
             _truncate_log(log_path, state.step)
     elif main and log_path.exists():
@@ -379,7 +410,7 @@ def train(
                 bar.set_postfix(loss=f"{step_loss:.4f}", **({"val": f"{last_eval[config.metric_for_best]:.3f}"} if last_eval else {}))
                 if state.step % config.eval_every == 0 or state.step >= total_steps:
                     last_eval = run_evaluation()
-                    if config.patience and state.evals_without_improvement >= config.patience:
+                    if state.stopped_early(config):
                         stop = True
                 if state.step >= total_steps:
                     stop = True
@@ -448,11 +479,30 @@ def write_jsonl(path: Path, records: list[dict]) -> None:
     os.replace(tmp, path)
 
 
+def extend(config: TrainConfig, run_dir: Path, max_steps: int) -> TrainConfig:
+    """The configuration for `train --resume --max-steps N`: the same if N is the run's max_steps;
+    for a run that trained all its steps, N steps with the schedule restarting where it ended."""
+    if max_steps == config.max_steps:
+        return config
+    state = TrainerState.load(run_dir / CHECKPOINT / STATE)
+    if config.max_steps <= 0:
+        raise QuadlabError(f"{run_dir} trains for epochs, not steps; --max-steps cannot extend it")
+    if not state.finished:
+        raise QuadlabError(f"{run_dir} stopped at step {state.step} of {config.max_steps}; finish it with --resume "
+                           f"alone, then extend it with --resume --max-steps {max_steps}")
+    if state.stopped_early(config) or state.step != config.max_steps:
+        raise QuadlabError(f"{run_dir} was stopped by patience at step {state.step} of {config.max_steps}; "
+                           f"only a run that trained all its steps can be extended")
+    if max_steps < config.max_steps:
+        raise QuadlabError(f"--max-steps {max_steps} is fewer than the {config.max_steps} steps {run_dir} has trained; "
+                           f"give more to extend it")
+    restarts = ",".join(str(step) for step in [*rewarm_steps(config), config.max_steps])
+    return validate(replace(config, max_steps=max_steps, rewarm_after=restarts))
+
+
 def prepare_run_dir(config: TrainConfig, resume: bool, overwrite: bool) -> Path:
     """The run directory: checked for --resume; new (or emptied with --overwrite) otherwise, with
     config.yaml and environment.json written."""
-    from train.config import save_yaml
-
     run_dir = config.resolved_run_dir()
     if not resume:
         config.run_dir = str(run_dir)
