@@ -201,7 +201,7 @@ def test_rewarm_restarts_the_schedule_as_for_a_run_ending_at_each_cycle_end():
 
 
 @pytest.mark.parametrize("value, message", [("abc", "step numbers"), ("15,10", "must rise"), ("0", "must rise"),
-                                            ("20", "must rise"), ("1e3", "step numbers")])
+                                            ("20", "must rise"), ("1e3", "step numbers"), ("1," * 600, "step numbers")])
 def test_bad_rewarm_steps_are_refused(value, message):
     with pytest.raises(QuadlabError, match=message):
         resolve("tiny", None, {"max_steps": "20", "rewarm_after": value})

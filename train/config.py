@@ -210,6 +210,8 @@ def rewarm_steps(config: TrainConfig) -> list[int]:
     if not config.rewarm_after.strip():
         return []
     try:
+        if len(config.rewarm_after) > 1000:  # a hundred restarts at most: a typo, not a schedule
+            raise ValueError
         steps = [ascii_int(part.strip()) for part in config.rewarm_after.split(",")]
     except ValueError:
         raise QuadlabError(f"bad configuration: rewarm_after takes step numbers separated by commas, e.g. 15000 or "
