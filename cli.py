@@ -236,7 +236,9 @@ def _overrides(pairs: tuple[str, ...]) -> dict:
 @click.option("--keep-checkpoints", is_flag=True, default=None,
               help="Also keep the model at every evaluation in checkpoints/step-N/, for `cli.py heads` to correlate with accuracy.")
 @click.option("--set", "settings", multiple=True, metavar="KEY=VALUE",
-              help="Any other configuration key (see config.yaml of a run), e.g. --set d_model=128. Repeatable.")
+              help="Any other configuration key (see config.yaml of a run), e.g. --set d_model=128, or --max-steps 100000 "
+                   "--set train_seconds=600 --set warmup_steps=200 to train ten minutes (the steps that fit, counted at the end of "
+                   "the warm-up, --max-steps the ceiling). Repeatable.")
 @click.option("--resume", is_flag=True, help="Continue the interrupted run in --run-dir exactly, with its saved configuration. "
               "With --max-steps N, a finished run trains on to step N at the rates a run of N steps has there "
               "(a re-warm; recorded as rewarm_after in config.yaml).")

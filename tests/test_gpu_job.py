@@ -37,6 +37,8 @@ num_decoder_layers: 1
 num_heads: 2
 batch_size: 16
 max_steps: 8
+warmup_steps: 2
+train_seconds: 100000  # counted at step 2, on the second call: the ceiling, 8 steps, fits
 eval_every: 4
 val_size: 8
 eval_batch_size: 64
@@ -74,7 +76,10 @@ def test_gpu_job_trains_across_calls_and_packs_the_results(tmp_path, one_thread,
     assert state["done"] and all(state["stages"][stage]["done"] for stage in STAGES) and state["calls"] == 2
     assert (work / "run" / "left-by-call-1").exists()  # resumed
     assert [r["step"] for r in read_log(work / "run")[0]] == list(range(1, 9))
-    assert capsys.readouterr().out.rstrip().endswith("gpu-job: mini: done")
+    printed = capsys.readouterr().out
+    assert "train: 8 steps fit train_seconds=100000" in printed and printed.rstrip().endswith("gpu-job: mini: done")
+    saved = resolve(yaml_path=str(work / "run" / "config.yaml"))
+    assert (saved.max_steps, saved.train_seconds) == (8, 0)
 
     assert archive.stat().st_size <= ARCHIVE_LIMIT
     with tarfile.open(archive) as tar:

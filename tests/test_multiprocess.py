@@ -102,3 +102,15 @@ def test_a_two_process_checkpoint_is_not_resumed_by_one_process(whole_run):
     run = whole_run[0]
     with pytest.raises(QuadlabError, match="trained by 2 process.*--num_processes 2"):
         train_run(load_yaml(run / "config.yaml"), resume=True, progress=False)
+
+
+def test_a_time_budget_under_two_processes_settles_one_length(data_dir, tmp_path):
+    """train_seconds: both processes count the steps from the same averaged timings (a spent budget:
+    one step past the warm-up) and stop together."""
+    result = launch(tmp_path, "--data", data_dir, "--run-dir", tmp_path / "run", *TRAIN, "--set", "warmup_steps=3",
+                    "--set", "train_seconds=0.000001")
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())["training"]
+    assert metrics["devices"] == 2 and metrics["steps"] == 4 and metrics["time_budget"]["max_steps"] == 4
+    assert [r["step"] for r in _log(tmp_path / "run")[0]] == [1, 2, 3, 4]
+    assert load_yaml(tmp_path / "run" / "config.yaml").max_steps == 4

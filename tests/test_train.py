@@ -1,4 +1,5 @@
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -9,7 +10,7 @@ from gen import QuadlabError
 from gen.dataset import GenOptions, generate
 from gen.equations import FORMATS, Ranges
 from train.config import PRESETS, load_yaml, resolve
-from train.engine import Interrupted, LengthGroupedBatches, extend, learning_rate_schedule, read_log
+from train.engine import Interrupted, LengthGroupedBatches, extend, learning_rate_schedule, read_log, steps_in_budget
 from train.metrics import character_accuracy, judge, quadratic_metrics
 from train.quadratic import build_tokenizer, collator, encode, evaluate_run, load_run, train_run
 
@@ -124,6 +125,11 @@ def test_config_precedence_preset_then_yaml_then_command_line(tmp_path):
         (("tiny", None, {"scheduler": "exotic"}), "scheduler"),
         (("tiny", None, {"scheduler": "warmup_stable_decay", "decay_ratio": "0"}), "decay_ratio"),
         (("tiny", None, {"scheduler": "warmup_stable_decay", "warmup_ratio": "0.1", "decay_ratio": "0.95"}), "decay_ratio"),
+        (("tiny", None, {"warmup_steps": "1000"}), "warmup_steps must lie in"),  # max_steps 1000
+        (("tiny", None, {"scheduler": "warmup_stable_decay", "warmup_steps": "900"}), "decay .* must fit in max_steps"),
+        (("tiny", None, {"train_seconds": "60"}), "train_seconds needs warmup_steps > 0"),
+        (("tiny", None, {"train_seconds": "-1", "warmup_steps": "5"}), "train_seconds must be a number of seconds"),
+        (("tiny", None, {"train_seconds": "60", "warmup_steps": "5", "rewarm_after": "500"}), "do not go together"),
     ],
 )
 def test_bad_configuration_is_refused(args, message):
@@ -230,6 +236,59 @@ def test_extending_a_finished_run_equals_one_run_with_its_rewarm_recorded(data_d
     # again: it finished at 30, which is no cycle end of its own yet
     again = run_cli("train", "--resume", "--run-dir", tmp_path / "extended", "--max-steps", 40, timeout=300)
     assert again.returncode == 0 and load_yaml(tmp_path / "extended" / "config.yaml").rewarm_after == "20,30"
+
+
+def test_steps_in_budget_counts_the_time_left_at_the_end_of_the_warm_up():
+    wsd = resolve("tiny", None, {"scheduler": "warmup_stable_decay", "decay_ratio": "0.2", "warmup_steps": "10",
+                                 "train_seconds": "100", "max_steps": "1000"})
+    assert steps_in_budget(wsd, 10, 20.0, 0.5, 1000) == 170  # 80 s left hold 160 steps of 0.5 s
+    assert steps_in_budget(wsd, 10, 20.0, 0.5, 150) == 150  # max_steps is the ceiling
+    # over the budget: the warm-up, and a decay that starts no earlier (12 - int(0.2 * 12) = 10)
+    assert steps_in_budget(wsd, 10, 120.0, 0.5, 1000) == 12
+    assert steps_in_budget(replace(wsd, scheduler="linear"), 10, 120.0, 0.5, 1000) == 11  # a step past the warm-up
+
+
+def test_train_seconds_fixes_the_length_once_and_config_yaml_repeats_the_run(data_dir, tmp_path, monkeypatch):
+    from train import engine
+
+    budget = {"warmup_steps": 5, "train_seconds": 1000, "scheduler": "warmup_stable_decay", "decay_ratio": 0.25}
+    counted = []
+
+    def count(config, step, spent, seconds_per_step, ceiling):  # a fixed answer: the clock is the machine's
+        counted.append((step, ceiling, spent > 0, seconds_per_step > 0))
+        return 17
+
+    monkeypatch.setattr(engine, "steps_in_budget", count)
+    with pytest.raises(Interrupted):
+        train_run(_config(data_dir, tmp_path / "budget", **budget), stop_after_steps=10, progress=False)
+    assert counted == [(5, 30, True, True)]  # at the end of the warm-up, under the ceiling max_steps: 30
+    saved = load_yaml(tmp_path / "budget" / "config.yaml")
+    assert (saved.max_steps, saved.train_seconds, saved.warmup_steps) == (17, 0, 5)
+    # resumed with the budget's configuration, as every call of gpu-job does: the length holds, uncounted
+    again = _config(data_dir, tmp_path / "budget", **budget)
+    train_run(again, resume=True, progress=False)
+    assert again.max_steps == 17 and len(counted) == 1
+    training = json.loads((tmp_path / "budget" / "metrics.json").read_text())["training"]
+    assert training["steps"] == 17
+    assert {k: training["time_budget"][k] for k in ("train_seconds", "at_step", "max_steps")} == {"train_seconds": 1000, "at_step": 5, "max_steps": 17}
+    # config.yaml as saved repeats it: every step's rate, the losses within float noise
+    repeat = load_yaml(tmp_path / "budget" / "config.yaml")
+    repeat.run_dir = str(tmp_path / "repeat")
+    train_run(repeat, progress=False)
+    logs = [read_log(tmp_path / name)[0] for name in ("budget", "repeat")]
+    assert [r["step"] for r in logs[0]] == list(range(1, 18))
+    rates = [r["lr"] for r in logs[0]]
+    assert rates == pytest.approx([r["lr"] for r in logs[1]])
+    top = repeat.learning_rate  # logged: the next step's rate. Warm-up 5 steps, the peak to 13 = 17 - int(0.25 * 17), then to 0
+    assert rates == pytest.approx([top * k / 5 for k in range(1, 5)] + [top] * 9 + [top * (17 - k) / 4 for k in range(14, 18)])
+    assert [r["loss"] for r in logs[0]] == pytest.approx([r["loss"] for r in logs[1]], rel=1e-3)
+
+
+def test_a_spent_budget_ends_the_run_a_step_after_the_warm_up(data_dir, tmp_path):
+    config = _config(data_dir, tmp_path / "run", warmup_steps=4, train_seconds=1e-6)
+    train_run(config, progress=False)
+    assert [r["step"] for r in read_log(tmp_path / "run")[0]] == [1, 2, 3, 4, 5]
+    assert load_yaml(tmp_path / "run" / "config.yaml").max_steps == 5 and (tmp_path / "run" / "model.safetensors").is_file()
 
 
 def test_only_a_run_that_trained_all_its_steps_is_extended(data_dir, tmp_path):

@@ -48,6 +48,7 @@ class TrainConfig:
     learning_rate: float = 3e-3
     weight_decay: float = 0.01
     warmup_ratio: float = 0.05
+    warmup_steps: int = 0  # > 0: the warm-up in steps, in place of warmup_ratio (as in Hugging Face's Trainer)
     scheduler: str = "linear"  # linear | cosine | constant_with_warmup | warmup_stable_decay
     # warmup_stable_decay only: the last fraction of the steps, over which the rate falls linearly
     # to 0 (constant before). A late-learned step keeps a high rate (RESULTS.md, "Learning-rate schedules").
@@ -58,6 +59,12 @@ class TrainConfig:
     # --max-steps N` on a finished run appends its end here, so that config.yaml reproduces the
     # continued run in one command (RESULTS.md, "19,000 steps, re-warmed").
     rewarm_after: str = ""
+    # A training-time budget in seconds (evaluations not counted; 0: none). At the end of the warm-up
+    # (warmup_steps, which it needs) max_steps becomes the steps that fit, at the median time of the
+    # last 100 steps, max_steps staying the ceiling; config.yaml then records that max_steps and no
+    # budget, so that it repeats the run step for step. The schedule up to there depends on the
+    # warm-up alone, so it is the one a run of the final max_steps follows.
+    train_seconds: float = 0.0
     epochs: float = 1.0
     max_grad_norm: float = 1.0
     precision: str = "auto"  # auto (bf16 on a GPU, fp32 on CPU) | bf16 | fp32
@@ -232,9 +239,19 @@ def validate(config: TrainConfig) -> TrainConfig:
         (config.learning_rate > 0, "learning_rate must be positive"),
         (config.max_steps > 0 or config.epochs > 0, "give max_steps > 0 or epochs > 0"),
         (0 <= config.warmup_ratio < 1, "warmup_ratio must lie in [0, 1)"),
+        (config.warmup_steps >= 0 and (config.max_steps <= 0 or config.warmup_steps < config.max_steps),
+         "warmup_steps must lie in [0, max_steps)"),
         (config.scheduler in SCHEDULERS, f"scheduler must be one of {', '.join(SCHEDULERS)}"),
         (config.scheduler != "warmup_stable_decay" or 0 < config.decay_ratio <= 1 - config.warmup_ratio,
          "decay_ratio must lie in (0, 1 - warmup_ratio]"),
+        (config.scheduler != "warmup_stable_decay" or not config.warmup_steps or config.max_steps <= 0
+         or config.max_steps - int(config.decay_ratio * config.max_steps) >= config.warmup_steps,
+         "warmup_steps and the decay (decay_ratio of max_steps) must fit in max_steps"),
+        (0 <= config.train_seconds < math.inf, "train_seconds must be a number of seconds, 0 for no budget"),
+        (not config.train_seconds or config.warmup_steps > 0,
+         "train_seconds needs warmup_steps > 0: the steps that fit the budget are counted at the end of the warm-up"),
+        (not (config.train_seconds and config.rewarm_after.strip()),
+         "train_seconds and rewarm_after do not go together: extend a finished run with train --resume --max-steps"),
         (config.precision in ("auto", "bf16", "fp32"), "precision must be auto, bf16 or fp32"),
         (config.compile in ("auto", "true", "false"), "compile must be auto, true or false"),
         (config.compile_mode in COMPILE_MODES, f"compile_mode must be one of {', '.join(COMPILE_MODES)}"),

@@ -23,14 +23,16 @@ process saves its own RNG state in it, for an exact resume under the same number
 from __future__ import annotations
 
 import bisect
+import collections
 import contextlib
 import json
 import math
 import os
 import shutil
+import statistics
 import sys
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Callable, TypeVar
@@ -122,6 +124,7 @@ class TrainerState:
     tokens: int = 0
     finished: bool = False
     processes: int = 1  # the data order and the RNG states of a checkpoint belong to this many processes
+    time_budget: dict = field(default_factory=dict)  # train_seconds: the run's length, once counted
 
     def save(self, path: Path) -> None:
         path.write_text(json.dumps(self.__dict__, indent=2))
@@ -143,7 +146,7 @@ def learning_rate_schedule(config: TrainConfig, optimizer, total_steps: int):
 
     def for_run_of(steps: int, target) -> LambdaLR:
         wsd_decay = {"num_decay_steps": int(config.decay_ratio * steps), "decay_type": "linear"}
-        return get_scheduler(config.scheduler, target, int(config.warmup_ratio * steps), steps,
+        return get_scheduler(config.scheduler, target, config.warmup_steps or int(config.warmup_ratio * steps), steps,
                              scheduler_specific_kwargs=wsd_decay if config.scheduler == "warmup_stable_decay" else None)
 
     restarts = rewarm_steps(config)
@@ -154,6 +157,28 @@ def learning_rate_schedule(config: TrainConfig, optimizer, total_steps: int):
     cycles = [for_run_of(end, stand_in).lr_lambdas[0] for end in [*restarts, total_steps]]
     # LambdaLR asks for the multiplier of step index i (0-based) before optimiser step i + 1
     return LambdaLR(optimizer, lambda i: cycles[bisect.bisect_right(restarts, i)](i))
+
+
+def follow_schedule(scheduler, config: TrainConfig, total_steps: int | None = None) -> None:
+    """The optimiser's rate for the next step from `scheduler` where it stands; with `total_steps`,
+    its schedule first becomes that of a run of `total_steps` (train_seconds)."""
+    if total_steps is not None:
+        groups = [{"params": [torch.zeros(1, requires_grad=True)]} for _ in scheduler.optimizer.param_groups]
+        scheduler.lr_lambdas = learning_rate_schedule(config, torch.optim.SGD(groups, lr=1.0), total_steps).lr_lambdas
+    for group, base, multiplier in zip(scheduler.optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
+        group["lr"] = base * multiplier(scheduler.last_epoch)
+
+
+def steps_in_budget(config: TrainConfig, step: int, spent: float, seconds_per_step: float, ceiling: int) -> int:
+    """The run's length under `train_seconds`, decided at `step` with `spent` seconds trained: the
+    steps the time left holds, at most `ceiling`, and at least one more than `step` (for
+    warmup_stable_decay, so many that its decay starts no earlier: the schedule so far must be
+    that of the run's length)."""
+    fits = step + max(0, math.floor((config.train_seconds - spent) / max(seconds_per_step, 1e-9)))
+    shortest = step + 1  # a run is longer than its warm-up (config.validate)
+    while config.scheduler == "warmup_stable_decay" and shortest - int(config.decay_ratio * shortest) < step:
+        shortest += 1
+    return min(ceiling, max(shortest, fits))
 
 
 def _atomic_dir(target: Path, write: Callable[[Path], None]) -> None:
@@ -283,6 +308,13 @@ def train(
     else:
         forward = model
 
+    def fit_budget(steps: int) -> int:
+        """The run becomes one of `steps` steps (train_seconds): its schedule and configuration."""
+        follow_schedule(scheduler, config, steps)
+        # the caller's configuration too (the job reports its steps), without the budget: it says what ran
+        config.max_steps, config.train_seconds = steps, 0.0
+        return steps
+
     state = TrainerState(processes=accelerator.num_processes)
     checkpoint_dir, log_path = run_dir / CHECKPOINT, run_dir / LOG
     if resume:
@@ -298,10 +330,11 @@ def train(
             state.finished = False  # it ended a cycle that `train --resume --max-steps` has since extended
             # the optimiser's saved rate is the one the finished schedule gave after its last step (0 for
             # most); the next step takes the extended schedule's, as it would have in one run
-            for group, base, multiplier in zip(scheduler.optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
-                group["lr"] = base * multiplier(scheduler.last_epoch)
+            follow_schedule(scheduler, config)
             if main:  # the extended schedule, recorded once the checkpoint has loaded
                 save_yaml(config, run_dir / "config.yaml")
+        if config.train_seconds and state.time_budget:  # the budget was counted in an earlier call: its length holds
+            total_steps = fit_budget(state.time_budget["max_steps"])
         if main:
             _truncate_log(log_path, state.step)
     elif main and log_path.exists():
@@ -351,6 +384,8 @@ def train(
     step_tokens = 0  # this process's tokens since the last optimiser step
     model.train()
     started = time.perf_counter() - state.elapsed
+    step_seconds = collections.deque(maxlen=100)  # the last steps' durations, for train_seconds
+    last_step_end = time.perf_counter()
     stop = state.finished or state.step >= total_steps
     try:
         while not stop:
@@ -398,7 +433,10 @@ def train(
                 state.tokens += step_tokens
                 step_tokens = 0
                 state.step += 1
-                state.elapsed = time.perf_counter() - started
+                now = time.perf_counter()
+                state.elapsed = now - started
+                step_seconds.append(now - last_step_end)
+                last_step_end = now
                 record = {
                     "step": state.step, "epoch": state.epoch, "loss": round(step_loss, 6),
                     "lr": scheduler.get_last_lr()[0], "grad_norm": None if grad_norm is None else round(float(grad_norm), 6),
@@ -406,6 +444,19 @@ def train(
                 }
                 if main:
                     _log(log_path, record)
+                if config.train_seconds and state.step >= config.warmup_steps:
+                    measured = [state.elapsed - state.eval_seconds, statistics.median(step_seconds)]
+                    if accelerator.num_processes > 1:  # every process must settle on the same length
+                        measured = accelerator.reduce(torch.tensor(measured, dtype=torch.float64, device=accelerator.device), "mean").tolist()
+                    budget = config.train_seconds
+                    total_steps = fit_budget(steps_in_budget(config, state.step, *measured, total_steps))
+                    state.time_budget = {"train_seconds": budget, "at_step": state.step, "spent_seconds": round(measured[0], 3),
+                                         "seconds_per_step": round(measured[1], 6), "max_steps": total_steps}
+                    bar.total = total_steps
+                    if main:
+                        save_yaml(config, run_dir / "config.yaml")
+                        tqdm.write(f"train: {total_steps} steps fit train_seconds={budget:g} at {measured[1]:.4g} s a step "
+                                   f"(median of the last {len(step_seconds)}); config.yaml records max_steps: {total_steps}")
                 bar.update(1)
                 bar.set_postfix(loss=f"{step_loss:.4f}", **({"val": f"{last_eval[config.metric_for_best]:.3f}"} if last_eval else {}))
                 if state.step % config.eval_every == 0 or state.step >= total_steps:
@@ -446,6 +497,7 @@ def train(
         "train_seconds": round(training, 2), "train_tokens": state.tokens,
         "train_tokens_per_second": round(state.tokens / training, 1) if training > 0 else None,
         "precision": precision, "compiled": compiled, "devices": accelerator.num_processes, "device": str(accelerator.device),
+        **({"time_budget": state.time_budget} if state.time_budget else {}),
     }
 
 
