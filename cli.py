@@ -582,7 +582,8 @@ def probe(run_dir, split, limit, targets, batch_size, held_out, seed, out_dir):
                    "heads start only with half of them left. 500 leaves a 10-minute call room for its start and the "
                    "test evaluation after training.")
 @click.option("--set", "settings", multiple=True, metavar="KEY=VALUE",
-              help="Change a training key of the recipe, e.g. --set max_steps=12000 (recorded with the job). Repeatable.")
+              help="Change a training key of the recipe, e.g. --set train_seconds=600 (its training time; the recipes train 840 s), "
+                   "--set compile=false. Recorded with the job: give the same in every call. Repeatable.")
 def gpu_job(recipe, out_dir, work, budget_seconds, settings):
     """Run the whole experiment of RECIPE (a name in train/recipes/, or a YAML file) in calls of
     limited time: generate its dataset, train (resuming across calls), evaluate on the test split,
