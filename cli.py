@@ -215,6 +215,10 @@ def _overrides(pairs: tuple[str, ...]) -> dict:
                    "classify: sequence classification with an encoder (see --model, --train-file).")
 @click.option("--model", "model_name", default=None, help="squad, classify: a hub model name or a local directory with its tokenizer.  "
               "[default: squad: microsoft/deberta-v3-base; classify: an encoder from scratch, --set encoder=bert|deberta-v2]")
+@click.option("--init-from", default=None, metavar="RUN_DIR",
+              help="quadratic: start from the weights of this trained run (or a GPU job's unpacked run/), with its tokenizer "
+                   "and architecture, a fresh optimiser and the schedule of this run: to train a finished model on without its "
+                   "checkpoint, or on other data of the same format.  [default: random weights]")
 @click.option("--train-file", default=None, help="squad: SQuAD v1.1/v2.0 JSON to train on (split by article when --eval-file is not given); "
               "classify: CSV or JSONL with text, optional text_pair and label columns (--set text_column=... label_column=...; "
               "eval_fraction held out when --eval-file is not given). classify without it: the equations of --data.")
@@ -243,7 +247,7 @@ def _overrides(pairs: tuple[str, ...]) -> dict:
               "With --max-steps N, a finished run trains on to step N at the rates a run of N steps has there "
               "(a re-warm; recorded as rewarm_after in config.yaml).")
 @click.option("--overwrite", is_flag=True, help="Delete an existing run directory and start again.")
-def train(task, model_name, train_file, eval_file, preset, config_path, data, run_dir, seed, max_steps, epochs, batch_size,
+def train(task, model_name, init_from, train_file, eval_file, preset, config_path, data, run_dir, seed, max_steps, epochs, batch_size,
           learning_rate, eval_every, patience, eval_limit, num_beams, keep_checkpoints, settings, resume, overwrite):
     """Train a model and evaluate it on the test split.
 
@@ -262,7 +266,7 @@ def train(task, model_name, train_file, eval_file, preset, config_path, data, ru
     from train.runs import check_checkpoint, read_config
 
     options = {
-        "task": task, "model_name": model_name, "train_file": train_file, "eval_file": eval_file, "data": data, "run_dir": run_dir, "seed": seed, "max_steps": max_steps, "epochs": epochs,
+        "task": task, "model_name": model_name, "init_from": init_from, "train_file": train_file, "eval_file": eval_file, "data": data, "run_dir": run_dir, "seed": seed, "max_steps": max_steps, "epochs": epochs,
         "batch_size": batch_size, "learning_rate": learning_rate, "eval_every": eval_every, "patience": patience,
         "eval_limit": eval_limit, "num_beams": num_beams, "keep_checkpoints": 1 if keep_checkpoints else None, **_overrides(settings),
     }
@@ -583,7 +587,8 @@ def probe(run_dir, split, limit, targets, batch_size, held_out, seed, out_dir):
                    "test evaluation after training.")
 @click.option("--set", "settings", multiple=True, metavar="KEY=VALUE",
               help="Change a training key of the recipe, e.g. --set train_seconds=600 (its training time; the recipes train 840 s), "
-                   "--set compile=false. Recorded with the job: give the same in every call. Repeatable.")
+                   "--set compile=false, --set init_from=RUN_DIR (train on from a trained model's weights, e.g. an earlier "
+                   "job's unpacked run/ with its weights). Recorded with the job: give the same in every call. Repeatable.")
 def gpu_job(recipe, out_dir, work, budget_seconds, settings):
     """Run the whole experiment of RECIPE (a name in train/recipes/, or a YAML file) in calls of
     limited time: generate its dataset, train (resuming across calls), evaluate on the test split,

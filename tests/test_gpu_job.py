@@ -114,6 +114,14 @@ def test_gpu_job_trains_across_calls_and_packs_the_results(tmp_path, one_thread,
     assert stop.value.code == 2
     assert "holds the job of another recipe or other --set keys" in capsys.readouterr().err
 
+    # a later job trains on from the weights that came back; resumed, it keeps their architecture,
+    # not the one its keys give (d_model=48 here)
+    more, start = tmp_path / "more", tmp_path / "back" / "mini" / "run"
+    gpu_job(recipe, more, out, "--budget-seconds", 0, "--set", f"init_from={start}", "--set", "d_model=48")
+    assert resolve(yaml_path=str(more / "run" / "config.yaml")).d_model == 32
+    gpu_job(recipe, more, out, "--budget-seconds", 600, "--set", f"init_from={start}", "--set", "d_model=48")
+    assert json.loads((more / "job.json").read_text())["done"]  # resumed from its config.yaml: a d_model=48 model would not load
+
 
 @pytest.mark.parametrize("change, message", [
     (("gen:", "gen:\n  colour: blue"), "gen: has no option 'colour'"),

@@ -307,6 +307,64 @@ def test_only_a_run_that_trained_all_its_steps_is_extended(data_dir, tmp_path):
         extend(impatient, tmp_path / "impatient", 300)
 
 
+def test_init_from_starts_from_the_trained_weights_with_their_architecture_and_resumes(data_dir, tmp_path):
+    from safetensors.torch import save_file
+
+    trained = _config(data_dir, tmp_path / "trained", d_model=32, d_ff=64, num_heads=2, max_steps=20)
+    train_run(trained, progress=False)
+    # as a GPU job brings weights back: rounded to bfloat16
+    source = tmp_path / "from-gpu"
+    source.mkdir()
+    for name in ("config.json", "tokenizer.json", "tokenizer_config.json"):
+        (source / name).write_bytes((tmp_path / "trained" / name).read_bytes())
+    weights = {k: v.to(torch.bfloat16) for k, v in load_file(tmp_path / "trained" / "model.safetensors").items()}
+    save_file(weights, source / "model.safetensors", metadata={"format": "pt"})
+    # a rate of 1e-9 barely moves the weights: what the run ends with is what it started from
+    still = {"init_from": str(source), "learning_rate": 1e-9, "max_steps": 12}
+    train_run(_config(data_dir, tmp_path / "whole", **still), progress=False)
+    recorded = load_yaml(tmp_path / "whole" / "config.yaml")
+    assert (recorded.d_model, recorded.d_ff, recorded.num_heads, recorded.init_from) == (32, 64, 2, str(source))
+    ended = load_file(tmp_path / "whole" / "checkpoint" / "model.safetensors")
+    assert ended.keys() == weights.keys() and all(ended[k].dtype == torch.float32 for k in ended)
+    assert all(torch.allclose(ended[k], weights[k].float(), atol=1e-6) for k in ended)
+    assert not torch.allclose(ended["shared.weight"], load_file(tmp_path / "trained" / "model.safetensors")["shared.weight"], atol=1e-6)
+    # interrupted and resumed from config.yaml alone (the source gone): the same run
+    broken = _config(data_dir, tmp_path / "broken", **{**still, "learning_rate": 1e-3})
+    with pytest.raises(Interrupted):
+        train_run(broken, stop_after_steps=7, progress=False)
+    train_run(_config(data_dir, tmp_path / "whole2", **{**still, "learning_rate": 1e-3}), progress=False)
+    for name in list(source.iterdir()):
+        name.unlink()
+    train_run(load_yaml(tmp_path / "broken" / "config.yaml"), resume=True, progress=False)
+    a = load_file(tmp_path / "whole2" / "checkpoint" / "model.safetensors")
+    b = load_file(tmp_path / "broken" / "checkpoint" / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_init_from_refuses_what_it_cannot_start_from(data_dir, tmp_path, run_cli):
+    with pytest.raises(QuadlabError, match="holds no trained model"):
+        train_run(_config(data_dir, tmp_path / "r1", init_from=str(tmp_path / "none")), progress=False)
+    bert = tmp_path / "bert"
+    bert.mkdir()
+    for name in ("model.safetensors", "tokenizer.json"):
+        (bert / name).write_text("x")
+    (bert / "config.json").write_text('{"model_type": "bert"}')
+    with pytest.raises(QuadlabError, match="holds a bert model, not the T5"):
+        train_run(_config(data_dir, tmp_path / "r2", init_from=str(bert)), progress=False)
+    train_run(_config(data_dir, tmp_path / "published", max_steps=2), progress=False)
+    reversed_data = tmp_path / "reversed"
+    generate(GenOptions(rows=250, seed=5, ranges=SMALL_RANGES, format="reversed"), reversed_data)
+    with pytest.raises(QuadlabError, match="lacks characters of this data .*~"):
+        train_run(_config(reversed_data, tmp_path / "r3", init_from=str(tmp_path / "published")), progress=False)
+    assert not (tmp_path / "r1").exists() and not (tmp_path / "r2").exists() and not (tmp_path / "r3").exists()
+    with pytest.raises(QuadlabError, match="init_from is for --task quadratic"):
+        resolve("squad", None, {"init_from": str(tmp_path / "published")})
+    cli = run_cli("train", "--data", data_dir, "--run-dir", tmp_path / "r4", "--set", "val_size=20", "--init-from", tmp_path / "none")
+    assert cli.returncode == 2 and len(cli.stderr.strip().splitlines()) == 1 and "init_from" in cli.stderr
+    resume = run_cli("train", "--resume", "--run-dir", tmp_path / "published", "--init-from", tmp_path / "published")
+    assert resume.returncode == 2 and "drop the other options" in resume.stderr
+
+
 def test_tiny_model_learns_32_equations(tmp_path):
     from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 

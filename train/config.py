@@ -27,6 +27,10 @@ class TrainConfig:
     data: str = "data/quadratic"
     run_dir: str = ""  # default: runs/<task>-<preset>-seed<seed>
     seed: int = 0
+    # quadratic: a trained model's directory (a run, its best/, or a GPU job's unpacked run/) whose
+    # weights, tokenizer and architecture the run starts from, with a fresh optimiser and schedule;
+    # "": random weights. Its architecture replaces the keys below in config.yaml.
+    init_from: str = ""
     # T5 model (quadratic task)
     d_model: int = 64
     d_ff: int = 256
@@ -252,6 +256,8 @@ def validate(config: TrainConfig) -> TrainConfig:
          "train_seconds needs warmup_steps > 0: the steps that fit the budget are counted at the end of the warm-up"),
         (not (config.train_seconds and config.rewarm_after.strip()),
          "train_seconds and rewarm_after do not go together: extend a finished run with train --resume --max-steps"),
+        (not config.init_from or config.task == "quadratic",
+         f"init_from is for --task quadratic; {config.task} starts from --model"),
         (config.precision in ("auto", "bf16", "fp32"), "precision must be auto, bf16 or fp32"),
         (config.compile in ("auto", "true", "false"), "compile must be auto, true or false"),
         (config.compile_mode in COMPILE_MODES, f"compile_mode must be one of {', '.join(COMPILE_MODES)}"),

@@ -107,8 +107,11 @@ def run_job(recipe: Path, text: str, make_data: Callable[[], None], overrides: d
             make_data()
         elif stage == "train":
             from train.quadratic import train_run
+            from train.runs import read_config
 
             resume = (run_dir / engine.CHECKPOINT / engine.STATE).exists()  # none yet: a call cut off early, start again
+            if resume:  # as `train --resume`: the run's saved configuration (init_from's architecture, the steps that fit)
+                config = read_config(run_dir)
             try:
                 result = train_run(config, resume=resume, overwrite=not resume, deadline=deadline)
             except Interrupted as stop:

@@ -146,6 +146,44 @@ def build_model(config: TrainConfig, tokenizer):
     return model
 
 
+ARCHITECTURE = ("d_model", "d_ff", "d_kv", "num_layers", "num_decoder_layers", "num_heads", "feed_forward_proj",
+                "relative_attention_num_buckets", "relative_attention_max_distance")  # T5Config's names too
+
+
+def trained_start(config: TrainConfig, texts: list[str]):
+    """(config with the architecture of the model in `config.init_from`, that model in float32,
+    its tokenizer), checked to be a quadratic T5 whose tokenizer writes every character of `texts`."""
+    from dataclasses import replace
+
+    from transformers import T5ForConditionalGeneration
+
+    path = Path(config.init_from)
+    fix = "give a quadratic run directory or a GPU job's unpacked run/ with model.safetensors in it"
+    files = ("config.json", "model.safetensors", "tokenizer.json")
+    if not all((path / name).is_file() for name in files):
+        raise QuadlabError(f"init_from {path} holds no trained model ({', '.join(files)}); {fix}")
+    try:
+        model_type = json.loads((path / "config.json").read_text()).get("model_type")
+    except (OSError, ValueError, AttributeError) as err:
+        raise QuadlabError(f"init_from {path}: its config.json cannot be read ({runs.first_line(err)}); {fix}") from None
+    if model_type != "t5":
+        raise QuadlabError(f"init_from {path} holds a {model_type} model, not the T5 of a quadratic run; {fix}")
+    tokenizer = runs.load_tokenizer(path)
+    missing = sorted(set().union(*texts) - set(tokenizer.get_vocab()))
+    if missing:
+        raise QuadlabError(f"init_from {path}: its tokenizer lacks characters of this data ({''.join(missing[:20])!r}); "
+                           f"start from a model trained on data of the same --format")
+    try:  # a GPU job's weights come back in bfloat16: training goes on in float32
+        model = T5ForConditionalGeneration.from_pretrained(str(path), dtype=torch.float32, dropout_rate=config.dropout_rate)
+    except Exception as err:  # whatever a damaged file raises inside the library
+        raise QuadlabError(f"init_from {path}: its model cannot be loaded ({runs.first_line(err)}); {fix}") from None
+    if model.config.vocab_size != len(tokenizer):
+        raise QuadlabError(f"init_from {path}: its model has {model.config.vocab_size} token embeddings and its tokenizer "
+                           f"{len(tokenizer)} tokens; {fix}")
+    model.set_attn_implementation("sdpa" if torch.cuda.is_available() else "eager")  # as build_model
+    return replace(config, **{key: getattr(model.config, key) for key in ARCHITECTURE}), model, tokenizer
+
+
 def generation_config(tokenizer, longest: int):
     """Greedy decoding of up to 16 tokens more than the longest training solution (`longest`)."""
     from transformers import GenerationConfig
@@ -240,16 +278,22 @@ def train_run(config: TrainConfig, resume: bool = False, overwrite: bool = False
     from train import engine
 
     splits = load_splits(config)  # before the run directory: a missing dataset leaves nothing behind
+    model = None
+    if not resume:
+        columns = splits["train"].select_columns(["equation", "solution"]).to_dict()
+        if config.init_from:  # its architecture goes into config.yaml, which a resumed run builds from
+            config, model, tokenizer = trained_start(config, columns["equation"] + columns["solution"])
+        else:
+            tokenizer = build_tokenizer(columns["equation"] + columns["solution"])
     run_dir = engine.prepare_run_dir(config, resume, overwrite)
     if resume:
         tokenizer = runs.load_tokenizer(run_dir)
     else:
-        columns = splits["train"].select_columns(["equation", "solution"]).to_dict()
-        tokenizer = build_tokenizer(columns["equation"] + columns["solution"])
-        engine.on_main(lambda: tokenizer.save_pretrained(str(run_dir)))  # every process built the same one
+        engine.on_main(lambda: tokenizer.save_pretrained(str(run_dir)))  # every process has the same one
 
     train_rows = encode(tokenizer, splits["train"])
-    model = build_model(config, tokenizer)
+    if model is None:
+        model = build_model(config, tokenizer)
     model.generation_config = generation_config(tokenizer, max(len(r["labels"]) for r in train_rows))
 
     def evaluate(model_to_evaluate) -> dict:
