@@ -27,7 +27,7 @@ class TrainConfig:
     data: str = "data/quadratic"
     run_dir: str = ""  # default: runs/<task>-<preset>-seed<seed>
     seed: int = 0
-    # quadratic: a trained model's directory (a run, its best/, or a GPU job's unpacked run/) whose
+    # quadratic: a trained model's directory (a run, or a GPU job's unpacked run/ with its weights) whose
     # weights, tokenizer and architecture the run starts from, with a fresh optimiser and schedule;
     # "": random weights. Its architecture replaces the keys below in config.yaml.
     init_from: str = ""
