@@ -2,6 +2,7 @@
 can run them (torch.compile, through dynamo's eager backend: the same graph capture without
 compiling kernels, which takes minutes on a CPU)."""
 
+import collections
 import functools
 import json
 import tarfile
@@ -14,7 +15,9 @@ from transformers import T5ForConditionalGeneration
 import cli
 from gen.dataset import GenOptions, generate
 from gen.equations import Ranges
-from train.config import resolve
+from gen import QuadlabError
+from train.config import pad_width_rungs, resolve
+from train import engine
 from train.engine import bucket_width, pad_to_buckets, read_log
 from train import job
 from train.job import ARCHIVE_LIMIT, STAGES
@@ -176,18 +179,30 @@ def test_compiled_training_matches_eager_training(tmp_path, one_thread, monkeypa
     data = tmp_path / "data"
     generate(GenOptions(rows=120, seed=3, ranges=Ranges(a_lo=-2, a_hi=2, root_lo=-5, root_hi=5)), data)
     monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="eager"))
+    widths = collections.defaultdict(set)  # the label widths each run's training forward saw
+    padded = engine.pad_to_buckets
+
+    def spy(batch, *args):
+        out = padded(batch, *args)
+        widths[run].add(out["labels"].shape[1])
+        return out
+
+    monkeypatch.setattr(engine, "pad_to_buckets", spy)
     losses = {}
-    for compiled in ("false", "true"):
-        run_dir = tmp_path / f"compile-{compiled}"
+    for run, compiled, pad_widths in (("eager", "false", ""), ("compiled", "true", ""), ("coarse", "true", "37,1000")):
+        run_dir = tmp_path / run
         config = resolve("tiny", None, {"data": str(data), "run_dir": str(run_dir), "compile": compiled, "d_model": 32, "d_ff": 64,
                                         "d_kv": 8, "num_layers": 1, "num_decoder_layers": 1, "num_heads": 2, "batch_size": 16,
-                                        "max_steps": 7, "eval_every": 3, "val_size": 8, "eval_limit": 8})
+                                        "max_steps": 7, "eval_every": 3, "val_size": 8, "eval_limit": 8, "pad_widths": pad_widths})
         metrics = train_run(config, progress=False)
         assert metrics["training"]["compiled"] is (compiled == "true")
         assert not any(key.startswith("_orig_mod") for key in load_file(run_dir / "model.safetensors"))
-        losses[compiled] = [r["loss"] for r in read_log(run_dir)[0]]
+        losses[run] = [r["loss"] for r in read_log(run_dir)[0]]
     # 88 training rows: an epoch is five batches of 16 and one of 8, which the compiled run fills up
-    assert len(losses["true"]) == 7 and losses["true"] == pytest.approx(losses["false"], rel=1e-4)
+    assert len(losses["compiled"]) == 7 and losses["compiled"] == pytest.approx(losses["eager"], rel=1e-4)
+    # pad_widths: every batch over 32 wide padded to 37 or 1000, as the ladder never would; the same losses
+    assert not widths["eager"] and widths["compiled"] <= {32, 48, 64, 96, 128} and widths["coarse"] <= {32, 37, 1000}
+    assert 1000 in widths["coarse"] and losses["coarse"] == pytest.approx(losses["eager"], rel=1e-4)
 
 
 def test_bucket_widths_are_few_and_hold_every_width():
@@ -195,6 +210,21 @@ def test_bucket_widths_are_few_and_hold_every_width():
     assert sorted(widths) == [32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024]
     for n in range(1, 1025):
         assert n <= bucket_width(n) and (n <= 32 or (bucket_width(n) - n) / bucket_width(n) < 1 / 3)
+
+
+def test_pad_widths_replace_the_ladder_above_32():
+    """pad_widths: fewer, coarser widths to compile; 32 and under and past the last rung, the ladder."""
+    rungs = pad_width_rungs(resolve("tiny", None, {"pad_widths": " 448, 640"}))
+    assert rungs == (448, 640)
+    assert [bucket_width(n, rungs) for n in (1, 32, 33, 448, 449, 640, 641)] == [32, 32, 448, 448, 640, 640, 768]
+    assert {bucket_width(n, rungs) for n in range(1, 641)} == {32, 448, 640}
+    batch = {"input_ids": torch.ones(2, 21, dtype=torch.long), "labels": torch.ones(2, 300, dtype=torch.long)}
+    padded = pad_to_buckets(batch, pad_token_id=0, rows=4, rungs=rungs)
+    assert padded["input_ids"].shape == (4, 32) and padded["labels"].shape == (4, 448)
+    assert (padded["labels"][:2, 300:] == -100).all() and (padded["labels"][2:] == -100).all()
+    for value in ("448,448", "640,448", "32,640", "448;640", "448,", "４４８", "1," * 150):
+        with pytest.raises(QuadlabError, match="pad_widths"):
+            resolve("tiny", None, {"pad_widths": value})
 
 
 def test_padding_to_buckets_leaves_the_loss_unchanged(one_thread):

@@ -78,6 +78,10 @@ class TrainConfig:
     # width and ran 3x slower than eager on an H100 (BENCHMARKS.md, "Training on an H100").
     compile: str = "auto"  # auto | true | false
     compile_mode: str = "reduce-overhead"  # torch.compile's mode: reduce-overhead (CUDA graphs) | default | max-autotune
+    # Compiled only: comma-separated widths over 32 ("448,640") that replace engine.bucket_width's
+    # ladder above 32, so that a long format compiles fewer widths (each costs some 30 s in every
+    # process, also each resumed one) at the price of more padding; "": the ladder
+    pad_widths: str = ""
     # evaluation, early stopping, checkpoints
     eval_every: int = 250
     val_size: int = 500  # rows carved from train for validation; 0 validates on the training rows
@@ -235,8 +239,25 @@ def rewarm_steps(config: TrainConfig) -> list[int]:
     return steps
 
 
+def pad_width_rungs(config: TrainConfig) -> tuple[int, ...]:
+    """The widths of `pad_widths`, checked: each over 32, rising."""
+    if not config.pad_widths.strip():
+        return ()
+    try:
+        if len(config.pad_widths) > 200:  # a few widths are the point; more is a typo
+            raise ValueError
+        rungs = tuple(ascii_int(part.strip()) for part in config.pad_widths.split(","))
+    except ValueError:
+        raise QuadlabError(f"bad configuration: pad_widths takes widths separated by commas, e.g. 448,640, "
+                           f"not {config.pad_widths!r}") from None
+    if any(b <= a for a, b in zip((32, *rungs), rungs)):
+        raise QuadlabError(f"bad configuration: pad_widths must rise from above 32, e.g. 448,640, not {config.pad_widths!r}")
+    return rungs
+
+
 def validate(config: TrainConfig) -> TrainConfig:
     rewarm_steps(config)
+    pad_width_rungs(config)
     checks = [
         (config.task in TASKS, f"task must be one of {', '.join(TASKS)}"),
         (config.batch_size > 0 and config.grad_accum > 0, "batch_size and grad_accum must be positive"),

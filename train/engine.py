@@ -40,7 +40,7 @@ from typing import Callable, TypeVar
 import torch
 
 from gen import QuadlabError, swap_in
-from train.config import TrainConfig, rewarm_steps, save_yaml, validate
+from train.config import TrainConfig, pad_width_rungs, rewarm_steps, save_yaml, validate
 
 CHECKPOINT, BEST, KEPT, LOG, STATE = "checkpoint", "best", "checkpoints", "log.jsonl", "trainer_state.json"
 STOP_AFTER_STEPS = "QUADLAB_STOP_AFTER_STEPS"  # tests of launched runs: `stop_after_steps` (Interrupted, with a checkpoint)
@@ -55,21 +55,26 @@ class Interrupted(Exception):
         self.step = step
 
 
-def bucket_width(width: int) -> int:
+def bucket_width(width: int, rungs: tuple[int, ...] = ()) -> int:
     """The smallest of 32, 48, 64, 96, 128, 192, ... (2^k and 3 * 2^(k-1)) that holds `width`.
     Each width is one compilation (about 35 s on an H100), so few of them: one for the published
     format's equations, five for its solutions (up to 129 tokens), eight for the long format's (up
-    to 622); above 32, less than a third of a padded row is padding."""
+    to 622); above 32, less than a third of a padded row is padding. `rungs` (config pad_widths,
+    each over 32, rising) replace the ladder above 32: a width over 32 goes to the smallest rung
+    that holds it, and past the last rung back to the ladder. Fewer rungs, fewer compilations,
+    more padding (BENCHMARKS.md, "Fewer widths to compile")."""
+    if width > 32 and rungs and width <= rungs[-1]:
+        return next(rung for rung in rungs if rung >= width)
     bucket = 32
     while bucket < width:
         bucket = bucket * 3 // 2 if bucket & (bucket - 1) == 0 else bucket * 4 // 3
     return bucket
 
 
-def pad_to_buckets(batch: dict, pad_token_id: int, rows: int = 0) -> dict:
-    """Every 2-D tensor of `batch` widened to its bucket_width with what the model ignores there:
-    -100 in labels, the pad token in token ids, 0 in masks and token types; and, where every
-    tensor is 2-D (token labels, a loss averaged over the labelled tokens), lengthened to `rows`
+def pad_to_buckets(batch: dict, pad_token_id: int, rows: int = 0, rungs: tuple[int, ...] = ()) -> dict:
+    """Every 2-D tensor of `batch` widened to its bucket_width (with `rungs`) with what the model
+    ignores there: -100 in labels, the pad token in token ids, 0 in masks and token types; and,
+    where every tensor is 2-D (token labels, a loss averaged over the labelled tokens), lengthened to `rows`
     rows of the same (an epoch's last, short batch would otherwise compile a graph of its own at
     every width it meets). The loss and its gradient are those of the unpadded batch
     (tests/test_gpu_job.py)."""
@@ -79,7 +84,8 @@ def pad_to_buckets(batch: dict, pad_token_id: int, rows: int = 0) -> dict:
         if value.ndim == 2:
             fill = -100 if key == "labels" else pad_token_id if key.endswith("input_ids") else 0
             more_rows = max(0, rows - value.shape[0]) if grow_rows else 0
-            value = torch.nn.functional.pad(value, (0, bucket_width(value.shape[1]) - value.shape[1], 0, more_rows), value=fill)
+            width = bucket_width(value.shape[1], rungs)
+            value = torch.nn.functional.pad(value, (0, width - value.shape[1], 0, more_rows), value=fill)
         out[key] = value
     return out
 
@@ -305,6 +311,7 @@ def train(
         torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
         forward = torch.compile(model, dynamic=False, mode=config.compile_mode)
         pad_token_id = accelerator.unwrap_model(model).config.pad_token_id or 0
+        rungs = pad_width_rungs(config)
     else:
         forward = model
 
@@ -400,7 +407,7 @@ def train(
                 copy: counting on the GPU would wait for it)."""
                 batch = collate([train_set[i] for i in mine[index]])
                 tokens = count_tokens(batch)
-                return (pad_to_buckets(batch, pad_token_id, config.batch_size) if compiled else batch), tokens
+                return (pad_to_buckets(batch, pad_token_id, config.batch_size, rungs) if compiled else batch), tokens
 
             following = None  # the next batch, collated while the GPU runs this one
             while state.batches_in_epoch < len(mine):
