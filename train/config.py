@@ -240,7 +240,7 @@ def rewarm_steps(config: TrainConfig) -> list[int]:
 
 
 def pad_width_rungs(config: TrainConfig) -> tuple[int, ...]:
-    """The widths of `pad_widths`, checked: each over 32, rising."""
+    """The widths of `pad_widths`, checked: rising from over 32 to at most 16384."""
     if not config.pad_widths.strip():
         return ()
     try:
@@ -250,8 +250,9 @@ def pad_width_rungs(config: TrainConfig) -> tuple[int, ...]:
     except ValueError:
         raise QuadlabError(f"bad configuration: pad_widths takes widths separated by commas, e.g. 448,640, "
                            f"not {config.pad_widths!r}") from None
-    if any(b <= a for a, b in zip((32, *rungs), rungs)):
-        raise QuadlabError(f"bad configuration: pad_widths must rise from above 32, e.g. 448,640, not {config.pad_widths!r}")
+    if any(b <= a for a, b in zip((32, *rungs), rungs)) or rungs[-1] > 16384:  # wider would pad batches out of memory
+        raise QuadlabError(f"bad configuration: pad_widths must rise from above 32 to at most 16384, e.g. 448,640, "
+                           f"not {config.pad_widths!r}")
     return rungs
 
 
