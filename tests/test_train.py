@@ -10,7 +10,7 @@ from gen import QuadlabError
 from gen.dataset import GenOptions, generate
 from gen.equations import FORMATS, Ranges
 from train.config import PRESETS, load_yaml, resolve
-from train.engine import Interrupted, LengthGroupedBatches, extend, learning_rate_schedule, read_log, steps_in_budget
+from train.engine import Interrupted, LengthGroupedBatches, extend, learning_rate_schedule, read_log, steady_step_seconds, steps_in_budget
 from train.metrics import character_accuracy, judge, quadratic_metrics
 from train.quadratic import build_tokenizer, collator, encode, evaluate_run, load_run, train_run
 
@@ -246,6 +246,13 @@ def test_steps_in_budget_counts_the_time_left_at_the_end_of_the_warm_up():
     # over the budget: the warm-up, and a decay that starts no earlier (12 - int(0.2 * 12) = 10)
     assert steps_in_budget(wsd, 10, 120.0, 0.5, 1000) == 12
     assert steps_in_budget(replace(wsd, scheduler="linear"), 10, 120.0, 0.5, 1000) == 11  # a step past the warm-up
+
+
+def test_steady_step_seconds_is_the_mean_without_the_compiling_steps():
+    # two batch widths: most steps narrow (0.05 s), a third wide (0.08 s), two steps compiling
+    times = [56.2, 38.3] + [0.05, 0.05, 0.08] * 30
+    assert abs(steady_step_seconds(times) - 0.06) < 1e-9  # the median, 0.05, would overrun the budget by a fifth
+    assert steady_step_seconds([0.5] * 10) == 0.5
 
 
 def test_train_seconds_fixes_the_length_once_and_config_yaml_repeats_the_run(data_dir, tmp_path, monkeypatch):

@@ -64,10 +64,11 @@ class TrainConfig:
     # continued run in one command (RESULTS.md, "19,000 steps, re-warmed").
     rewarm_after: str = ""
     # A training-time budget in seconds (evaluations not counted; 0: none). At the end of the warm-up
-    # (warmup_steps, which it needs) max_steps becomes the steps that fit, at the median time of the
-    # last 100 steps, max_steps staying the ceiling; config.yaml then records that max_steps and no
-    # budget, so that it repeats the run step for step. The schedule up to there depends on the
-    # warm-up alone, so it is the one a run of the final max_steps follows.
+    # (warmup_steps, which it needs) max_steps becomes the steps that fit, at the mean time of the
+    # last 100 steps that compiled nothing (engine.steady_step_seconds), max_steps staying the
+    # ceiling; config.yaml then records that max_steps and no budget, so that it repeats the run
+    # step for step. The schedule up to there depends on the warm-up alone, so it is the one a run
+    # of the final max_steps follows.
     train_seconds: float = 0.0
     epochs: float = 1.0
     max_grad_norm: float = 1.0
