@@ -8,6 +8,10 @@ from hypothesis import strategies as st
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never download: a hub name fails at once instead of waiting on the network
+if os.environ.get("PYTEST_XDIST_WORKER"):  # one torch thread a worker: `-n 2` on 2 cores, not 4 threads fighting over them
+    import torch
+
+    torch.set_num_threads(1)
 
 from gen.equations import Ranges  # noqa: E402
 
