@@ -47,19 +47,43 @@ def example_maps(model, sides: dict, example: dict) -> dict:
     return out
 
 
+# A forward pass's attention maps, all kinds and layers, at most this many bytes: averaging holds
+# about three copies, so a batch of 256 long solutions (the reversed format's 370 labels, 32 heads)
+# would need 13 GB; such batches go through in slices.
+ATTENTION_BYTES = 1 << 30
+
+
+def attention_slices(batch: dict, sides: dict, layout: dict, limit: int | None = None):
+    """(inputs, roles) of `batch` in slices of rows whose attention maps take at most `limit`
+    (ATTENTION_BYTES) bytes in float32, at least one row a slice. `layout`: {kind: (layers, heads)}."""
+    limit = limit or ATTENTION_BYTES
+    width = {side: roles.shape[1] for side, roles in batch["roles"].items()}
+    row_bytes = sum(4 * layers * heads * width[sides[kind][0]] * width[sides[kind][1]] for kind, (layers, heads) in layout.items() if kind in sides)
+    rows = len(next(iter(batch["roles"].values())))
+    step = max(1, limit // max(row_bytes, 1))
+    for start in range(0, rows, step):
+        cut = slice(start, start + step)
+        yield ({name: t[cut] for name, t in batch["inputs"].items()},
+               {side: r[cut] for side, r in batch["roles"].items()})
+
+
 def dataset_average(model, batches, sides: dict, roles: dict, progress: bool = False) -> dict:
     """{kind: AttentionAverage} over captured batches (train/tasks.py), streamed: memory does not
-    grow with their number."""
+    grow with their number, nor past ATTENTION_BYTES with their size."""
     from tqdm import tqdm
+
+    from analyze.interventions import shape
 
     averages = {}
     device = next(model.parameters()).device
+    layout = shape(model)
     for batch in tqdm(batches, desc="average", unit="batch", disable=None if progress else True):
-        for kind, (attention, q_mask, k_mask) in capture(model, **_on(device, batch["inputs"])).items():
-            q_side, k_side = sides[kind]
-            if kind not in averages:
-                averages[kind] = AttentionAverage(roles[q_side], roles[k_side])
-            averages[kind].add(attention, q_mask, k_mask, batch["roles"][q_side].to(device), batch["roles"][k_side].to(device))
+        for inputs, batch_roles in attention_slices(batch, sides, layout):
+            for kind, (attention, q_mask, k_mask) in capture(model, **_on(device, inputs)).items():
+                q_side, k_side = sides[kind]
+                if kind not in averages:
+                    averages[kind] = AttentionAverage(roles[q_side], roles[k_side])
+                averages[kind].add(attention, q_mask, k_mask, batch_roles[q_side].to(device), batch_roles[k_side].to(device))
     return averages
 
 

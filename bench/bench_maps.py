@@ -4,11 +4,13 @@ For the same run and the same test rows (teacher-forced on the reference solutio
 256 in order of length):
 - bare: the eager forward pass with `output_attentions=True`, the attention thrown away;
 - average: `analyze.maps.dataset_average` (the forward pass plus the streaming sums);
-- naive: the forward pass, every example's maps kept (cropped to its length), averaged at the end.
+- naive: the forward pass, every example's maps kept (cropped to its length), averaged at the end;
+- average-whole: `dataset_average` with every batch in one forward pass, as before batches were
+  sliced to ATTENTION_BYTES of maps (the baseline of the slicing).
 Each mode runs in a fresh process, so that its peak resident memory (ru_maxrss) is its own;
 "extra memory" is that peak less the process's size once the model and data are loaded.
 
-Usage: python bench/bench_maps.py [--run runs/quadratic-tiny-seed0] [--rows 500 --rows 5000]
+Usage: python bench/bench_maps.py [--run runs/quadratic-tiny-seed0] [--rows 500 --rows 5000] [--modes bare,average,naive]
 """
 
 from __future__ import annotations
@@ -47,7 +49,11 @@ def measure(run: str, rows: int, mode: str, batch_size: int) -> dict:
     torch.set_grad_enabled(False)
     loaded = _rss_mb()
     start = time.perf_counter()
-    if mode == "average":
+    if mode.startswith("average"):
+        if mode == "average-whole":
+            from analyze import maps
+
+            maps.ATTENTION_BYTES = 1 << 62
         dataset_average(model, captured_batches(tokenizer, equations, solutions, ["?"] * len(equations), batch_size), Analysis.sides, Analysis.roles)
     else:
         order = sorted(range(len(equations)), key=lambda i: len(solutions[i]))
@@ -79,14 +85,16 @@ def measure(run: str, rows: int, mode: str, batch_size: int) -> dict:
 @click.option("--run", default="runs/quadratic-tiny-seed0", show_default=True, help="A finished quadratic run.")
 @click.option("--rows", multiple=True, type=int, default=[500, 5000], show_default=True, help="Test rows (repeatable).")
 @click.option("--batch-size", default=256, show_default=True)
+@click.option("--modes", default="bare,average,naive", show_default=True,
+              help="Comma-separated: bare, average, naive, average-whole (naive keeps every map: not for long solutions).")
 @click.option("--mode", default=None, hidden=True)
-def main(run, rows, batch_size, mode):
+def main(run, rows, batch_size, modes, mode):
     if mode:  # one measurement, in this process
         print(json.dumps(measure(run, rows[0], mode, batch_size)))
         return
     results = []
     for n in rows:
-        for m in ("bare", "average", "naive"):
+        for m in modes.split(","):
             out = subprocess.run([sys.executable, __file__, "--run", run, "--rows", str(n), "--batch-size", str(batch_size), "--mode", m],
                                  capture_output=True, text=True, check=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
             results.append(json.loads(out.stdout.strip().splitlines()[-1]))
@@ -97,9 +105,11 @@ def main(run, rows, batch_size, mode):
     summary = {
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}",
         "run": run, "results": results,
-        "average_over_bare_time": {n: round(by["average", n]["seconds"] / by["bare", n]["seconds"], 2) for n in rows},
-        "naive_over_bare_time": {n: round(by["naive", n]["seconds"] / by["bare", n]["seconds"], 2) for n in rows},
     }
+    for other, base in (("average", "bare"), ("naive", "bare"), ("average", "average-whole")):
+        if all((m, n) in by for m in (other, base) for n in rows):
+            summary[f"{other}_over_{base}_time"] = {n: round(by[other, n]["seconds"] / by[base, n]["seconds"], 2) for n in rows}
+            summary[f"{other}_over_{base}_extra_memory"] = {n: round(by[other, n]["extra_memory_mb"] / max(by[base, n]["extra_memory_mb"], 1), 3) for n in rows}
     print(json.dumps(summary, indent=2))
 
 

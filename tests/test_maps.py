@@ -6,7 +6,9 @@ import pytest
 import torch
 
 from analyze.attention import AttentionAverage, AttentionUnavailable, capture
-from analyze.maps import dataset_average, example_maps, explain, render_maps
+from analyze.interventions import shape
+from analyze import maps
+from analyze.maps import attention_slices, dataset_average, example_maps, explain, render_maps
 from conftest import offline_dom
 from gen import QuadlabError
 from gen.dataset import GenOptions, build_splits, generate
@@ -91,6 +93,28 @@ def test_streaming_average_equals_the_naive_reference(model_and_tokenizer, rows)
         assert averages[kind].examples == 23
         np.testing.assert_allclose(averages[kind].position_mean, position, atol=1e-6)
         np.testing.assert_allclose(averages[kind].role_mean, role, atol=1e-6)
+
+
+def test_batches_too_large_for_memory_are_averaged_in_slices_with_the_same_result(model_and_tokenizer, rows, monkeypatch):
+    model, tokenizer = model_and_tokenizer
+    equations, solutions = rows[0][:23], rows[1][:23]
+    whole = _average(model, tokenizer, equations, solutions, batch_size=23)
+    forwards = []
+    monkeypatch.setattr(maps, "capture", lambda model, **inputs: forwards.append(len(inputs["input_ids"])) or capture(model, **inputs))
+    batch = next(captured_batches(tokenizer, equations, solutions, ["?"] * 23, 23))
+    layout = shape(model)
+    assert layout == {"encoder": (2, 2), "decoder": (3, 2), "cross": (3, 2)}
+    q, k = batch["roles"]["decoder"].shape[1], batch["roles"]["encoder"].shape[1]
+    row_bytes = 4 * (2 * 2 * k * k + 3 * 2 * q * q + 3 * 2 * q * k)  # float32 maps of one row, every kind and layer
+    monkeypatch.setattr(maps, "ATTENTION_BYTES", 5 * row_bytes + 1)  # five rows a slice
+    assert [len(r["decoder"]) for _, r in attention_slices(batch, Analysis.sides, layout)] == [5, 5, 5, 5, 3]
+    sliced = _average(model, tokenizer, equations, solutions, batch_size=23)
+    assert forwards == [5, 5, 5, 5, 3]
+    for kind, average in whole.items():
+        assert sliced[kind].examples == 23
+        np.testing.assert_allclose(sliced[kind].position_mean, average.position_mean, atol=1e-6)
+        np.testing.assert_allclose(sliced[kind].role_mean, average.role_mean, atol=1e-6)
+    assert len(list(attention_slices(batch, Analysis.sides, layout, limit=1))) == 23  # at least a row a slice
 
 
 def test_average_rows_sum_to_one_and_padding_never_leaks(model_and_tokenizer, rows):
