@@ -47,9 +47,10 @@ def example_maps(model, sides: dict, example: dict) -> dict:
     return out
 
 
-# A forward pass's attention maps, all kinds and layers, at most this many bytes: averaging holds
-# about three copies, so a batch of 256 long solutions (the reversed format's 370 labels, 32 heads)
-# would need 13 GB; such batches go through in slices.
+# A forward pass's attention maps, all kinds and layers, at most this many bytes on a CPU (on a GPU,
+# an eighth of its free memory): averaging holds about three copies, so a batch of 256 long
+# solutions (the reversed format's 370 labels, 32 heads) would need 13 GB; such batches go
+# through in slices.
 ATTENTION_BYTES = 1 << 30
 
 
@@ -77,8 +78,9 @@ def dataset_average(model, batches, sides: dict, roles: dict, progress: bool = F
     averages = {}
     device = next(model.parameters()).device
     layout = shape(model)
+    limit = torch.cuda.mem_get_info(device)[0] // 8 if device.type == "cuda" else None
     for batch in tqdm(batches, desc="average", unit="batch", disable=None if progress else True):
-        for inputs, batch_roles in attention_slices(batch, sides, layout):
+        for inputs, batch_roles in attention_slices(batch, sides, layout, limit):
             for kind, (attention, q_mask, k_mask) in capture(model, **_on(device, inputs)).items():
                 q_side, k_side = sides[kind]
                 if kind not in averages:

@@ -310,6 +310,29 @@ def test_batched_ablation_equals_one_head_at_a_time(run_with_checkpoints):
         assert metrics == task.scores(texts), spec
 
 
+def test_ablations_decode_fewer_copies_at_once_when_the_cache_would_not_fit(run_with_checkpoints, monkeypatch):
+    from train import quadratic
+    from train.runs import analysis
+
+    task = analysis(run_with_checkpoints, "heads", limit=8, eval_limit=6)
+    model = task.model.double().eval()  # float64 as above: the same decoding whatever the batch
+    input_ids, _ = task.encoded()
+    c, g = model.config, model.generation_config
+    row = 2 * c.num_decoder_layers * c.num_heads * c.d_kv * (g.max_new_tokens or g.max_length) + 2 * c.num_decoder_layers * c.num_heads * c.d_kv * input_ids.shape[1]
+    row *= 8  # float64
+    assert quadratic.cache_rows(model, input_ids.shape[1]) == quadratic.CACHE_BYTES // row
+    specs = [None, ("encoder", 0, 1), ("decoder", 1, 2), ("cross", 0, 3)]
+    whole = task.ablate(model, specs, batch_rows=24, progress=False)  # the cache allows all copies at once
+    copies = []
+    generate = task.generate
+    monkeypatch.setattr(task, "generate", lambda model, ids, mask, repeat, *rest, **keys: copies.append(repeat) or generate(model, ids, mask, repeat, *rest, **keys))
+    monkeypatch.setattr(quadratic, "CACHE_BYTES", 7 * row)  # 7 rows: one copy of the 6 rows a call
+    assert task.ablate(model, specs, batch_rows=24, progress=False) == whole
+    assert copies == [1, 1, 1, 1]
+    monkeypatch.setattr(quadratic, "CACHE_BYTES", 1)
+    assert quadratic.cache_rows(model, input_ids.shape[1]) == 1
+
+
 def test_gradient_importance_per_row_equals_one_example_at_a_time(run_with_checkpoints):
     from analyze.heads import gradient_importance
     from train.runs import analysis

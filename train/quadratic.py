@@ -507,6 +507,23 @@ def captured_batches(tokenizer, equations: list[str], solutions: list[str], clas
         yield {**batch, "classes": [classes[i] for i in idx], "rows": idx}
 
 
+# The static key-value cache of one generate call on a CPU, at most this many bytes (on a GPU, a
+# quarter of its free memory): ablations decode many copies of the rows at once, and 2,400 rows of
+# the reversed format (640 new tokens) took 14 GB
+CACHE_BYTES = 2 << 30
+
+
+def cache_rows(model, input_width: int) -> int:
+    """Rows whose static decoding cache (self-attention over max_new_tokens, cross-attention over
+    the input) fits in CACHE_BYTES; at least 1."""
+    c, g = model.config, model.generation_config
+    steps = g.max_new_tokens or g.max_length
+    parameter = next(model.parameters())
+    row = 2 * c.num_decoder_layers * c.num_heads * c.d_kv * (steps + input_width) * parameter.element_size()
+    budget = torch.cuda.mem_get_info(parameter.device)[0] // 4 if parameter.device.type == "cuda" else CACHE_BYTES
+    return max(1, budget // row)
+
+
 PATCH_DIGITS = 2  # activation patching scores D's value up to its first 2 digits (its minus sign included)
 CLASS_TOKENS = {"none": "-", "one": "0", "two": "123456789"}  # D's first character says the root class
 
@@ -694,7 +711,7 @@ class Analysis:
         model.eval()
         input_ids, mask = self.encoded()
         n = len(input_ids)
-        per_call = max(1, batch_rows // max(n, 1))
+        per_call = max(1, min(batch_rows, cache_rows(model, input_ids.shape[1])) // max(n, 1))
         layout = interventions.shape(model)
         device = next(model.parameters()).device
         with torch.no_grad():
