@@ -21,7 +21,7 @@ from math import isqrt
 
 CLASSES = ("two", "one", "none")  # names of the classes, by number of real roots
 NUM_ROOTS = {"two": 2, "one": 1, "none": 0}
-FORMATS = ("published", "steps", "long", "reversed", "magnitudes", "published-reversed", "steps-reversed")
+FORMATS = ("published", "steps", "long", "reversed", "magnitudes", "published-reversed", "steps-reversed", "padded", "padded-d")
 REVERSED_MARK = "~"  # first character of a solution whose numbers are written least significant digit first
 
 
@@ -146,7 +146,19 @@ def _long_product(x: int, y: int) -> list[str]:
     return steps
 
 
-def _long_square_root(n: int) -> list[str]:
+def _at_width(value: int, *operands: int) -> str:
+    """`value` with as many digits as the widest operand, zeros in front (`0004` for 1234-1230):
+    a column subtraction's result as written column by column, so that the model never has to
+    decide where a number ends before it has found that the columns left are all 0."""
+    width = max(len(str(abs(x))) for x in operands)
+    return ("-" if value < 0 else "") + str(abs(value)).zfill(width)
+
+
+def _plain(value: int, *operands: int) -> str:
+    return str(value)
+
+
+def _long_square_root(n: int, result=_plain) -> list[str]:
     """Steps of the square root of a perfect square n > 0, digit by digit: n's digits in pairs from
     the left; the remainder so far followed by the next pair is R; the next digit d of the root is
     the largest with (20*P+d)*d <= R, P the root so far (`(20*35+5)*5=3525`; `3*3=9` for the first
@@ -158,12 +170,12 @@ def _long_square_root(n: int) -> list[str]:
         d = next(d for d in range(9, -1, -1) if (20 * root + d) * d <= r)
         t = (20 * root + d) * d
         if d:
-            steps += [f"{d}*{d}={t}" if root == 0 else f"(20*{root}+{d})*{d}={t}", f"{r}-{t}={r - t}"]
+            steps += [f"{d}*{d}={t}" if root == 0 else f"(20*{root}+{d})*{d}={t}", f"{r}-{t}={result(r - t, r, t)}"]
         root, remainder = 10 * root + d, r - t
     return steps
 
 
-def _long_division(n: int, m: int) -> list[str]:
+def _long_division(n: int, m: int, result=_plain) -> list[str]:
     """Steps of n/m (n >= 0 a multiple of m > 0), long division: n's digits brought down one by one;
     each partial dividend r with a quotient digit q >= 1 gives `r-m*q=remainder` (`75-14*5=5`)."""
     steps, remainder = [], 0
@@ -171,7 +183,7 @@ def _long_division(n: int, m: int) -> list[str]:
         r = remainder * 10 + int(digit)
         q = r // m
         if q:
-            steps.append(f"{r}-{m}*{q}={r - m * q}")
+            steps.append(f"{r}-{m}*{q}={result(r - m * q, r, m, q)}")
         remainder = r - m * q
     return steps
 
@@ -193,23 +205,26 @@ def _magnitude_step(x: int, y: int) -> list[str]:
     return [f"{max(abs(x), abs(y))}-{min(abs(x), abs(y))}={abs(x + y)}"]
 
 
-def _long_solution(a: int, b: int, c: int, magnitudes: bool) -> str:
+def _long_solution(a: int, b: int, c: int, magnitudes: bool = False, padded: str = "") -> str:
     """The long format (README); with `magnitudes`, every signed addition (D, -b-S, -b+S) that has
-    a negative operand or result is preceded by its `_magnitude_step`."""
+    a negative operand or result is preceded by its `_magnitude_step`; `padded` "all" writes the
+    result of every addition and subtraction `_at_width` of its operands, "D" only D's."""
+    result = _at_width if padded == "all" else _plain
+    result_d = _at_width if padded else _plain
     disc = b * b - 4 * a * c
     # 4*a and its product with c first, so that b^2 ends right before D: one long copy, not two
     work = [f"4*a={4 * a}"] + _long_product(abs(c), abs(4 * a)) + _long_product(abs(b), abs(b))
     if magnitudes and (4 * a * c > 0 > disc or 4 * a * c < 0):
         work += _magnitude_step(b * b, -4 * a * c)
-    work.append(f"D={b * b}-{_lit(4 * a * c)}={disc}")
+    work.append(f"D={b * b}-{_lit(4 * a * c)}={result_d(disc, b * b, 4 * a * c)}")
     if disc < 0:
         return "".join(f"{step};" for step in work) + "x=none;"
     root, x1, x2 = _integer_roots(a, b, disc)
-    work += (_long_square_root(disc) if disc else []) + [f"sqrt(D)={root}", f"2*a={2 * a}"]
+    work += (_long_square_root(disc, result) if disc else []) + [f"sqrt(D)={root}", f"2*a={2 * a}"]
     for sign, n, x in (("-", -b - root, x1), ("+", -b + root, x2)):
         if magnitudes and (-b < 0 or n < 0):
             work += _magnitude_step(-b, n + b)
-        work += [f"{-b}{sign}{root}={n}", *_long_division(abs(n), abs(2 * a)), f"x={n}/{_lit(2 * a)}={x}"]
+        work += [f"{-b}{sign}{root}={result(n, b, root)}", *_long_division(abs(n), abs(2 * a), result), f"x={n}/{_lit(2 * a)}={x}"]
     return "".join(f"{step};" for step in work) + f"x={x1};x={x2};"
 
 
@@ -225,10 +240,11 @@ def _integer_roots(a: int, b: int, disc: int) -> tuple[int, int, int]:
 
 def write_solution(a: int, b: int, c: int, fmt: str = "published") -> str:
     """The worked solution in one of FORMATS (grammar in the README)."""
-    if fmt in ("reversed", "magnitudes"):
+    if fmt in ("reversed", "magnitudes", "padded", "padded-d"):
         # the long format with every number least significant digit first, so that each digit of
         # a sum or a product by one digit follows from digits already written and a carry
-        return REVERSED_MARK + reverse_digits(_long_solution(a, b, c, magnitudes=fmt == "magnitudes"))
+        padded = {"padded": "all", "padded-d": "D"}.get(fmt, "")
+        return REVERSED_MARK + reverse_digits(_long_solution(a, b, c, magnitudes=fmt == "magnitudes", padded=padded))
     if fmt == "long":
         return _long_solution(a, b, c, magnitudes=False)
     if fmt in ("published-reversed", "steps-reversed"):

@@ -346,6 +346,29 @@ class Verdict:
         }
 
 
+_PADDED = re.compile(r"\s*(-?)0([0-9]+)\s*")  # a number written with zeros in front
+
+
+def _unpadded(texts: list[str]) -> list[str]:
+    """The sides of a statement with a sum's result written at its operands' width (the `padded`
+    format's `D=1234-1230=0004`: as many digits as the widest number of the side before it, when
+    that side is a sum or difference) read as its plain number. Every other leading zero stays
+    as written, for the parser to refuse."""
+    texts = list(texts)
+    for i in range(1, len(texts)):
+        padded = _PADDED.fullmatch(texts[i])
+        if not padded:
+            continue
+        try:
+            previous = parse_expression(texts[i - 1])
+        except GradeError:
+            continue
+        widest = max(map(len, _NUMBER.findall(texts[i - 1])), default=0)
+        if previous.tree[0] in ("+", "-") and len(padded[0].strip().lstrip("-")) == widest:
+            texts[i] = padded[1] + (padded[2].lstrip("0") or "0")
+    return texts
+
+
 def _parse_solution(solution: str) -> list:
     """Statements as (is_x, sides): `is_x` when the statement starts `x=`; `sides` lists the
     parsed expressions with a flag for those that contain symbols, or is None for `x=none`."""
@@ -369,7 +392,7 @@ def _parse_solution(solution: str) -> list:
                 statements.append((True, None))
                 continue
         try:
-            sides = [parse_expression(t) for t in texts]
+            sides = [parse_expression(t) for t in _unpadded(texts)]
         except GradeError as err:
             raise GradeError(f"statement {number}: {err}") from None
         statements.append((is_x, sides))

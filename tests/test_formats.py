@@ -15,7 +15,7 @@ from gen.grader import grade, parse_equation
 from train.metrics import diagnose, statement_names
 from train.quadratic import solution_roles
 
-SCHOOLBOOK = ("long", "reversed", "magnitudes")  # the formats of schoolbook steps
+SCHOOLBOOK = ("long", "reversed", "magnitudes", "padded", "padded-d")  # the formats of schoolbook steps
 LONG_EXAMPLE = (  # -3x^2-15x+18=0, as in the README
     "4*a=-12;18*1=18;18*2=36;180+36=216;15*1=15;15*5=75;150+75=225;D=225-(-216)=441;"
     "2*2=4;4-4=0;(20*2+1)*1=41;41-41=0;sqrt(D)=21;2*a=-6;"
@@ -163,10 +163,76 @@ def test_magnitudes_format_is_reversed_with_an_unsigned_step_before_each_signed_
         assert int(z) == abs(int(steps[i + 1].rsplit("=", 1)[1]))
 
 
+PADDED_EXAMPLE = (  # -3x^2-15x+18=0, as in the README (read back in the usual order)
+    "4*a=-12;18*1=18;18*2=36;180+36=216;15*1=15;15*5=75;150+75=225;D=225-(-216)=441;"
+    "2*2=4;4-4=0;(20*2+1)*1=41;41-41=00;sqrt(D)=21;2*a=-6;"
+    "15-21=-06;6-6*1=0;x=-6/(-6)=1;15+21=36;36-6*6=00;x=36/(-6)=-6;x=1;x=-6;"
+)
+
+
+def test_padded_format_of_the_documented_example():
+    solution = write_solution(-3, -15, 18, "padded")
+    assert solution == "~" + reverse_digits(PADDED_EXAMPLE) and grade(-3, -15, 18, solution).ok
+    # D = 0 has the operands' width: every column written, none to stop at
+    assert "D=12645136-12645136=00000000;sqrt(D)=0;" in reverse_digits(write_solution(7, 3556, 451612, "padded")[1:])
+    assert statement_names(solution) == statement_names(write_solution(-3, -15, 18, "reversed"))
+
+
+@settings(max_examples=300, deadline=None)
+@given(eq=equations())
+def test_padded_format_is_reversed_with_each_sum_at_its_operands_width(eq):
+    """Read back, the format is the long one with the result of every addition and subtraction
+    (D, the square root's and the division's remainders, -b-S, -b+S) written with as many digits as
+    its widest operand; the sums of partial products have that width already."""
+    a, b, c, _ = eq
+    padded = reverse_digits(write_solution(a, b, c, "padded")[1:]).split(";")
+    long_steps = write_solution(a, b, c, "long").split(";")
+    assert len(padded) == len(long_steps)
+    for mine, plain in zip(padded, long_steps):
+        if mine == plain:
+            continue
+        left, result = mine.rsplit("=", 1)
+        assert left == plain.rsplit("=", 1)[0] and int(result) == int(plain.rsplit("=", 1)[1])
+        widest = max(len(n) for n in re.findall(r"\d+", left.removeprefix("D=")))
+        assert len(result.lstrip("-")) == widest and re.search(r"\d\)?[-+]", left)
+
+
+@settings(max_examples=300, deadline=None)
+@given(eq=equations())
+def test_padded_d_format_is_reversed_with_d_at_its_operands_width(eq):
+    a, b, c, _ = eq
+    reversed_steps = write_solution(a, b, c, "reversed").split(";")
+    padded_d = write_solution(a, b, c, "padded-d").split(";")
+    padded = write_solution(a, b, c, "padded").split(";")
+    d_at = next(i for i, step in enumerate(reversed_steps) if step.startswith("D="))
+    assert padded_d[:d_at] + padded_d[d_at + 1 :] == reversed_steps[:d_at] + reversed_steps[d_at + 1 :]
+    assert padded_d[d_at] == padded[d_at]  # D as the padded format writes it
+    widest = max(len(str(b * b)), len(str(abs(4 * a * c))), len(str(abs(b * b - 4 * a * c))))  # a sum may be wider
+    assert len(padded_d[d_at].rsplit("=", 1)[1].lstrip("-")) == widest
+
+
+def test_a_padded_result_is_read_only_at_its_operands_width():
+    """The grader reads a sum's result written with zeros in front when it has exactly the width
+    of the widest number in the side before it, and that side is a sum or difference; any other
+    leading zero makes the solution malformed, as before."""
+    assert grade(-3, -15, 18, PADDED_EXAMPLE).ok
+    for wrong_width in ("41-41=000;", "41-41=0;"):  # one digit too many; 0 alone is the plain format's (right)
+        verdict = grade(-3, -15, 18, PADDED_EXAMPLE.replace("41-41=00;", wrong_width))
+        assert verdict.ok == (wrong_width == "41-41=0;"), verdict.errors
+    too_wide = grade(-3, -15, 18, PADDED_EXAMPLE.replace("15-21=-06;", "15-21=-006;"))
+    assert not too_wide.well_formed and "leading zero" in too_wide.errors[0]
+    for not_a_sum in ("18*2=036;", "4*a=-012;", "sqrt(D)=021;"):  # a product, a formula, a value: no padding
+        original = {"18*2=036;": "18*2=36;", "4*a=-012;": "4*a=-12;", "sqrt(D)=021;": "sqrt(D)=21;"}[not_a_sum]
+        assert not grade(-3, -15, 18, PADDED_EXAMPLE.replace(original, not_a_sum)).well_formed
+    # the value is still checked: a padded result that is wrong is a false statement
+    false = grade(-3, -15, 18, PADDED_EXAMPLE.replace("36-6*6=00;", "36-6*6=01;"))
+    assert false.well_formed and not false.steps_valid
+
+
 def _corrupted_statements(solution: str):
     """(statement, corrupted solution) for every digit of every statement before the final answer
     replaced by another digit (no leading zero: that would be refused as malformed, not judged),
-    or deleted from a number of several digits. A reversed solution is corrupted in the order it is
+    or deleted from a number of several digits (unless that leaves its value). A reversed solution is corrupted in the order it is
     written (no trailing zero there) and returned with its mark."""
     if solution.startswith("~"):
         for statement, position, corrupted in _corrupted_statements(reverse_digits(solution[1:])):
@@ -183,6 +249,8 @@ def _corrupted_statements(solution: str):
                 if m.end() - m.start() > 1:
                     changed.append("")
                 for d in changed:
+                    if d == "" and int(m[0][: i - m.start()] + m[0][i - m.start() + 1 :]) == int(m[0]):
+                        continue  # a padded result's zero deleted: the same number, not a corruption
                     corrupted = statement[:i] + d + statement[i + 1 :]
                     yield statement, i, ";".join(statements[:k] + [corrupted] + statements[k + 1 :]) + ";"
 
