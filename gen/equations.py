@@ -21,7 +21,8 @@ from math import isqrt
 
 CLASSES = ("two", "one", "none")  # names of the classes, by number of real roots
 NUM_ROOTS = {"two": 2, "one": 1, "none": 0}
-FORMATS = ("published", "steps", "long", "reversed", "magnitudes", "published-reversed", "steps-reversed", "padded", "padded-d")
+FORMATS = ("published", "steps", "long", "reversed", "magnitudes", "published-reversed", "steps-reversed", "padded", "padded-d",
+           "monic")
 REVERSED_MARK = "~"  # first character of a solution whose numbers are written least significant digit first
 
 
@@ -228,6 +229,32 @@ def _long_solution(a: int, b: int, c: int, magnitudes: bool = False, padded: str
     return "".join(f"{step};" for step in work) + f"x={x1};x={x2};"
 
 
+def _monic_solution(a: int, b: int, c: int) -> str:
+    """The monic format (README): the equation divided by a first, x^2+(b/a)x+c/a=0, then the long
+    format's steps on p = b/a and q = c/a. Every equation of the dataset is a*(x^2-sx+p), so a
+    divides b and c, and the numbers shrink: sqrt(D/a/a) = |r2-r1| has at most 4 digits where
+    sqrt(D) has 5 (the 0.891 model's square roots failed in 34% of 5-digit roots: RESULTS.md)."""
+    if b % a or c % a:
+        raise ValueError("a does not divide b and c: the monic format needs x^2+(b/a)x+c/a with integers")
+    p, q = b // a, c // a
+    work = _long_division(abs(b), abs(a)) + [f"b/a={b}/{_lit(a)}={p}"]
+    work += _long_division(abs(c), abs(a)) + [f"c/a={c}/{_lit(a)}={q}"]
+    disc = p * p - 4 * q
+    work += _long_product(abs(q), 4) + _long_product(abs(p), abs(p))
+    work.append(f"D/a/a={p * p}-{_lit(4 * q)}={_at_width(disc, p * p, 4 * q)}")
+    if disc < 0:
+        return "".join(f"{step};" for step in work) + "x=none;"
+    root = isqrt(disc)
+    if root * root != disc or (p + root) % 2:
+        raise ValueError("the roots are not integers")
+    work += (_long_square_root(disc) if disc else []) + [f"sqrt(D/a/a)={root}"]
+    roots = []
+    for sign, n in (("-", -p - root), ("+", -p + root)):
+        roots.append(n // 2)
+        work += [f"{-p}{sign}{root}={n}", *_long_division(abs(n), 2), f"x={n}/2={n // 2}"]
+    return "".join(f"{step};" for step in work) + f"x={roots[0]};x={roots[1]};"
+
+
 def _integer_roots(a: int, b: int, disc: int) -> tuple[int, int, int]:
     """sqrt(D), x1 = (-b-sqrt(D))/(2a), x2 = (-b+sqrt(D))/(2a), refused unless all are integers."""
     root = isqrt(disc)
@@ -247,6 +274,8 @@ def write_solution(a: int, b: int, c: int, fmt: str = "published") -> str:
         return REVERSED_MARK + reverse_digits(_long_solution(a, b, c, magnitudes=fmt == "magnitudes", padded=padded))
     if fmt == "long":
         return _long_solution(a, b, c, magnitudes=False)
+    if fmt == "monic":
+        return REVERSED_MARK + reverse_digits(_monic_solution(a, b, c))
     if fmt in ("published-reversed", "steps-reversed"):
         # the same statements, numbers least significant digit first: each digit of a product or
         # of D's sum follows from the operands' digits already seen and one carry

@@ -218,11 +218,16 @@ def parse_expression(text: str) -> Expr:
 # coefficient that leaves the value unchanged, such as `4*8*0` for `4*a*c` with c = 0.
 
 
+# by the side they follow, numbers included (a formula's constants are written too)
 _DEFINITIONS = {
-    "D": [Expr("b^2-4*a*c").template],
-    "x": [Expr("(-b-sqrt(D))/(2*a)").template, Expr("(-b+sqrt(D))/(2*a)").template],
+    Expr("D").template: [Expr("b^2-4*a*c").template],
+    Expr("D/a/a").template: [Expr("(b/a)^2-4*(c/a)").template],  # the monic format's: x^2+(b/a)x+c/a
 }
-
+# the root formulas, by the discriminant that the solution wrote last (D when none)
+_ROOT_FORMULAS = {
+    Expr("D").template: [Expr(f"(-b{sign}sqrt(D))/(2*a)").template for sign in "-+"],
+    Expr("D/a/a").template: [Expr(f"(-b/a{sign}sqrt(D/a/a))/2").template for sign in "-+"],
+}
 
 @lru_cache(maxsize=4096)
 def _match_plan(template, written):
@@ -434,6 +439,7 @@ def grade(a: int, b: int, c: int, solution: str) -> Verdict:
         return known
 
     steps_valid, substitutions_valid, stated = True, True, []
+    root_formulas = _ROOT_FORMULAS[Expr("D").template]
     for number, (is_x, sides) in enumerate(statements, 1):
         in_answer = number > answer_start
         if sides is None:
@@ -467,11 +473,12 @@ def grade(a: int, b: int, c: int, solution: str) -> Verdict:
         previous = "x" if is_x else None
         for side in sides:
             if previous == "x":
-                templates = _DEFINITIONS["x"]
+                templates = root_formulas
             elif previous is None:
                 templates = ()
-            elif previous.tree == ("sym", "D"):
-                templates = _DEFINITIONS["D"]
+            elif previous.template in _DEFINITIONS:
+                templates = _DEFINITIONS[previous.template]
+                root_formulas = _ROOT_FORMULAS[previous.template]
             else:
                 templates = () if side.has_symbols else (previous.template,)
             if templates and not any(_substitutes(t, side, env) for t in templates):

@@ -15,7 +15,7 @@ from gen.grader import grade, parse_equation
 from train.metrics import diagnose, statement_names
 from train.quadratic import solution_roles
 
-SCHOOLBOOK = ("long", "reversed", "magnitudes", "padded", "padded-d")  # the formats of schoolbook steps
+SCHOOLBOOK = ("long", "reversed", "magnitudes", "padded", "padded-d", "monic")  # the formats of schoolbook steps
 LONG_EXAMPLE = (  # -3x^2-15x+18=0, as in the README
     "4*a=-12;18*1=18;18*2=36;180+36=216;15*1=15;15*5=75;150+75=225;D=225-(-216)=441;"
     "2*2=4;4-4=0;(20*2+1)*1=41;41-41=0;sqrt(D)=21;2*a=-6;"
@@ -211,6 +211,50 @@ def test_padded_d_format_is_reversed_with_d_at_its_operands_width(eq):
     assert len(padded_d[d_at].rsplit("=", 1)[1].lstrip("-")) == widest
 
 
+MONIC_EXAMPLE = (  # -3x^2-15x+18=0, as in the README, read back in the usual order
+    "15-3*5=0;b/a=-15/(-3)=5;18-3*6=0;c/a=18/(-3)=-6;6*4=24;5*5=25;D/a/a=25-(-24)=49;"
+    "7*7=49;49-49=0;sqrt(D/a/a)=7;-5-7=-12;12-2*6=0;x=-12/2=-6;-5+7=2;2-2*1=0;x=2/2=1;x=-6;x=1;"
+)
+
+
+def test_monic_format_of_the_documented_example():
+    written = write_solution(-3, -15, 18, "monic")
+    assert written == "~" + reverse_digits(MONIC_EXAMPLE)
+    assert grade(-3, -15, 18, written).ok and grade(-3, -15, 18, MONIC_EXAMPLE).ok
+    assert write_solution(2, 4, 10, "monic") == "~" + reverse_digits("4-2*2=0;b/a=4/2=2;10-2*5=0;c/a=10/2=5;5*4=20;2*2=4;D/a/a=4-20=-16;x=none;")
+    names = statement_names(written)
+    assert [n for n in names if " work " not in n] == ["b/a", "c/a", "D/a/a", "sqrt(D/a/a)", "x1", "x2", "answer"]
+    assert names[:2] == ["b/a work 1", "b/a"] and names[4:7] == ["D/a/a work 1", "D/a/a work 2", "D/a/a"]
+    with pytest.raises(ValueError, match="a does not divide b and c"):
+        write_solution(2, 3, -2, "monic")  # roots 1/2 and -2: not of the dataset's form a(x^2-sx+p)
+
+
+@settings(max_examples=300, deadline=None)
+@given(eq=equations())
+def test_monic_format_works_on_smaller_numbers(eq):
+    """D/a/a = (r2-r1)^2 and its square root |r2-r1|: at the default ranges at most 7 and 4 digits,
+    where D has up to 10 and sqrt(D) 5; the roots' divisions are by 2."""
+    a, b, c, kind = eq
+    statements = reverse_digits(write_solution(a, b, c, "monic")[1:]).split(";")
+    values = {s.split("=", 1)[0]: int(s.rsplit("=", 1)[1]) for s in statements if s.split("=", 1)[0] in ("b/a", "c/a", "D/a/a", "sqrt(D/a/a)")}
+    assert values["b/a"] * a == b and values["c/a"] * a == c and values["D/a/a"] * a * a == b * b - 4 * a * c
+    assert len(str(abs(values["D/a/a"]))) <= 7
+    if kind:
+        assert values["sqrt(D/a/a)"] ** 2 == values["D/a/a"] and len(str(values["sqrt(D/a/a)"])) <= 4
+        assert [s.split("/")[1].split("=")[0] for s in statements if s.startswith("x=") and "/" in s] == ["2", "2"]
+
+
+def test_monic_formulas_must_be_written_with_the_equations_numbers():
+    """`c/a=0/(-4)=0` for a = -3, c = 0 is a true equality with a wrong coefficient: the substitution
+    check (the side after a formula is that formula with this equation's numbers) catches it, for
+    the monic formulas as for D's."""
+    wrong_a = grade(10, -3550, 0, write_solution(10, -3550, 0, "monic").replace("c/a=0/01=0", "c/a=0/11=0"))
+    assert wrong_a.steps_valid and not wrong_a.substitutions_valid and not wrong_a.ok
+    swapped = MONIC_EXAMPLE.replace("D/a/a=25-(-24)=49", "D/a/a=(-24)-25=49")  # operands out of order: false
+    assert not grade(-3, -15, 18, swapped).steps_valid
+    assert grade(-3, -15, 18, MONIC_EXAMPLE.replace("x=-12/2=-6", "x=-12/(2*1)=-6")).substitutions_valid is False
+
+
 def test_a_padded_result_is_read_only_at_its_operands_width():
     """The grader reads a sum's result written with zeros in front when it has exactly the width
     of the widest number in the side before it, and that side is a sum or difference; any other
@@ -261,12 +305,13 @@ def _corrupted_statements(solution: str):
 def test_every_intermediate_digit_is_checked(fmt, eq):
     """Corrupting any digit of any step makes a false equality (steps_valid false): the grader's
     verdict covers the whole scratchpad. The one exception is a copy that a value does not depend
-    on: 2a in `x=0/(2a)=0` (a root 0), which the substitution check catches instead (or the
-    division by zero, when deleting a digit leaves 0)."""
+    on: the divisor in `x=0/(2a)=0` (a root 0) and, in the monic format, `b/a=0/(a)=0`, `c/a=0/(a)=0`
+    and `x=0/2=0`, which the substitution check catches instead (or the division by zero, when
+    deleting a digit leaves 0)."""
     a, b, c, _ = eq
     for statement, position, corrupted in _corrupted_statements(write_solution(a, b, c, fmt)):
         verdict = grade(a, b, c, corrupted)
-        if statement.startswith("x=0/") and position > statement.index("/"):
+        if re.match(r"(x|b/a|c/a)=0/", statement) and position > statement.index("/", 2):
             assert not (verdict.steps_valid and verdict.substitutions_valid), corrupted
         else:
             assert not verdict.steps_valid, corrupted
