@@ -218,16 +218,15 @@ def parse_expression(text: str) -> Expr:
 # coefficient that leaves the value unchanged, such as `4*8*0` for `4*a*c` with c = 0.
 
 
+_D, _MONIC_D = Expr("D").template, Expr("D/a/a").template  # the monic format's: x^2+(b/a)x+c/a
 # by the side they follow, numbers included (a formula's constants are written too)
-_DEFINITIONS = {
-    Expr("D").template: [Expr("b^2-4*a*c").template],
-    Expr("D/a/a").template: [Expr("(b/a)^2-4*(c/a)").template],  # the monic format's: x^2+(b/a)x+c/a
-}
+_DEFINITIONS = {_D: [Expr("b^2-4*a*c").template], _MONIC_D: [Expr("(b/a)^2-4*(c/a)").template]}
 # the root formulas, by the discriminant that the solution wrote last (D when none)
 _ROOT_FORMULAS = {
-    Expr("D").template: [Expr(f"(-b{sign}sqrt(D))/(2*a)").template for sign in "-+"],
-    Expr("D/a/a").template: [Expr(f"(-b/a{sign}sqrt(D/a/a))/2").template for sign in "-+"],
+    _D: [Expr(f"(-b{sign}sqrt(D))/(2*a)").template for sign in "-+"],
+    _MONIC_D: [Expr(f"(-b/a{sign}sqrt(D/a/a))/2").template for sign in "-+"],
 }
+
 
 @lru_cache(maxsize=4096)
 def _match_plan(template, written):
@@ -439,7 +438,7 @@ def grade(a: int, b: int, c: int, solution: str) -> Verdict:
         return known
 
     steps_valid, substitutions_valid, stated = True, True, []
-    root_formulas = _ROOT_FORMULAS[Expr("D").template]
+    root_formulas = _ROOT_FORMULAS[_D]
     for number, (is_x, sides) in enumerate(statements, 1):
         in_answer = number > answer_start
         if sides is None:
