@@ -126,12 +126,6 @@ def cli():
 @click.option("--extra-mix", default=None, type=Shares(), show_default="--mix",
               help="Shares of two, one and no real roots among the extra training equations (the one-root class "
                    "is small: 60,060 equations in the default ranges).")
-@click.option("--extra-min-d", default=0, show_default=True, type=INT,
-              help="Draw the extra two-root training equations (a share of them: --extra-min-d-share) among those "
-                   "whose discriminant D is at least this, for practice on the long square roots; 0: none. "
-                   "100000000 (10^8) gives 5-digit square roots at the default ranges.")
-@click.option("--extra-min-d-share", default=None, type=FLOAT, show_default="1, all of them",
-              help="Share of the extra two-root equations that --extra-min-d applies to; the rest are drawn as usual.")
 @click.option("--a-range", default="-30:30", show_default=True, type=INT_RANGE,
               help="Leading coefficient a, LO:HI inclusive (0 is skipped).")
 @click.option("--root-range", default="-500:500", show_default=True, type=INT_RANGE,
@@ -151,8 +145,7 @@ def cli():
 @click.option("--overwrite", is_flag=True, help="Replace the output directory if it exists.")
 @click.option("--workers", default=os.cpu_count() or 1, show_default="all cores", type=IntRange(min=1),
               help="Processes that write and verify rows; the output does not depend on it.")
-def gen(rows, seed, mix, test_fraction, extra_train_rows, extra_mix, extra_min_d, extra_min_d_share, a_range, root_range, fmt, out,
-        overwrite, workers):
+def gen(rows, seed, mix, test_fraction, extra_train_rows, extra_mix, a_range, root_range, fmt, out, overwrite, workers):
     """Generate the verified quadratic-equation dataset.
 
     Samples distinct equations of each class, writes each worked solution, verifies every row with
@@ -167,8 +160,7 @@ def gen(rows, seed, mix, test_fraction, extra_train_rows, extra_mix, extra_min_d
     _check_out(out, "--out")
     options = GenOptions(
         rows=rows, seed=seed, mix=mix, test_fraction=test_fraction, format=fmt,
-        extra_train_rows=extra_train_rows, extra_mix=extra_mix, extra_min_d=extra_min_d, extra_min_d_share=extra_min_d_share,
-        ranges=Ranges(a_lo=a_range[0], a_hi=a_range[1], root_lo=root_range[0], root_hi=root_range[1]),
+        extra_train_rows=extra_train_rows, extra_mix=extra_mix, ranges=Ranges(a_lo=a_range[0], a_hi=a_range[1], root_lo=root_range[0], root_hi=root_range[1]),
     )
     start = time.perf_counter()
     card = generate(options, out, overwrite=overwrite, workers=workers, progress=True)

@@ -19,8 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from gen import QuadlabError, swap_in
-from gen.equations import (CLASSES, FORMATS, NUM_ROOTS, Ranges, capacity, sample_coefficients, sample_long_d, write_equation,
-                           write_solution)
+from gen.equations import CLASSES, FORMATS, NUM_ROOTS, Ranges, capacity, sample_coefficients, write_equation, write_solution
 from gen.grader import MAX_SOLUTION_CHARS, grade, parse_equation
 
 MAX_ABS_VALUE = 10**6  # bound on |a| and |root|, so every number stays far inside the grader's limits
@@ -43,10 +42,6 @@ class GenOptions:
     # more training equations, drawn apart from the split so that the test split stays that of `rows`
     extra_train_rows: int = 0
     extra_mix: tuple | None = None  # their shares of two, one and no real roots; None: `mix`
-    # a share of the extra two-root equations drawn among those with D >= extra_min_d (0: none), for
-    # practice on the long square roots; None: all of them
-    extra_min_d: int = 0
-    extra_min_d_share: float | None = None
 
     def class_counts(self) -> dict[str, int]:
         """Rows per class: the mix rounded by largest remainder, so the counts sum to `rows`."""
@@ -59,13 +54,6 @@ class GenOptions:
     def extra_class_counts(self) -> dict[str, int]:
         return _counts_by_mix(self.extra_train_rows, self.extra_shares)
 
-    def extra_long_d_count(self) -> int:
-        """How many of the extra two-root equations are drawn with D >= extra_min_d."""
-        if not self.extra_min_d:
-            return 0
-        share = 1.0 if self.extra_min_d_share is None else self.extra_min_d_share
-        return round(self.extra_class_counts()["two"] * share)
-
     def validate(self) -> None:
         if self.rows <= 0:
             raise QuadlabError(f"--rows must be a positive number of equations, not {self.rows}")
@@ -75,13 +63,6 @@ class GenOptions:
             if len(mix) != 3 or any(not 0 <= share <= 1 for share in mix) or abs(sum(mix) - 1) > 1e-9:  # `not`: nan too
                 shown = ",".join(f"{share:g}" for share in mix)
                 raise QuadlabError(f"{option} {shown}: give three non-negative shares (two,one,none roots) that sum to 1, e.g. 0.5,0.3,0.2")
-        if self.extra_min_d < 0:
-            raise QuadlabError(f"--extra-min-d must be 0 (none) or a positive discriminant, not {self.extra_min_d}")
-        if self.extra_min_d_share is not None and not (self.extra_min_d and 0 <= self.extra_min_d_share <= 1):
-            raise QuadlabError(f"--extra-min-d-share {self.extra_min_d_share:g}: give a share from 0 to 1, with --extra-min-d")
-        if self.extra_min_d and not self.extra_class_counts()["two"]:
-            raise QuadlabError("--extra-min-d applies to the extra two-root equations, and there are none: "
-                               "give --extra-train-rows and a two-root share in --extra-mix")
         if not 0 < self.test_fraction < 1:
             raise QuadlabError(f"--test-fraction must lie strictly between 0 and 1, not {self.test_fraction}")
         if self.format not in FORMATS:
@@ -105,7 +86,7 @@ class GenOptions:
 
     def as_dict(self) -> dict:
         return {**asdict(self), "mix": dict(zip(CLASSES, self.mix)),
-                "extra_mix": dict(zip(CLASSES, self.extra_shares)), "extra_long_d_rows": self.extra_long_d_count()}
+                "extra_mix": dict(zip(CLASSES, self.extra_shares))}
 
 
 def _counts_by_mix(rows: int, mix: tuple) -> dict[str, int]:
@@ -125,21 +106,10 @@ def _extra_training_rows(options: GenOptions, sampled: dict[str, list]) -> list[
     counts = options.extra_class_counts()
     # drawn with as many again as the split holds, so that at least `count` of them are new
     drawn = sample_coefficients(options.ranges, {cls: len(sampled[cls]) + n if n else 0 for cls, n in counts.items()}, rng)
-    n_long = options.extra_long_d_count()
-    counts["two"] -= n_long
     rows = []
     for cls, n in counts.items():
         taken = set(sampled[cls])
         rows += [(a, b, c, cls) for a, b, c in [abc for abc in drawn[cls] if abc not in taken][:n]]
-    if n_long:  # drawn after the others, so that without them the stream is as it was
-        taken = set(sampled["two"]) | {row[:3] for row in rows if row[3] == "two"}
-        drawn_long = sample_long_d(options.ranges, options.extra_min_d, n_long + len(taken), rng)
-        long_rows = [(a, b, c, "two") for a, b, c in drawn_long if (a, b, c) not in taken][:n_long]
-        if len(long_rows) < n_long:
-            raise QuadlabError(
-                f"the ranges hold only {len(long_rows)} two-root equations with D >= {options.extra_min_d} apart from the "
-                f"others drawn, and {n_long} are asked for; lower --extra-min-d or --extra-min-d-share, or widen the ranges")
-        rows += long_rows
     rng.shuffle(rows)
     return rows
 
@@ -255,8 +225,6 @@ def card_markdown(card: dict) -> str:
         "equations without real roots are a(x^2 - s x + p) with s^2 < 4p over the same ranges.",
         *([f"The train split holds {card['options']['extra_train_rows']} extra equations (`--extra-train-rows`), none of them "
            f"in the {card['options']['rows']} split into train and test."] if card["options"].get("extra_train_rows") else []),
-        *([f"{card['options']['extra_long_d_rows']} of the extra two-root equations were drawn among those with D >= "
-           f"{card['options']['extra_min_d']} (`--extra-min-d`)."] if card["options"].get("extra_min_d") else []),
         "Every row was verified by the sympy grader before it was written. Load with",
         "`datasets.load_from_disk(path)`.",
         "",

@@ -110,40 +110,6 @@ def sample_coefficients(ranges: Ranges, counts: dict[str, int], rng: random.Rand
     return out
 
 
-class LongDIndex:
-    """Enumerates the two-root equations a(x - r1)(x - r2) with D = a^2 (r2 - r1)^2 >= min_d: for each
-    a, the root pairs whose gap is at least g_min(a), the widest gap first (the k-th group holds the
-    k + 1 pairs of gap n_r - 1 - k), so that they too are drawn exactly, without rejection."""
-
-    def __init__(self, ranges: Ranges, min_d: int):
-        self.ranges, n_r = ranges, ranges.n_roots
-        least_root = isqrt(min_d - 1) + 1 if min_d > 0 else 0  # the least m with m^2 >= min_d
-        self.leading, self.cumulative = [], [0]
-        for a in ranges.leading:
-            groups = n_r - max(1, -(-least_root // abs(a)))  # gaps from g_min to n_r - 1
-            if groups > 0:
-                self.leading.append(a)
-                self.cumulative.append(self.cumulative[-1] + groups * (groups + 1) // 2)
-
-    def __len__(self):
-        return self.cumulative[-1]
-
-    def __getitem__(self, i: int) -> tuple[int, int, int]:
-        k = bisect.bisect_right(self.cumulative, i) - 1
-        a, j = self.leading[k], i - self.cumulative[k]
-        group = (isqrt(8 * j + 1) - 1) // 2  # the largest with group (group + 1) / 2 <= j
-        u = j - group * (group + 1) // 2
-        r1 = self.ranges.root_lo + u
-        r2 = r1 + self.ranges.n_roots - 1 - group
-        return a, -a * (r1 + r2), a * r1 * r2
-
-
-def sample_long_d(ranges: Ranges, min_d: int, count: int, rng: random.Random) -> list[tuple[int, int, int]]:
-    """`count` distinct two-root (a, b, c) with D >= min_d in random order (all of them if fewer)."""
-    index = LongDIndex(ranges, min_d)
-    return [index[i] for i in _distinct_indices(len(index), min(count, len(index)), rng)]
-
-
 def _lit(value: int) -> str:
     """A number substituted into a formula: negatives in parentheses, as written by hand."""
     return str(value) if value >= 0 else f"({value})"

@@ -50,8 +50,6 @@ def test_gen_writes_a_loadable_dataset(run_cli, tmp_path):
         ["--format", "latex"],
         ["--extra-train-rows", "-3"],
         ["--extra-train-rows", "10", "--extra-mix", "1,1,0"],
-        ["--extra-train-rows", "10", "--extra-min-d", "10000000000000"],
-        ["--extra-min-d-share", "0.5"],
         ["--workers", "0"],
         ["--no-such-option"],
         # numbers are ASCII digits, nothing else (int() and float() would read every one of these)

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 import gen.dataset as dataset_module
 from gen import QuadlabError, ascii_float, ascii_int
 from gen.dataset import GenerationBug, GenOptions, build_splits, generate
-from gen.equations import CLASSES, LongDIndex, NoRealRootIndex, Ranges, capacity, sample_coefficients
+from gen.equations import CLASSES, NoRealRootIndex, Ranges, capacity, sample_coefficients
 from gen.grader import real_root_count
 
 SMALL = Ranges(a_lo=-3, a_hi=3, root_lo=-6, root_hi=6)
@@ -138,14 +138,6 @@ def test_every_row_is_verified_a_wrong_solution_stops_generation(monkeypatch):
         (GenOptions(extra_train_rows=10, extra_mix=(0.5, 0.6, 0.0)), "--extra-mix"),
         # SMALL holds 7 * 13 = 78 one-root equations: 30 in the split, 50 more asked for
         (GenOptions(rows=100, ranges=SMALL, extra_train_rows=100, extra_mix=(0.5, 0.5, 0.0)), "smaller share in --extra-mix"),
-        (GenOptions(extra_train_rows=10, extra_min_d=-1), "--extra-min-d must"),
-        (GenOptions(extra_train_rows=10, extra_min_d_share=0.5), "with --extra-min-d"),
-        (GenOptions(extra_train_rows=10, extra_min_d=100, extra_min_d_share=1.5), "from 0 to 1"),
-        (GenOptions(extra_min_d=100), "there are none"),
-        (GenOptions(extra_train_rows=10, extra_mix=(0.0, 0.5, 0.5), extra_min_d=100), "there are none"),
-        # SMALL's largest D is 3^2 * 12^2 = 1,296 (a = +-3, roots -6 and 6): none above it, 6 at 1,000 and over
-        (GenOptions(rows=100, ranges=SMALL, extra_train_rows=10, extra_min_d=1297), "only 0 two-root equations with D >= 1297"),
-        (GenOptions(rows=100, ranges=SMALL, extra_train_rows=40, extra_mix=(1.0, 0.0, 0.0), extra_min_d=1000), "lower --extra-min-d"),
     ],
 )
 def test_bad_options_are_refused(options, message, tmp_path):
@@ -177,50 +169,12 @@ def test_extra_training_rows_are_new_equations_and_leave_the_split_as_it_was(tmp
     assert [default_mix["train"]["num_roots"][480:].count(n) for n in (2, 1, 0)] == [50, 30, 20]
 
 
-def test_long_d_index_enumerates_the_two_root_equations_with_d_at_least_the_bound():
-    """Against a brute-force enumeration, bounds below, at and between the squares of the gaps."""
-    for min_d in (0, 1, 2, 36, 37, 144, 1000, 1296, 1297):
-        index = LongDIndex(SMALL, min_d)
-        listed = [index[i] for i in range(len(index))]
-        expected = {(a, -a * (r1 + r2), a * r1 * r2) for a in SMALL.leading for r1 in range(-6, 7) for r2 in range(r1 + 1, 7)
-                    if a * a * (r2 - r1) ** 2 >= min_d}
-        assert len(listed) == len(set(listed)) and set(listed) == expected, min_d
-    assert len(LongDIndex(SMALL, 0)) == capacity(SMALL)["two"]
-
-
-def test_extra_rows_with_long_d_take_their_share_and_leave_the_rest_as_it_was():
-    """With --extra-min-d, that share of the extra two-root rows has D >= the bound, the rows are
-    distinct and new, the split is unchanged; without it the dataset is as before (the stream is
-    drawn after the others)."""
-    ranges = Ranges(a_lo=-3, a_hi=3, root_lo=-20, root_hi=20)
-    options = dict(rows=600, seed=5, ranges=ranges, extra_train_rows=400, extra_mix=(0.75, 0.0, 0.25))
-    plain = build_splits(GenOptions(**options), workers=1)
-    long_d = build_splits(GenOptions(**options, extra_min_d=2000, extra_min_d_share=0.6), workers=2)
-    assert long_d["test"] == plain["test"]
-    assert {k: v[:480] for k, v in long_d["train"].items()} == {k: v[:480] for k, v in plain["train"].items()}
-    extra = {k: v[480:] for k, v in long_d["train"].items()}
-    assert [extra["num_roots"].count(n) for n in (2, 1, 0)] == [300, 0, 100]
-    d_values = [b * b - 4 * a * c for a, b, c in zip(extra["a"], extra["b"], extra["c"])]
-    long_count = sum(d >= 2000 for d in d_values)
-    natural = sum(b * b - 4 * a * c >= 2000 for a, b, c in zip(plain["train"]["a"][480:], plain["train"]["b"][480:], plain["train"]["c"][480:]))
-    assert long_count >= 180 and natural < 120  # 0.6 of the 300 drawn long, the rest as usual: about 23% of them long
-    taken = set(plain["train"]["equation"][:480]) | set(plain["test"]["equation"])
-    assert len(set(extra["equation"])) == 400 and not set(extra["equation"]) & taken
-    assert build_splits(GenOptions(**options, extra_min_d=2000, extra_min_d_share=0.6), workers=1) == long_d
-    every = build_splits(GenOptions(**options, extra_min_d=2000), workers=1)  # no share: all 300 two-root rows
-    assert sum(b * b - 4 * a * c >= 2000 for a, b, c in zip(every["train"]["a"][480:], every["train"]["b"][480:], every["train"]["c"][480:])) == 300
-
-
 def test_card_records_the_extra_training_rows(tmp_path):
     card = generate(GenOptions(rows=200, seed=2, ranges=SMALL, extra_train_rows=50, extra_mix=(1.0, 0.0, 0.0)), tmp_path / "q")
     assert card["counts"]["train"] == {"two": 80 + 50, "one": 48, "none": 32, "total": 210}
     assert card["counts"]["test"]["total"] == 40
     assert card["options"]["extra_train_rows"] == 50 and card["options"]["extra_mix"] == {"two": 1.0, "one": 0.0, "none": 0.0}
     assert "50 extra equations" in (tmp_path / "q" / "README.md").read_text()
-    card = generate(GenOptions(rows=200, seed=2, ranges=SMALL, extra_train_rows=50, extra_mix=(1.0, 0.0, 0.0), extra_min_d=100,
-                               extra_min_d_share=0.5), tmp_path / "long")
-    assert card["options"]["extra_min_d"] == 100 and card["options"]["extra_long_d_rows"] == 25
-    assert "25 of the extra two-root equations were drawn among those with D >= 100" in (tmp_path / "long" / "README.md").read_text()
 
 
 def test_existing_output_needs_overwrite(tmp_path):
