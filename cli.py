@@ -138,7 +138,8 @@ def cli():
                    "'published-reversed' (published, with every number written least significant digit first), "
                    "'steps-reversed' (steps, the same way), 'padded' (reversed, with the result of every addition "
                    "and subtraction written with as many digits as its widest operand, zeros in front), "
-                   "'padded-d' (reversed, with D's value written that way) or 'monic' (the equation divided by a "
+                   "'padded-d' (reversed, with D's value written that way), 'padded-d-plain' (padded-d, with D's plain "
+                   "value after the padded one, for the square root to read) or 'monic' (the equation divided by a "
                    "first, x^2+(b/a)x+c/a=0, then padded-d's steps on its smaller numbers).")
 @click.option("--out", default="data/quadratic", show_default=True, type=click.Path(file_okay=False),
               help="Output directory (a datasets.DatasetDict saved with save_to_disk, plus card.json and README.md).")

@@ -22,7 +22,7 @@ from math import isqrt
 CLASSES = ("two", "one", "none")  # names of the classes, by number of real roots
 NUM_ROOTS = {"two": 2, "one": 1, "none": 0}
 FORMATS = ("published", "steps", "long", "reversed", "magnitudes", "published-reversed", "steps-reversed", "padded", "padded-d",
-           "monic")
+           "padded-d-plain", "monic")
 REVERSED_MARK = "~"  # first character of a solution whose numbers are written least significant digit first
 
 
@@ -209,7 +209,8 @@ def _magnitude_step(x: int, y: int) -> list[str]:
 def _long_solution(a: int, b: int, c: int, magnitudes: bool = False, padded: str = "") -> str:
     """The long format (README); with `magnitudes`, every signed addition (D, -b-S, -b+S) that has
     a negative operand or result is preceded by its `_magnitude_step`; `padded` "all" writes the
-    result of every addition and subtraction `_at_width` of its operands, "D" only D's."""
+    result of every addition and subtraction `_at_width` of its operands, "D" only D's, "D-plain" D's
+    followed by its plain value (`D=1234-1230=0004=4`), the number that the square root reads."""
     result = _at_width if padded == "all" else _plain
     result_d = _at_width if padded else _plain
     disc = b * b - 4 * a * c
@@ -217,7 +218,7 @@ def _long_solution(a: int, b: int, c: int, magnitudes: bool = False, padded: str
     work = [f"4*a={4 * a}"] + _long_product(abs(c), abs(4 * a)) + _long_product(abs(b), abs(b))
     if magnitudes and (4 * a * c > 0 > disc or 4 * a * c < 0):
         work += _magnitude_step(b * b, -4 * a * c)
-    work.append(f"D={b * b}-{_lit(4 * a * c)}={result_d(disc, b * b, 4 * a * c)}")
+    work.append(f"D={b * b}-{_lit(4 * a * c)}={result_d(disc, b * b, 4 * a * c)}" + (f"={disc}" if padded == "D-plain" else ""))
     if disc < 0:
         return "".join(f"{step};" for step in work) + "x=none;"
     root, x1, x2 = _integer_roots(a, b, disc)
@@ -267,10 +268,10 @@ def _integer_roots(a: int, b: int, disc: int) -> tuple[int, int, int]:
 
 def write_solution(a: int, b: int, c: int, fmt: str = "published") -> str:
     """The worked solution in one of FORMATS (grammar in the README)."""
-    if fmt in ("reversed", "magnitudes", "padded", "padded-d"):
+    if fmt in ("reversed", "magnitudes", "padded", "padded-d", "padded-d-plain"):
         # the long format with every number least significant digit first, so that each digit of
         # a sum or a product by one digit follows from digits already written and a carry
-        padded = {"padded": "all", "padded-d": "D"}.get(fmt, "")
+        padded = {"padded": "all", "padded-d": "D", "padded-d-plain": "D-plain"}.get(fmt, "")
         return REVERSED_MARK + reverse_digits(_long_solution(a, b, c, magnitudes=fmt == "magnitudes", padded=padded))
     if fmt == "long":
         return _long_solution(a, b, c, magnitudes=False)

@@ -15,7 +15,7 @@ from gen.grader import grade, parse_equation
 from train.metrics import diagnose, statement_names
 from train.quadratic import solution_roles
 
-SCHOOLBOOK = ("long", "reversed", "magnitudes", "padded", "padded-d", "monic")  # the formats of schoolbook steps
+SCHOOLBOOK = ("long", "reversed", "magnitudes", "padded", "padded-d", "padded-d-plain", "monic")  # the formats of schoolbook steps
 LONG_EXAMPLE = (  # -3x^2-15x+18=0, as in the README
     "4*a=-12;18*1=18;18*2=36;180+36=216;15*1=15;15*5=75;150+75=225;D=225-(-216)=441;"
     "2*2=4;4-4=0;(20*2+1)*1=41;41-41=0;sqrt(D)=21;2*a=-6;"
@@ -209,6 +209,29 @@ def test_padded_d_format_is_reversed_with_d_at_its_operands_width(eq):
     assert padded_d[d_at] == padded[d_at]  # D as the padded format writes it
     widest = max(len(str(b * b)), len(str(abs(4 * a * c))), len(str(abs(b * b - 4 * a * c))))  # a sum may be wider
     assert len(padded_d[d_at].rsplit("=", 1)[1].lstrip("-")) == widest
+
+
+@settings(max_examples=300, deadline=None)
+@given(eq=equations())
+def test_padded_d_plain_format_is_padded_d_with_d_plain_after_it(eq):
+    """D's statement gains its plain value as a last side (`D=...=0004=4`, in reversed digits
+    `D=...=4000=4`), which the square root reads as in the reversed format; nothing else changes,
+    the statements keep their names."""
+    a, b, c, _ = eq
+    padded_d = write_solution(a, b, c, "padded-d").split(";")
+    plain = write_solution(a, b, c, "padded-d-plain").split(";")
+    d_at = next(i for i, step in enumerate(padded_d) if step.startswith("D="))
+    assert plain[:d_at] + plain[d_at + 1 :] == padded_d[:d_at] + padded_d[d_at + 1 :]
+    disc = b * b - 4 * a * c
+    assert plain[d_at] == padded_d[d_at] + "=" + ("-" if disc < 0 else "") + str(abs(disc))[::-1]
+    assert statement_names(";".join(plain)) == statement_names(";".join(padded_d))
+
+
+def test_padded_d_plain_refuses_a_plain_side_with_zeros():
+    """The last side must be the plain number: written with the padding's zeros, it is malformed."""
+    written = write_solution(1, -1000, 249999, "padded-d-plain")  # D = 1000000 - 999996 = 0000004
+    assert "D=0000001-699999=4000000=4;" in written and grade(1, -1000, 249999, written).ok
+    assert not grade(1, -1000, 249999, written.replace("=4000000=4;", "=4000000=4000000;")).well_formed
 
 
 MONIC_EXAMPLE = (  # -3x^2-15x+18=0, as in the README, read back in the usual order
