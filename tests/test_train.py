@@ -372,17 +372,20 @@ def test_init_from_refuses_what_it_cannot_start_from(data_dir, tmp_path, run_cli
     assert resume.returncode == 2 and "drop the other options" in resume.stderr
 
 
-def test_a_reversed_run_goes_on_in_the_padded_d_format(tmp_path):
-    """The GPU list continues the reversed model in padded-d (RESULTS.md, "Still to run on a GPU"):
-    the same characters, so init_from takes its tokenizer, and the run trains and tests on the
-    padded targets."""
-    for fmt in ("reversed", "padded-d"):
+def test_a_reversed_run_goes_on_in_the_padded_d_formats(tmp_path):
+    """The GPU list continues the reversed model in padded-d-plain (RESULTS.md, "Still to run on a
+    GPU"; padded-d before it): the same characters, so init_from takes its tokenizer, and the run
+    trains and tests on the padded targets."""
+    for fmt in ("reversed", "padded-d", "padded-d-plain"):
         generate(GenOptions(rows=250, seed=5, ranges=SMALL_RANGES, format=fmt), tmp_path / fmt)
     train_run(_config(tmp_path / "reversed", tmp_path / "rev", max_steps=2), progress=False)
-    train_run(_config(tmp_path / "padded-d", tmp_path / "pad", max_steps=2, init_from=str(tmp_path / "rev")), progress=False)
-    assert (tmp_path / "pad" / "tokenizer.json").read_bytes() == (tmp_path / "rev" / "tokenizer.json").read_bytes()
-    targets = [json.loads(line)["target"] for line in (tmp_path / "pad" / "predictions.jsonl").read_text().splitlines()]
-    assert len(targets) == 10 and any(";D=" in t and "=00" in t.split(";D=")[1].split(";")[0] for t in targets), targets
+    for fmt in ("padded-d", "padded-d-plain"):
+        train_run(_config(tmp_path / fmt, tmp_path / f"run-{fmt}", max_steps=2, init_from=str(tmp_path / "rev")), progress=False)
+        assert (tmp_path / f"run-{fmt}" / "tokenizer.json").read_bytes() == (tmp_path / "rev" / "tokenizer.json").read_bytes()
+        targets = [json.loads(line)["target"] for line in (tmp_path / f"run-{fmt}" / "predictions.jsonl").read_text().splitlines()]
+        d_sides = [t.split(";D=")[1].split(";")[0].split("=") for t in targets if ";D=" in t]
+        assert len(targets) == 10 and any("00" in sides[1] for sides in d_sides), targets
+        assert all(len(sides) == (3 if fmt == "padded-d-plain" else 2) for sides in d_sides), targets
 
 
 def test_tiny_model_learns_32_equations(tmp_path):
