@@ -59,7 +59,8 @@ def main(base_run: str, cmp_dir: str, out: str, *runs: str) -> None:
         assert all(rows[i]["equation"] == base[i]["equation"] for i in first + hard + small_d), f"{name} decoded other rows"
     results = {name: summary(rows, first, small_d, hard) for name, rows in runs_rows.items()}
     Path(out, "summary.json").write_text(json.dumps(results, indent=1) + "\n")
-    print(f"| fine-tune | full solution, first 1,000 test rows | their D = 0 ({results[name]['n_d_zero']}) | their 4-digit roots ({results[name]['n_4_digit']}) "
+    counts = next(iter(results.values()))  # the same rows for every run
+    print(f"| fine-tune | full solution, first 1,000 test rows | their D = 0 ({counts['n_d_zero']}) | their 4-digit roots ({counts['n_4_digit']}) "
           f"| 0 < abs(D) < 10^5 ({len(small_d)}) | 5-digit roots ({len(hard)}) | their sqrt(D) right | their first wrong: D / sqrt(D) / roots |")
     print("|---|---|---|---|---|---|---|---|")
     for name, s in results.items():
