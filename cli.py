@@ -139,7 +139,9 @@ def cli():
                    "'steps-reversed' (steps, the same way), 'padded' (reversed, with the result of every addition "
                    "and subtraction written with as many digits as its widest operand, zeros in front), "
                    "'padded-d' (reversed, with D's value written that way), 'padded-d-plain' (padded-d, with D's plain "
-                   "value after the padded one, for the square root to read) or 'monic' (the equation divided by a "
+                   "value after the padded one, for the square root to read), 'padded-root' (padded-d-plain, with each "
+                   "remainder of the square root written padded, then plain), 'root-r-first' (padded-d-plain, with "
+                   "each trial of the square root written from its partial remainder: R-(20*P+d)*d=R-T=R') or 'monic' (the equation divided by a "
                    "first, x^2+(b/a)x+c/a=0, then padded-d's steps on its smaller numbers).")
 @click.option("--out", default="data/quadratic", show_default=True, type=click.Path(file_okay=False),
               help="Output directory (a datasets.DatasetDict saved with save_to_disk, plus card.json and README.md).")

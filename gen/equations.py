@@ -22,7 +22,7 @@ from math import isqrt
 CLASSES = ("two", "one", "none")  # names of the classes, by number of real roots
 NUM_ROOTS = {"two": 2, "one": 1, "none": 0}
 FORMATS = ("published", "steps", "long", "reversed", "magnitudes", "published-reversed", "steps-reversed", "padded", "padded-d",
-           "padded-d-plain", "monic")
+           "padded-d-plain", "padded-root", "root-r-first", "monic")
 REVERSED_MARK = "~"  # first character of a solution whose numbers are written least significant digit first
 
 
@@ -159,11 +159,14 @@ def _plain(value: int, *operands: int) -> str:
     return str(value)
 
 
-def _long_square_root(n: int, result=_plain) -> list[str]:
+def _long_square_root(n: int, result=_plain, remainder_plain: bool = False, remainder_first: bool = False) -> list[str]:
     """Steps of the square root of a perfect square n > 0, digit by digit: n's digits in pairs from
     the left; the remainder so far followed by the next pair is R; the next digit d of the root is
     the largest with (20*P+d)*d <= R, P the root so far (`(20*35+5)*5=3525`; `3*3=9` for the first
-    digit), and the new remainder is R minus that (`4000-3525=475`)."""
+    digit), and the new remainder is R minus that (`4000-3525=475`). `remainder_plain` writes the
+    remainder's plain value after `result`'s (`4000-3525=0475=475`); `remainder_first` writes each
+    trial and its remainder as one statement that starts from R (`4000-(20*35+5)*5=4000-3525=475`),
+    so that d is chosen with R on the page."""
     digits = "0" * (len(str(n)) % 2) + str(n)
     steps, root, remainder = [], 0, 0
     for i in range(0, len(digits), 2):
@@ -171,7 +174,9 @@ def _long_square_root(n: int, result=_plain) -> list[str]:
         d = next(d for d in range(9, -1, -1) if (20 * root + d) * d <= r)
         t = (20 * root + d) * d
         if d:
-            steps += [f"{d}*{d}={t}" if root == 0 else f"(20*{root}+{d})*{d}={t}", f"{r}-{t}={result(r - t, r, t)}"]
+            trial = f"{d}*{d}" if root == 0 else f"(20*{root}+{d})*{d}"
+            difference = f"{r}-{t}={result(r - t, r, t)}" + (f"={r - t}" if remainder_plain else "")
+            steps += [f"{r}-{trial}={difference}"] if remainder_first else [f"{trial}={t}", difference]
         root, remainder = 10 * root + d, r - t
     return steps
 
@@ -210,19 +215,25 @@ def _long_solution(a: int, b: int, c: int, magnitudes: bool = False, padded: str
     """The long format (README); with `magnitudes`, every signed addition (D, -b-S, -b+S) that has
     a negative operand or result is preceded by its `_magnitude_step`; `padded` "all" writes the
     result of every addition and subtraction `_at_width` of its operands, "D" only D's, "D-plain" D's
-    followed by its plain value (`D=1234-1230=0004=4`), the number that the square root reads."""
+    followed by its plain value (`D=1234-1230=0004=4`), the number that the square root reads;
+    "root-plain" as "D-plain", and the square root's remainders the same way; "r-first" as "D-plain",
+    with each trial of the square root written from its partial remainder (`_long_square_root`)."""
     result = _at_width if padded == "all" else _plain
     result_d = _at_width if padded else _plain
+    d_plain = padded in ("D-plain", "root-plain", "r-first")
     disc = b * b - 4 * a * c
     # 4*a and its product with c first, so that b^2 ends right before D: one long copy, not two
     work = [f"4*a={4 * a}"] + _long_product(abs(c), abs(4 * a)) + _long_product(abs(b), abs(b))
     if magnitudes and (4 * a * c > 0 > disc or 4 * a * c < 0):
         work += _magnitude_step(b * b, -4 * a * c)
-    work.append(f"D={b * b}-{_lit(4 * a * c)}={result_d(disc, b * b, 4 * a * c)}" + (f"={disc}" if padded == "D-plain" else ""))
+    work.append(f"D={b * b}-{_lit(4 * a * c)}={result_d(disc, b * b, 4 * a * c)}" + (f"={disc}" if d_plain else ""))
     if disc < 0:
         return "".join(f"{step};" for step in work) + "x=none;"
     root, x1, x2 = _integer_roots(a, b, disc)
-    work += (_long_square_root(disc, result) if disc else []) + [f"sqrt(D)={root}", f"2*a={2 * a}"]
+    if disc:
+        work += _long_square_root(disc, _at_width if padded == "root-plain" else result, remainder_plain=padded == "root-plain",
+                                  remainder_first=padded == "r-first")
+    work += [f"sqrt(D)={root}", f"2*a={2 * a}"]
     for sign, n, x in (("-", -b - root, x1), ("+", -b + root, x2)):
         if magnitudes and (-b < 0 or n < 0):
             work += _magnitude_step(-b, n + b)
@@ -268,10 +279,10 @@ def _integer_roots(a: int, b: int, disc: int) -> tuple[int, int, int]:
 
 def write_solution(a: int, b: int, c: int, fmt: str = "published") -> str:
     """The worked solution in one of FORMATS (grammar in the README)."""
-    if fmt in ("reversed", "magnitudes", "padded", "padded-d", "padded-d-plain"):
+    if fmt in ("reversed", "magnitudes", "padded", "padded-d", "padded-d-plain", "padded-root", "root-r-first"):
         # the long format with every number least significant digit first, so that each digit of
         # a sum or a product by one digit follows from digits already written and a carry
-        padded = {"padded": "all", "padded-d": "D", "padded-d-plain": "D-plain"}.get(fmt, "")
+        padded = {"padded": "all", "padded-d": "D", "padded-d-plain": "D-plain", "padded-root": "root-plain", "root-r-first": "r-first"}.get(fmt, "")
         return REVERSED_MARK + reverse_digits(_long_solution(a, b, c, magnitudes=fmt == "magnitudes", padded=padded))
     if fmt == "long":
         return _long_solution(a, b, c, magnitudes=False)

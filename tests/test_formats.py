@@ -15,7 +15,7 @@ from gen.grader import grade, parse_equation
 from train.metrics import diagnose, statement_names
 from train.quadratic import solution_roles
 
-SCHOOLBOOK = ("long", "reversed", "magnitudes", "padded", "padded-d", "padded-d-plain", "monic")  # the formats of schoolbook steps
+SCHOOLBOOK = ("long", "reversed", "magnitudes", "padded", "padded-d", "padded-d-plain", "padded-root", "root-r-first", "monic")  # the formats of schoolbook steps
 LONG_EXAMPLE = (  # -3x^2-15x+18=0, as in the README
     "4*a=-12;18*1=18;18*2=36;180+36=216;15*1=15;15*5=75;150+75=225;D=225-(-216)=441;"
     "2*2=4;4-4=0;(20*2+1)*1=41;41-41=0;sqrt(D)=21;2*a=-6;"
@@ -232,6 +232,71 @@ def test_padded_d_plain_refuses_a_plain_side_with_zeros():
     written = write_solution(1, -1000, 249999, "padded-d-plain")  # D = 1000000 - 999996 = 0000004
     assert "D=0000001-699999=4000000=4;" in written and grade(1, -1000, 249999, written).ok
     assert not grade(1, -1000, 249999, written.replace("=4000000=4;", "=4000000=4000000;")).well_formed
+
+
+def _square_root_steps(steps: list[str]) -> tuple[int, int]:
+    """Where the square root's steps start and end (the statements between D's and `sqrt(D)=`; none when D < 0)."""
+    start = next(i for i, s in enumerate(steps) if s.startswith("D=")) + 1
+    return start, next((i for i, s in enumerate(steps) if s.startswith("sqrt(D)=")), start)
+
+
+def test_the_square_root_formats_of_the_documented_example():
+    """-3x^2-15x+18=0 (README, "--format padded-root" and "--format root-r-first"), read back."""
+    head = "4*a=-12;18*1=18;18*2=36;180+36=216;15*1=15;15*5=75;150+75=225;D=225-(-216)=441=441;"
+    tail = "sqrt(D)=21;2*a=-6;15-21=-6;6-6*1=0;x=-6/(-6)=1;15+21=36;36-6*6=0;x=36/(-6)=-6;x=1;x=-6;"
+    for fmt, root in (("padded-root", "2*2=4;4-4=0=0;(20*2+1)*1=41;41-41=00=0;"), ("root-r-first", "4-2*2=4-4=0;41-(20*2+1)*1=41-41=0;")):
+        written = write_solution(-3, -15, 18, fmt)
+        assert written == "~" + reverse_digits(head + root + tail) and grade(-3, -15, 18, written).ok
+
+
+@settings(max_examples=300, deadline=None)
+@given(eq=equations())
+def test_padded_root_format_is_padded_d_plain_with_each_remainder_padded_then_plain(eq):
+    """Each remainder of the square root gains its padded value (at the width of R, `padded`'s) before
+    its plain one, which the next digits come down after, as they do in the reversed format;
+    nothing else changes, the statements keep their names."""
+    a, b, c, _ = eq
+    plain = write_solution(a, b, c, "padded-d-plain").split(";")
+    padded = write_solution(a, b, c, "padded").split(";")
+    root = write_solution(a, b, c, "padded-root").split(";")
+    start, stop = _square_root_steps(plain)
+    assert len(root) == len(plain) and root[:start] + root[stop:] == plain[:start] + plain[stop:]
+    for i in range(start, stop):
+        if i % 2 == start % 2:  # a trial, (20*P+d)*d=T
+            assert root[i] == plain[i]
+        else:  # R-T=R', written R-T=pad(R')=R'
+            assert root[i] == padded[i] + "=" + plain[i].rsplit("=", 1)[1]
+    assert statement_names(";".join(root)) == statement_names(";".join(plain))
+
+
+@settings(max_examples=300, deadline=None)
+@given(eq=equations())
+def test_root_r_first_format_writes_each_trial_from_its_remainder(eq):
+    """Each trial and its remainder, `(20*P+d)*d=T;R-T=R'` in padded-d-plain, become one statement
+    that starts from R: `R-(20*P+d)*d=R-T=R'`; nothing else changes."""
+    a, b, c, _ = eq
+    plain = reverse_digits(write_solution(a, b, c, "padded-d-plain")[1:]).split(";")
+    first = reverse_digits(write_solution(a, b, c, "root-r-first")[1:]).split(";")
+    start, stop = _square_root_steps(plain)
+    trials = plain[start:stop]
+    assert first[:start] == plain[:start] and first[start + len(trials) // 2 :] == plain[stop:]
+    for k, statement in enumerate(first[start : start + len(trials) // 2]):
+        trial, t = trials[2 * k].split("=")
+        difference = trials[2 * k + 1]
+        r = difference.split("-")[0]
+        assert difference.split("=")[0] == f"{r}-{t}" and statement == f"{r}-{trial}={difference}"
+    names = statement_names(";".join(first))
+    assert [n for n in names if " work " not in n] == [n for n in statement_names(";".join(plain)) if " work " not in n]
+
+
+def test_root_r_first_trials_are_checked_against_their_remainder():
+    """The trial's side and the difference's side must both equal the remainder: a trial digit that
+    is not the one whose product the difference subtracts is a false statement."""
+    written = reverse_digits(write_solution(-3, -15, 18, "root-r-first")[1:])
+    for wrong in ("41-(20*2+1)*1=41-40=1;", "41-(20*2+2)*2=41-41=0;", "41-(20*2+1)*1=40-41=0;"):
+        solution = "~" + reverse_digits(written.replace("41-(20*2+1)*1=41-41=0;", wrong))
+        verdict = grade(-3, -15, 18, solution)
+        assert verdict.well_formed and not verdict.steps_valid, wrong
 
 
 MONIC_EXAMPLE = (  # -3x^2-15x+18=0, as in the README, read back in the usual order
