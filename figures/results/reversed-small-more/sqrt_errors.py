@@ -42,6 +42,7 @@ def main(predictions: str, out: str) -> None:
     outcome = collections.Counter()
     by_root_digits = collections.defaultdict(collections.Counter)
     by_root_digit_and_kind = collections.Counter()
+    wrong_digit = collections.Counter()  # a wrong trial digit: by how much, and whether R, written after it, is right
     with gzip.open(predictions, "rt") as lines:
         for line in lines:
             row = json.loads(line)
@@ -64,12 +65,18 @@ def main(predictions: str, out: str) -> None:
             outcome[kind] += 1
             first = next(i for i in range(d_at + 1, s_at + 1) if i >= len(prediction) or prediction[i] != target[i])
             by_root_digit_and_kind[f"trial {(first - d_at - 1) // 2 + 1}: {kind}"] += 1
+            if kind.startswith("trial digit"):
+                want_d, got_d = (int(s.split("=")[0][-1]) for s in (target[first], prediction[first]))
+                wrong_digit[f"off by {abs(got_d - want_d)}"] += 1
+                r_right = first + 1 < len(prediction) and prediction[first + 1].split("-")[0] == target[first + 1].split("-")[0]
+                wrong_digit["R written right after it" if r_right else "R written wrong after it"] += 1
     result = {
         "two-root outputs": dict(outcome),
         "right up to D, by digits of sqrt(D)": {
             str(k): {"n": v["n"], "square root wrong": v["square root wrong"],
                      "rate": round(v["square root wrong"] / v["n"], 4)} for k, v in sorted(by_root_digits.items())},
         "first wrong, by the trial (one per non-zero root digit)": dict(sorted(by_root_digit_and_kind.items())),
+        "trial digit wrong first": dict(sorted(wrong_digit.items())),
     }
     with open(out, "w") as f:
         json.dump(result, f, indent=1)
