@@ -277,12 +277,16 @@ def _integer_roots(a: int, b: int, disc: int) -> tuple[int, int, int]:
     return root, (-b - root) // (2 * a), (-b + root) // (2 * a)
 
 
+# the reversed formats that pad some results, and `_long_solution`'s name for what they pad
+_PADDING = {"padded": "all", "padded-d": "D", "padded-d-plain": "D-plain", "padded-root": "root-plain", "root-r-first": "r-first"}
+
+
 def write_solution(a: int, b: int, c: int, fmt: str = "published") -> str:
     """The worked solution in one of FORMATS (grammar in the README)."""
-    if fmt in ("reversed", "magnitudes", "padded", "padded-d", "padded-d-plain", "padded-root", "root-r-first"):
+    if fmt in ("reversed", "magnitudes") or fmt in _PADDING:
         # the long format with every number least significant digit first, so that each digit of
         # a sum or a product by one digit follows from digits already written and a carry
-        padded = {"padded": "all", "padded-d": "D", "padded-d-plain": "D-plain", "padded-root": "root-plain", "root-r-first": "r-first"}.get(fmt, "")
+        padded = _PADDING.get(fmt, "")
         return REVERSED_MARK + reverse_digits(_long_solution(a, b, c, magnitudes=fmt == "magnitudes", padded=padded))
     if fmt == "long":
         return _long_solution(a, b, c, magnitudes=False)
