@@ -9,7 +9,12 @@ once (no more than one batch of hidden states in memory):
 - decoder (seq2seq): for every layer, the hidden state at one position per statement of the
   solution (a statement is a segment of the decoder side, which ends at `;`): its last `=`, the
   position whose output is the statement's value (the segment's last token where the side has no
-  `=` role); the first DECODER_STATEMENTS statements;
+  `=` role). Statements are matched across rows by the name the task gives them (its
+  `statement_names`: `D`, `sqrt(D)`, `x1`, `D work 2`, ...), not by their index, since the formats
+  that write out their arithmetic have as many steps as the numbers have digits: the 12th
+  statement is D in one row and a partial product in the next. At most DECODER_STATEMENTS names:
+  every name of a formula first, then the steps of each formula's work, the first step of each
+  before the second (`decoder_statements`);
 - token-level targets (SQuAD's "inside the answer span"): the hidden states of single tokens, at
   most TOKENS_PER_LABEL of each label per window, drawn at random, so that a rare label (the
   answer's few tokens against the context's hundreds) is not swamped.
@@ -55,7 +60,8 @@ from gen import QuadlabError, swap_in
 DEFAULT_LIMIT = 5000
 MIN_PART = 10  # rows in each part of the split: fewer make an accuracy of a few coin flips
 TOKENS_PER_LABEL = 8
-DECODER_STATEMENTS = 12  # the long format has ~40 statements; the first ones hold D and its parts
+DECODER_STATEMENTS = 16  # the long and reversed formats have ~40 names; each is a (rows, layers, d) array
+WORK = " work "  # in a statement's name: a step of the named formula's work (train/metrics.py, statement_names)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -134,13 +140,32 @@ def decoder_positions(roles: np.ndarray, segments: np.ndarray, equals: int | Non
     """(statement, position) of one decoder sequence: in each segment, its last token of role
     `equals` (the `=` whose output is the statement's value), or its last token when None."""
     out = []
-    for k in range(min(int(segments.max()) + 1 if segments.size else 0, DECODER_STATEMENTS)):
+    for k in range(int(segments.max()) + 1 if segments.size else 0):
         where = np.flatnonzero(segments == k)
         if equals is not None:
             where = where[roles[where] == equals]
         if where.size:
             out.append((k, int(where[-1])))
     return out
+
+
+def decoder_statements(names: list[list[str]], limit: int = DECODER_STATEMENTS) -> list[str]:
+    """Which statement names the decoder's probes read, from each row's names: every formula's
+    name (no WORK in it), then work steps by their number, the first step of every formula before
+    any second one (the more common first), up to `limit`; in the order they are written (their
+    mean index in the rows that have them)."""
+    count, where = Counter(), Counter()
+    for row in names:
+        for name in dict.fromkeys(row):  # a name twice in a row: its first place
+            count[name] += 1
+            where[name] += row.index(name)
+
+    def rank(name):
+        owner, _, step = name.partition(WORK)
+        return (int(step) if step.isdigit() else 0, -count[name], name)
+
+    chosen = sorted(count, key=rank)[:limit]
+    return sorted(chosen, key=lambda name: (where[name] / count[name], name))
 
 
 def collect(task, batch_size: int, row_level: bool, token_targets: dict, seed: int, progress: bool) -> dict:
@@ -157,7 +182,8 @@ def collect(task, batch_size: int, row_level: bool, token_targets: dict, seed: i
     equals = dec_roles.index("=") if "=" in dec_roles else None
     n = task.n_rows
     found = {"encoder": None, "decoder": None, "tokens": {name: [] for name in token_targets}}
-    names = {}  # statement -> Counter of its first side (the text before its first `=`), to name it
+    statements = task.statement_names() if dec_roles else []  # per row, each decoder segment's name
+    columns = {name: j for j, name in enumerate(decoder_statements(statements))}
     for batch in tqdm(task.batches(batch_size), desc="probe", unit="batch", disable=None if progress else True):
         states = hidden_states(model, {k: v.to(device) for k, v in batch["inputs"].items()})
         rows = np.asarray(batch["rows"])
@@ -183,21 +209,20 @@ def collect(task, batch_size: int, row_level: bool, token_targets: dict, seed: i
             if "decoder" in states:
                 hd = torch.stack(states["decoder"]).float().cpu().numpy()
                 if found["decoder"] is None:
-                    found["decoder"] = {"features": np.zeros((n, hd.shape[0], DECODER_STATEMENTS, hd.shape[-1]), np.float32),
-                                        "present": np.zeros((n, DECODER_STATEMENTS), bool), "types": np.zeros((n, DECODER_STATEMENTS), np.int64)}
+                    found["decoder"] = {"features": np.zeros((n, hd.shape[0], len(columns), hd.shape[-1]), np.float32),
+                                        "present": np.zeros((n, len(columns)), bool), "types": np.zeros((n, len(columns)), np.int64)}
                 d = found["decoder"]
                 d_roles, d_segments = batch["roles"]["decoder"].numpy(), batch["segments"]["decoder"].numpy()
                 d_ids = batch["inputs"]["decoder_input_ids"].numpy()
                 for b, row in enumerate(rows):
                     valid = d_roles[b] >= 0
-                    tokens = batch["tokens"]["decoder"][b]
                     for k, pos in decoder_positions(d_roles[b][valid], d_segments[b][valid], equals):
-                        d["features"][row, :, k] = hd[:, b, pos]
-                        d["present"][row, k] = True
-                        d["types"][row, k] = type_of(d_ids[b][pos : pos + 1])
-                        start = int(np.flatnonzero(d_segments[b] == k)[0])
-                        head = "".join(t for t in tokens[start:pos] if t not in ("<start>", "<pad>"))
-                        names.setdefault(k, Counter())[head.split("=")[0][:10]] += 1
+                        j = columns.get(statements[row][k]) if k < len(statements[row]) else None
+                        if j is None or d["present"][row, j]:
+                            continue  # a statement not probed, or a name's later place in the row
+                        d["features"][row, :, j] = hd[:, b, pos]
+                        d["present"][row, j] = True
+                        d["types"][row, j] = type_of(d_ids[b][pos : pos + 1])
         for name, by_role in token_targets.items():
             wanted = {enc_roles.index(r): label for r, label in by_role.items() if r in enc_roles}
             roles_np = roles.numpy()
@@ -216,9 +241,8 @@ def collect(task, batch_size: int, row_level: bool, token_targets: dict, seed: i
         out["encoder"] = {"features": e["sums"], "present": present, "types": e["types"]}
     if found["decoder"] is not None:
         d = found["decoder"]
-        used = [k for k in range(DECODER_STATEMENTS) if d["present"][:, k].any()]
-        out["decoder"] = {"features": d["features"][:, :, used], "present": d["present"][:, used], "types": d["types"][:, used]}
-        out["decoder_roles"] = [f"s{k + 1} {names[k].most_common(1)[0][0]}".rstrip() for k in used]
+        out["decoder"] = d
+        out["decoder_roles"] = list(columns)
     for name, items in found["tokens"].items():
         if items:
             out["tokens"][name] = {"rows": np.array([i[0] for i in items]), "types": np.array([i[1] for i in items]),
@@ -363,7 +387,8 @@ def run_probes(run_dir: Path, out_dir: Path | None = None, split: str = "test", 
         "rows_scored": int(test_rows.sum()), "min_part": MIN_PART, "tokens_per_label": TOKENS_PER_LABEL, "decoder_statements": DECODER_STATEMENTS,
         "encoder_roles": found["encoder_roles"] if row_targets else ["token"], "decoder_roles": found.get("decoder_roles", []),
         "probe": "LogisticRegression (scikit-learn, L2, C=1, lbfgs, tol 1e-3, at most 100 iterations) on features standardised on the fitting part",
-        "decoder_position": "each statement's last `=`, the position whose output is the statement's value (teacher-forced)",
+        "decoder_position": "each statement's last `=`, the position whose output is the statement's value (teacher-forced); "
+                            "statements matched across rows by their name (D, sqrt(D), x1, D work 2: the second step of D's work)",
         "control": "labels drawn from the target's label distribution, a fixed function of (seed, target, token type); "
                    "a role with a single token type has no control"},
         "targets": described, "cells": cells, "best": best, "seconds": {k: round(v, 2) for k, v in timings.items()}}

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from analyze.probes import control_labels, fit_all, rows_needed, type_of
+from analyze.probes import control_labels, decoder_statements, fit_all, rows_needed, type_of
 from gen import QuadlabError
 from gen.dataset import GenOptions, generate
 from gen.equations import Ranges
@@ -161,6 +161,37 @@ def test_quadratic_targets_are_computed_from_the_coefficients(runs):
         assert row["last digit of b^2"] == str(b * b % 10) and row["sign of a"] == ("+" if a > 0 else "-")
 
 
+def test_decoder_statements_are_matched_by_name_across_rows_of_different_lengths():
+    """In the reversed format the number of steps follows the digits, so D is the 12th statement
+    in one row and the 7th in another: each row's segment named D must be its D statement."""
+    from gen.equations import write_equation, write_solution
+    from train.quadratic import Analysis, build_tokenizer, teacher_forced_batch
+
+    rows = [(a, -a * (r + q), a * r * q) for a, r, q in ((-6, 371, -1342), (7, -3, 12), (-1, 4, -3))] + [(1, -2, 1), (3, 0, 2)]  # 2 / 1 / 0 roots
+    equations = [write_equation(*r) for r in rows]
+    solutions = [write_solution(*r, "reversed") for r in rows]
+    names = Analysis.statement_names(type("Rows", (), {"rows": {"solution": solutions}})())
+    batch = teacher_forced_batch(build_tokenizer(equations + solutions + ["0123456789x^+-=()*/;Dnoe~sqrt"]), equations, solutions)
+    d_index = []
+    for b, row in enumerate(names):
+        segments, tokens = batch["segments"]["decoder"][b], batch["tokens"]["decoder"][b]
+        assert int(segments.max()) + 1 == solutions[b].count(";") and len(row) <= solutions[b].count(";")  # the answer: one name
+        text = ["".join(t for t, s in zip(tokens, segments.tolist()) if s == k).removeprefix("<start>").removeprefix("~") for k in range(len(row))]
+        assert text[row.index("D")].startswith("D=") and text[row.index("4*a")].startswith("4*a=")
+        assert ("sqrt(D)" in row) == (rows[b][1] ** 2 - 4 * rows[b][0] * rows[b][2] >= 0)
+        assert all(text[k].startswith(("x=", "sqrt(D)=")) == (name in ("x1", "x2", "sqrt(D)")) for k, name in enumerate(row) if name != "answer")
+        d_index.append(row.index("D"))
+    assert len(set(d_index)) > 1  # D's index differs: matching by index would mix statements
+
+    chosen = decoder_statements(names)
+    formulas = [n for n in dict.fromkeys(n for row in names for n in row) if " work " not in n]
+    assert set(formulas) <= set(chosen) and len(chosen) == min(16, len({n for row in names for n in row}))
+    assert chosen.index("4*a") < chosen.index("D") < chosen.index("sqrt(D)") < chosen.index("x1") < chosen.index("answer")  # as written
+    short = decoder_statements(names, limit=len(formulas) + 2)
+    assert set(short) - set(formulas) == {"D work 1", "x1 work 1"}  # each formula's first step before any second; the commoner first
+    assert decoder_statements([["D", "D work 1", "D work 2", "D", "x1"]]) == ["D", "D work 1", "D work 2", "x1"]  # a name's first place
+
+
 def test_probe_command_on_a_quadratic_run(runs, tmp_path, capsys, monkeypatch):
     out = tmp_path / "probes"
     targets = ["root class", "sign of D", "last digit of b^2"]
@@ -175,7 +206,7 @@ def test_probe_command_on_a_quadratic_run(runs, tmp_path, capsys, monkeypatch):
     encoder = {(c["layer"], c["role"]) for c in cells if c["side"] == "encoder" and c["target"] == "sign of D"}
     assert {(l, r) for l in range(3) for r in ("a", "b", "c", "x", "^", "=", "</s>", "mean")} <= encoder  # embeddings + 2 layers
     statements = result["settings"]["decoder_roles"]
-    assert statements[:2] == ["s1 D", "s2 x"]  # the `=` before D's value, the `=` after the first x
+    assert statements[:2] == ["D", "x1"]  # the `=` before D's value, the `=` before the first root's
     assert {c["role"] for c in cells if c["side"] == "decoder"} <= set(statements) and any(c["side"] == "decoder" for c in cells)
     x_cells = [c for c in cells if c["role"] in ("x", "^", "=")]
     assert x_cells and all(c["selectivity"] is None for c in x_cells)  # one token type: no control

@@ -26,7 +26,7 @@ from analyze.attention import padded, segments
 from gen import QuadlabError
 from train import runs
 from train.config import TrainConfig
-from train.metrics import diagnosis, judge, quadratic_metrics
+from train.metrics import diagnosis, judge, quadratic_metrics, statement_names
 
 SPECIAL_TOKENS = ("<pad>", "</s>", "<unk>")  # ids 0, 1, 2: T5 starts decoding with the pad id
 MODEL_FILES = ("config.json", "model.safetensors", "generation_config.json")
@@ -599,6 +599,11 @@ class Analysis:
                 "digits of |D|": [len(str(abs(v))) for v in d], "last digit of b^2": [str(y * y)[-1] for y in b],
                 "sign of a": [sign(x) for x in a], "sign of b": [sign(y) for y in b],
                 "sign of ac": [sign(x * z) for x, z in zip(a, c)]}  # ac > 0 is what lets D be negative
+
+    def statement_names(self) -> list[list[str]]:
+        """Per analysed row, the name of each statement of its reference solution, in order (the
+        decoder's segments): `D`, `sqrt(D)`, `x1`, `D work 2`, ... (train/metrics.py)."""
+        return [statement_names(solution) for solution in self.rows["solution"]]
 
     def load_model(self, path: Path):
         from transformers import AutoModelForSeq2SeqLM
