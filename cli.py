@@ -433,23 +433,30 @@ def heads(run_dir, split, limit, eval_limit, batch_size, clusters, compare, no_i
 @click.option("--seed", type=IntRange(min=0), default=0, show_default=True, help="Which rows and which corruptions make the pairs.")
 @click.option("--batch-size", type=IntRange(min=1), default=256, show_default=True,
               help="Patched copies per forward pass (each copy patches one layer and position).")
+@click.option("--side", type=click.Choice(["encoder", "decoder"]), default="encoder", show_default=True,
+              help="Patch the encoder (pairs of equations) or the decoder (one equation, its written work with one digit "
+                   "of D's operand b^2 changed; formats that write D's operands, such as reversed).")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
               help="Output directory.  [default: figures/<run name>/patching]")
-def patch(run_dir, pairs, split, seed, batch_size, out_dir):
-    """Activation patching of RUN_DIR's encoder (a task that provides pairs: quadratic).
+def patch(run_dir, pairs, split, seed, batch_size, side, out_dir):
+    """Activation patching of RUN_DIR's encoder or decoder (a task that provides pairs: quadratic).
 
-    For pairs of equations that differ in one coefficient (same sign and number of digits, so the
-    tokens align; the number of real roots differs), run the corrupted equation with the encoder's
-    hidden state at one (layer, position) replaced by the clean run's, and measure how much of the
-    clean answer returns: the log-probability of D's first digits and of the root class (D's first
-    character), teacher-forced on the clean solution, normalised per pair so that 0 is the
-    corrupted run and 1 the clean run. Layers: the embedding output and each layer's output.
-    Writes patching.json (mean, 95% CI and n per layer and token role), patching.npz and heatmaps
-    (layer x role over pairs; layer x position for one pair)."""
+    Encoder: for pairs of equations that differ in one coefficient (same sign and number of
+    digits, so the tokens align; the number of real roots differs), run the corrupted equation
+    with the encoder's hidden state at one (layer, position) replaced by the clean run's, and
+    measure how much of the clean answer returns: the log-probability of D's first digits and of
+    the root class (D's first character), teacher-forced on the clean solution, normalised per
+    pair so that 0 is the corrupted run and 1 the clean run. Decoder (--side decoder): the same
+    equation, teacher-forced on its solution up to D's value with one digit of b^2 changed in D's
+    statement `D=X-Y=`, patched at the decoder's positions from that digit to the `=`; scored on
+    D's first digits. Layers: the embedding output and each layer's output. Writes patching.json
+    (mean, 95% CI and n per layer and token role), patching.npz and heatmaps (layer x role over
+    pairs; layer x position for one pair)."""
     from analyze.patching import analyze_patching, summary_lines
 
     _check_out(out_dir, "--out")
-    result = analyze_patching(Path(run_dir), Path(out_dir) if out_dir else None, pairs=pairs, split=split, seed=seed, batch_size=batch_size)
+    result = analyze_patching(Path(run_dir), Path(out_dir) if out_dir else None, pairs=pairs, split=split, seed=seed, batch_size=batch_size,
+                              side=side)
     for line in summary_lines(result):
         click.echo(line)
     seconds = ", ".join(f"{k} {v} s" for k, v in result["seconds"].items())

@@ -1,19 +1,24 @@
-"""`cli.py patch RUN_DIR`: activation patching of the encoder (Vig et al. 2020, Meng et al. 2022),
-for a task whose `Analysis` provides `patch_pairs` (train/tasks.py; the quadratic task does).
+"""`cli.py patch RUN_DIR`: activation patching of the encoder or of the decoder (Vig et al. 2020,
+Meng et al. 2022), for a task whose `Analysis` provides `patch_pairs` (train/tasks.py; the
+quadratic task does).
 
-A pair is a clean input and a corrupted one whose tokens align position by position. The corrupted
-input is run with the encoder's hidden state at one (layer, position) replaced by the clean run's,
-and each of the task's scores (log-probabilities of the clean answer, teacher-forced) is
+A pair is a clean input and a corrupted one whose tokens align position by position: on the
+encoder side two inputs (the quadratic task: equations that differ in one coefficient), on the
+decoder side two teacher-forced decoder inputs for the same encoder input (the quadratic task: the
+written work with one digit changed). The corrupted input is run with that side's hidden state at
+one (layer, position) replaced by the clean run's, at the positions the pairs mark as patchable
+(the decoder: from the first changed token on, since a causal decoder's states before it are the
+same in both runs), and each of the task's scores (log-probabilities of the clean answer, teacher-forced) is
 normalised per pair: (patched - corrupted) / (clean - corrupted), so 0 is the corrupted run and 1
 the clean one. A pair whose clean and corrupted scores lie within TOLERANCE of each other says
 nothing about that score and is dropped from it (counted in patching.json).
 
-Layers are the encoder's `hidden_states` indices: 0 the embedding output (the input of block 0),
-l the output of block l - 1, the last one after the final layer norm (the decoder reads that one).
+Layers are the side's `hidden_states` indices: 0 the embedding output (the input of block 0),
+l the output of block l - 1, the last one after the final layer norm (what the decoder reads, on
+the encoder side; what the output layer reads, on the decoder side).
 
 Speed: many patches in one forward pass: the corrupted input is repeated along the batch, each
-copy with its own (layer, position), written by hooks on the encoder's blocks; every copy reuses
-its pair's teacher-forced decoder input (bench/bench_patching.py).
+copy with its own (layer, position), written by hooks on the side's blocks (bench/bench_patching.py).
 
 figures/<run>/patching/
     patching.json           settings, per score and (layer, role) the mean, 95% CI and n, the pairs
@@ -43,22 +48,24 @@ CHANGED = "(changed tokens)"  # the pseudo-role of the positions where clean and
 
 
 # ---------------------------------------------------------------------------------------------
-# Hooks: record and overwrite the encoder's hidden states
+# Hooks: record and overwrite the hidden states of one side
 
 
-def sites(model) -> list[tuple[torch.nn.Module, bool]]:
-    """(module, before) per hidden_states index: the state is the input of the module when
-    `before`, else its output. T5: the blocks' inputs, then the final layer norm's output."""
+def sites(model, side: str = "encoder") -> list[tuple[torch.nn.Module, bool]]:
+    """(module, before) per hidden_states index of `side` (encoder, decoder): the state is the
+    input of the module when `before`, else its output. T5: the blocks' inputs, then the final
+    layer norm's output."""
     if model.config.model_type not in ("t5", "mt5") or not hasattr(model, "encoder"):
         raise QuadlabError(f"activation patching supports T5 encoder-decoders; this model is {model.config.model_type!r}")
-    return [(block, True) for block in model.encoder.block] + [(model.encoder.final_layer_norm, False)]
+    stack = model.encoder if side == "encoder" else model.decoder
+    return [(block, True) for block in stack.block] + [(stack.final_layer_norm, False)]
 
 
 @contextmanager
-def _hooked(model, change):
+def _hooked(model, change, side: str = "encoder"):
     """Within the block, change(index, state) -> state is applied at every hidden_states index."""
     handles = []
-    for index, (module, before) in enumerate(sites(model)):
+    for index, (module, before) in enumerate(sites(model, side)):
         if before:
             handles.append(module.register_forward_pre_hook(
                 lambda m, args, index=index: (change(index, args[0]), *args[1:])))
@@ -85,17 +92,39 @@ def encoder_states(model, input_ids: torch.Tensor, attention_mask: torch.Tensor)
     return torch.stack(found)
 
 
+@torch.no_grad()
+def clean_states(model, pairs: dict) -> torch.Tensor:
+    """(layers, P, T, d): the clean run's hidden states on the pairs' side."""
+    if pairs.get("side", "encoder") == "encoder":
+        device = next(model.parameters()).device
+        return encoder_states(model, pairs["clean"].to(device), pairs["attention_mask"].to(device))
+    found = []
+
+    def record(index, state):
+        found.append(state)
+        return state
+
+    with _hooked(model, record, "decoder"):
+        forward_scores(model, pairs, {}, torch.arange(len(pairs["clean"])), pairs["clean"], cut=False)
+    return torch.stack(found)
+
+
+def side_mask(pairs: dict) -> torch.Tensor:
+    """(P, T): the real tokens of the patched side."""
+    return pairs["attention_mask"] if pairs.get("side", "encoder") == "encoder" else pairs["decoder_attention_mask"]
+
+
 @contextmanager
-def patched(model, layers: torch.Tensor, where: torch.Tensor, values: torch.Tensor):
-    """Within the block, row r of a batch has its hidden state at index layers[r] replaced by
-    values[r] at the positions where[r] (B, T) is True; rows with layer -1 are left alone."""
+def patched(model, layers: torch.Tensor, where: torch.Tensor, values: torch.Tensor, side: str = "encoder"):
+    """Within the block, row r of a batch has its hidden state at index layers[r] of `side`
+    replaced by values[r] at the positions where[r] (B, T) is True; rows with layer -1 are left alone."""
 
     def change(index, state):
         width = state.shape[1]  # the batch may be cut to its longest input (forward_scores)
         chosen = (layers == index)[:, None] & where[:, :width]
         return torch.where(chosen[..., None], values[:, :width].to(state.dtype), state) if chosen.any() else state
 
-    with _hooked(model, change):
+    with _hooked(model, change, side):
         yield
 
 
@@ -130,15 +159,17 @@ def log_probs(logits: torch.Tensor, target) -> torch.Tensor:
 
 
 @torch.no_grad()
-def forward_scores(model, pairs: dict, targets: dict, index: torch.Tensor, input_ids: torch.Tensor) -> tuple[dict, torch.Tensor]:
-    """({score: (B,)}, logits) of the pairs `index` run on `input_ids` (B, T), under whatever
-    hooks are active; the padding beyond the longest input and decoder input is cut off."""
+def forward_scores(model, pairs: dict, targets: dict, index: torch.Tensor, input_ids: torch.Tensor, cut: bool = True) -> tuple[dict, torch.Tensor]:
+    """({score: (B,)}, logits) of the pairs `index` run with `input_ids` (B, T) on the pairs' side
+    (the encoder's input, or the decoder's), under whatever hooks are active; the padding beyond
+    the longest input and decoder input is cut off (`cut`)."""
     device = next(model.parameters()).device
     mask, decoder_mask = pairs["attention_mask"][index], pairs["decoder_attention_mask"][index]
-    width, depth = int(mask.sum(dim=1).max()), int(decoder_mask.sum(dim=1).max())
-    logits = model(input_ids=input_ids[:, :width].to(device), attention_mask=mask[:, :width].to(device),
-                   decoder_input_ids=pairs["decoder_input_ids"][index, :depth].to(device),
-                   decoder_attention_mask=decoder_mask[:, :depth].to(device)).logits
+    width, depth = (int(mask.sum(dim=1).max()), int(decoder_mask.sum(dim=1).max())) if cut else (mask.shape[1], decoder_mask.shape[1])
+    encoder_ids, decoder_ids = ((input_ids, pairs["decoder_input_ids"][index]) if pairs.get("side", "encoder") == "encoder"
+                                else (pairs["input_ids"][index], input_ids))
+    logits = model(input_ids=encoder_ids[:, :width].to(device), attention_mask=mask[:, :width].to(device),
+                   decoder_input_ids=decoder_ids[:, :depth].to(device), decoder_attention_mask=decoder_mask[:, :depth].to(device)).logits
     on = {name: tuple(t[index].to(device) for t in target) for name, target in targets.items()}
     return {name: log_probs(logits, target).cpu() for name, target in on.items()}, logits
 
@@ -146,27 +177,29 @@ def forward_scores(model, pairs: dict, targets: dict, index: torch.Tensor, input
 @torch.no_grad()
 def patch_all(model, pairs: dict, batch_size: int, progress: bool = False) -> dict:
     """Every (pair, layer, position) patch, `batch_size` copies per forward pass. Returns
-    {"clean", "corrupted": {score: (P,)}, "patched": {score: (P, layers, T)} (NaN at padding)}."""
+    {"clean", "corrupted": {score: (P,)}, "patched": {score: (P, layers, T)} (NaN where nothing is patched)}."""
     from tqdm import tqdm
 
     device = next(model.parameters()).device
-    mask = pairs["attention_mask"]
+    side = pairs.get("side", "encoder")
+    mask = side_mask(pairs)
+    patchable = pairs.get("patchable", mask).bool()
     n_pairs, width = mask.shape
     every = torch.arange(n_pairs)
     targets = score_targets(pairs["targets"], model.config.vocab_size)
     clean, _ = forward_scores(model, pairs, targets, every, pairs["clean"])
     corrupted, _ = forward_scores(model, pairs, targets, every, pairs["corrupted"])
-    states = encoder_states(model, pairs["clean"].to(device), mask.to(device))  # (layers, P, T, d)
+    states = clean_states(model, pairs)  # (layers, P, T, d)
     n_layers = states.shape[0]
     # pairs in order of length: each batch is cut to its longest pair, so similar lengths waste little
-    order = sorted(range(n_pairs), key=lambda p: (int(pairs["decoder_attention_mask"][p].sum()), int(mask[p].sum())))
-    jobs = torch.tensor([(p, l, t) for p in order for l in range(n_layers) for t in range(int(mask[p].sum()))])
+    order = sorted(range(n_pairs), key=lambda p: (int(pairs["decoder_attention_mask"][p].sum()), int(pairs["attention_mask"][p].sum())))
+    jobs = torch.tensor([(p, l, t) for p in order for l in range(n_layers) for t in torch.nonzero(patchable[p]).flatten().tolist()])
     patched_scores = {name: torch.full((n_pairs, n_layers, width), float("nan"), dtype=torch.float64) for name in targets}
     for start in tqdm(range(0, len(jobs), batch_size), desc="patch", unit="batch", disable=None if progress else True):
         p, l, t = jobs[start : start + batch_size].T
         where = torch.zeros(len(p), width, dtype=torch.bool)
         where[torch.arange(len(p)), t] = True
-        with patched(model, l.to(device), where.to(device), states[l.to(device), p.to(device)]):
+        with patched(model, l.to(device), where.to(device), states[l.to(device), p.to(device)], side):
             found, _ = forward_scores(model, pairs, targets, p, pairs["corrupted"][p])
         for name, values in found.items():
             patched_scores[name][p, l, t] = values
@@ -209,7 +242,7 @@ def layer_names(n_layers: int) -> list[str]:
 
 
 def analyze_patching(run_dir: Path, out_dir: Path | None = None, pairs: int = 200, split: str = "test", seed: int = 0,
-                     batch_size: int = 256, progress: bool = True) -> dict:
+                     batch_size: int = 256, progress: bool = True, side: str = "encoder") -> dict:
     from train import tasks
     from train.runs import analysis, open_run
 
@@ -224,18 +257,18 @@ def analyze_patching(run_dir: Path, out_dir: Path | None = None, pairs: int = 20
     sites(model)  # another architecture fails here, before any work
     if torch.cuda.is_available():
         model.to("cuda")
-    made = task.patch_pairs(pairs, seed)
+    made = task.patch_pairs(pairs, seed, side)
     seconds = {"loading and pairs": time.perf_counter() - clock}
     clock = time.perf_counter()
     found = patch_all(model, made, batch_size, progress)
     seconds["patching"] = time.perf_counter() - clock
     n_layers = found["patched"][next(iter(found["patched"]))].shape[1]
     roles = made["roles"].numpy()
-    valid = made["attention_mask"].numpy().astype(bool)
+    valid = side_mask(made).numpy().astype(bool)
     changed = (made["clean"] != made["corrupted"]).numpy() & valid
-    role_names = list(task.roles["encoder"])
+    role_names = list(made.get("role_names", task.roles["encoder"]))
     result = {"run": str(run_dir), "task": task.name, "split": task.split,
-              "settings": {"pairs": pairs, "seed": seed, "batch_size": batch_size, "tolerance_nats": TOLERANCE,
+              "settings": {"side": side, "pairs": pairs, "seed": seed, "batch_size": batch_size, "tolerance_nats": TOLERANCE,
                            "normalisation": "(patched - corrupted) / (clean - corrupted) per pair: 0 the corrupted run, 1 the clean run"},
               "layers": layer_names(n_layers), "hidden_states_index": list(range(n_layers)), "scores": {}}
     arrays, restored_all = {}, {}
@@ -252,9 +285,10 @@ def analyze_patching(run_dir: Path, out_dir: Path | None = None, pairs: int = 20
         arrays[f"{name}/patched"] = patched_lp.numpy().astype(np.float32)
     every = [p for p in range(len(valid)) if all(kept[p] for _, kept in restored_all.values())]
     example = every[0] if every else 0  # the first pair that every score keeps
-    n = int(valid[example].sum())
-    result["example"] = {"pair": example, "tokens": made["tokens"][example][:n], "corrupted_tokens": made["corrupted_tokens"][example][:n],
-                         "restored": {name: r[example][:, :n].tolist() for name, (r, _) in restored_all.items()}}
+    shown = np.flatnonzero(made.get("patchable", side_mask(made))[example].numpy())  # the patched positions
+    result["example"] = {"pair": example, "positions": shown.tolist(), "tokens": [made["tokens"][example][t] for t in shown],
+                         "corrupted_tokens": [made["corrupted_tokens"][example][t] for t in shown],
+                         "restored": {name: r[example][:, shown].tolist() for name, (r, _) in restored_all.items()}}
     result["pairs"] = [{**p, **{f"{name} clean": float(found["clean"][name][i]) for name in made["targets"]},
                         **{f"{name} corrupted": float(found["corrupted"][name][i]) for name in made["targets"]},
                         "dropped_from": [name for name, (_, kept) in restored_all.items() if not kept[i]]}
@@ -326,7 +360,8 @@ def _role_figure(result: dict, path: Path) -> list[str]:
         notes = np.vectorize(lambda m, h: f"{m:.2f}\n±{h:.2f}" if np.isfinite(h) else f"{m:.2f}")(mean, (ci[..., 1] - ci[..., 0]) / 2)
         image = _heatmap(ax, mean, result["layers"], s["roles"], f"{name} ({s['pairs_used']} pairs, {s['pairs_dropped']} dropped)", notes)
     fig.colorbar(image, ax=axes, shrink=0.8, label="restored share (0 corrupted, 1 clean)")
-    fig.suptitle("Activation patching of the encoder: mean over pairs by token role, with the 95% CI half-width", fontsize=10)
+    fig.suptitle(f"Activation patching of the {result['settings']['side']}:\nmean over pairs by token role, with the 95% CI half-width",
+                 fontsize=10)
     return [f"patching/{name}" for name in figures.save(fig, path)]
 
 

@@ -12,10 +12,10 @@ from hypothesis import given, settings
 
 from analyze import patching
 from gen.dataset import GenOptions, generate
-from gen.equations import Ranges, reverse_digits, write_equation
+from gen.equations import REVERSED_MARK, Ranges, reverse_digits, write_equation
 from train import tasks
 from train.config import resolve
-from train.quadratic import EQUATION_ROLES, corruption, equation_roles, root_class
+from train.quadratic import EQUATION_ROLES, PAGE_ROLES, corruption, equation_roles, root_class
 from train.runs import analysis
 
 from conftest import equations
@@ -28,21 +28,29 @@ def data(tmp_path_factory):
     return root
 
 
+def tiny_run(data, run_dir, steps: int):
+    """A tiny quadratic run of `steps` steps: the checks need a model, not a good one."""
+    config = resolve("tiny", None, {"data": str(data), "run_dir": str(run_dir), "val_size": 10, "eval_limit": 4,
+                                    "max_steps": steps, "eval_every": steps, "batch_size": 16})
+    tasks.module("quadratic").train_run(config, progress=False)
+    return run_dir
+
+
+def double_task(run_dir):
+    task = analysis(run_dir, "patch")
+    # float64: the checks compare runs whose batches differ in size, which round differently in float32
+    task.model.double().eval()
+    return task
+
+
 @pytest.fixture(scope="module")
 def run(data, tmp_path_factory):
-    root = tmp_path_factory.mktemp("patch-run")
-    config = resolve("tiny", None, {"data": str(data / "quadratic"), "run_dir": str(root / "run"), "val_size": 10, "eval_limit": 4,
-                                    "max_steps": 8, "eval_every": 8, "batch_size": 16})  # the checks need a model, not a good one
-    tasks.module("quadratic").train_run(config, progress=False)
-    return root / "run"
+    return tiny_run(data / "quadratic", tmp_path_factory.mktemp("patch-run") / "run", steps=8)
 
 
 @pytest.fixture(scope="module")
 def task(run):
-    task = analysis(run, "patch")
-    # float64: the checks compare runs whose batches differ in size, which round differently in float32
-    task.model.double().eval()
-    return task
+    return double_task(run)
 
 
 @given(equations())
@@ -94,10 +102,7 @@ def test_pairs_of_a_run_that_writes_numbers_reversed(fmt, tmp_path):
     """D's value read back from its reversed digits, scored on the digits written first (its last),
     and no pair whose D > 0 is written starting with `0`, the one-root class's first character."""
     generate(GenOptions(rows=300, seed=5, format=fmt, ranges=Ranges(a_lo=-5, a_hi=5, root_lo=-20, root_hi=20)), tmp_path / "data", workers=1)
-    config = resolve("tiny", None, {"data": str(tmp_path / "data"), "run_dir": str(tmp_path / "run"), "val_size": 10, "eval_limit": 4,
-                                    "max_steps": 2, "eval_every": 2, "batch_size": 16})
-    tasks.module("quadratic").train_run(config, progress=False)
-    task = analysis(tmp_path / "run", "patch")
+    task = analysis(tiny_run(tmp_path / "data", tmp_path / "run", steps=2), "patch")
     pairs = task.patch_pairs(12, seed=3)
     tok = task.tokenizer
     for i, pair in enumerate(pairs["pairs"]):
@@ -238,3 +243,91 @@ def test_a_task_without_pairs_and_too_few_rows_are_refused(run, classify_run, ca
     assert "patching needs a task that provides pairs" in _refused(capsys, "patch", classify_run, "--out", tmp_path / "a")
     assert "--pairs" in _refused(capsys, "patch", run, "--pairs", 5000, "--out", tmp_path / "b")
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# The decoder side: one equation, its written work with one digit of b^2 changed
+
+
+@pytest.fixture(scope="module", params=["reversed", "long"])
+def page_run(request, tmp_path_factory):
+    root = tmp_path_factory.mktemp(f"page-{request.param}")
+    generate(GenOptions(rows=300, seed=5, format=request.param, ranges=Ranges(a_lo=-5, a_hi=5, root_lo=-20, root_hi=20)), root / "data", workers=1)
+    return tiny_run(root / "data", root / "run", steps=2)
+
+
+@pytest.fixture(scope="module")
+def page_task(page_run):
+    return double_task(page_run)
+
+
+def test_page_pairs_change_one_digit_of_b2_in_ds_statement(page_task):
+    task, tok = page_task, page_task.tokenizer
+    pairs = task.patch_pairs(12, seed=3, side="decoder")
+    assert pairs["side"] == "decoder" and pairs["role_names"] == list(PAGE_ROLES) and set(pairs["targets"]) == {"D digits"}
+    marked = task.rows["solution"][0].startswith(REVERSED_MARK)
+    for i, pair in enumerate(pairs["pairs"]):
+        a, b, c = (task.rows[k][pair["row"]] for k in "abc")
+        solution = task.rows["solution"][pair["row"]]
+        assert tok.decode(pairs["input_ids"][i][pairs["attention_mask"][i].bool()], skip_special_tokens=True) == write_equation(a, b, c)
+        n = int(pairs["decoder_attention_mask"][i].sum())
+        clean, corrupted = (tok.convert_ids_to_tokens(pairs[k][i][:n]) for k in ("clean", "corrupted"))
+        (start, _), *_ = pairs["targets"]["D digits"][i]
+        assert "".join(clean[1 : start + 1]) == solution[:start] and solution[:start].endswith("=")
+        written = reverse_digits(str(b * b - 4 * a * c)) if marked else str(b * b - 4 * a * c)
+        assert solution[start:].startswith(written) and pair["scored"] == written[: 2 + written.startswith("-")]
+        diff = [j for j in range(n) if clean[j] != corrupted[j]]
+        assert len(diff) == 1 and clean[diff[0]].isdigit() and corrupted[diff[0]].isdigit()
+        read = (lambda s: int(reverse_digits(s))) if marked else int
+        assert read(pair["x"]) == b * b and len(pair["corrupted_x"]) == len(pair["x"]) and pair["corrupted_x"] != pair["x"]
+        statement = solution[solution.rindex(";", 0, start) + 1 : start]  # D's statement up to its value
+        assert f"={pair['x']}-" in statement and "".join(corrupted[1 : start + 1]).endswith(statement.replace(pair["x"], pair["corrupted_x"], 1))
+        other = read(pair["corrupted_x"]) - 4 * a * c  # what a model that subtracts on the page writes instead
+        assert not (reverse_digits(str(other)) if marked else str(other)).startswith(pair["scored"])
+        patchable = torch.nonzero(pairs["patchable"][i]).flatten().tolist()
+        assert patchable == list(range(diff[0], start + 1))  # from the changed digit to the `=` before D's value
+        roles = [PAGE_ROLES[r] for r in pairs["roles"][i][patchable]]
+        assert roles[0] == "b^2 (X)" and roles[-1] == "= (D's value next)" and "4ac (Y)" in roles and "minus" in roles
+        assert (pairs["roles"][i][: diff[0]] == -1).all()
+    assert task.patch_pairs(12, seed=3, side="decoder")["pairs"] == pairs["pairs"] != task.patch_pairs(12, seed=4, side="decoder")["pairs"]
+
+
+def test_decoder_patching_at_the_embeddings_restores_exactly_at_the_changed_digit(page_task):
+    """The two runs differ only in one token, so patching its embedding makes the corrupted run the
+    clean one, and patching any other position's embedding changes nothing."""
+    model, pairs = page_task.model, page_task.patch_pairs(4, seed=1, side="decoder")
+    states = patching.clean_states(model, pairs)
+    with torch.no_grad():
+        hidden = model(input_ids=pairs["input_ids"], attention_mask=pairs["attention_mask"], decoder_input_ids=pairs["clean"],
+                       decoder_attention_mask=pairs["decoder_attention_mask"], output_hidden_states=True).decoder_hidden_states
+    assert states.shape[0] == len(hidden) == model.config.num_decoder_layers + 1
+    for recorded, theirs in zip(states, hidden):
+        torch.testing.assert_close(recorded, theirs, rtol=0, atol=1e-12)
+    found = patching.patch_all(model, pairs, batch_size=9)
+    patched, clean, corrupted = found["patched"]["D digits"], found["clean"]["D digits"], found["corrupted"]["D digits"]
+    assert (clean - corrupted).abs().min() > 1e-6  # the changed digit changes the scored log-probability
+    for i in range(4):
+        patchable = torch.nonzero(pairs["patchable"][i]).flatten()
+        changed = int(patchable[0])
+        assert float(patched[i, 0, changed]) == pytest.approx(float(clean[i]), abs=1e-9)
+        assert torch.allclose(patched[i, 0, patchable[1:]], corrupted[i].expand(len(patchable) - 1), atol=1e-9, rtol=0)
+        assert torch.isnan(patched[i, :, :changed]).all() and not torch.isnan(patched[i][:, patchable]).any()
+        # the last layer at `=` (the position that predicts D's first character) restores that character exactly
+        assert torch.isfinite(patched[i, -1, int(patchable[-1])])
+
+
+def test_decoder_patch_end_to_end(page_run, run, run_cli, tmp_path, capsys):
+    out = tmp_path / "page"
+    done = run_cli("patch", page_run, "--side", "decoder", "--pairs", 6, "--batch-size", 40, "--out", out, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "D digits:" in done.stdout and "root class" not in done.stdout
+    result = json.loads((out / "patching.json").read_text())
+    assert result["settings"]["side"] == "decoder" and len(result["pairs"]) == 6
+    s = result["scores"]["D digits"]
+    assert set(s["roles"]) <= set(PAGE_ROLES) | {patching.CHANGED} and patching.CHANGED in s["roles"]
+    example = np.array(result["example"]["restored"]["D digits"], dtype=float)
+    assert example.shape == (len(result["layers"]), len(result["example"]["positions"])) == (len(result["layers"]), len(result["example"]["tokens"]))
+    assert (out / "patching-roles.png").stat().st_size > 0 and (out / "patching-example.png").stat().st_size > 0
+    # the published format writes no operands for D: nothing to corrupt on the page
+    assert "writes D's operands" in _refused(capsys, "patch", run, "--side", "decoder", "--pairs", 2, "--out", tmp_path / "none")
+    assert not (tmp_path / "none").exists()

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import time
 from pathlib import Path
@@ -526,6 +527,9 @@ def cache_rows(model, input_width: int) -> int:
 
 PATCH_DIGITS = 2  # activation patching scores D's value up to its first 2 digits (its minus sign included)
 CLASS_TOKENS = {"none": "-", "one": "0", "two": "123456789"}  # D's first character says the root class
+# D's statement where it writes its operands: `D=X-Y=` or `D=X-(-Y)=` (after `D=b^2-4*a*c=` in the steps formats), then its value
+D_OPERANDS = re.compile(r"=(?P<x>[0-9]+)-(?P<neg>\(-)?(?P<y>[0-9]+)\)?=(?P<value>-?[0-9]+)")
+PAGE_ROLES = ("b^2 (X)", "minus", "4ac (Y)", "= (D's value next)")  # the decoder positions page_pairs patches
 
 
 def root_class(a: int, b: int, c: int) -> str:
@@ -599,6 +603,86 @@ class Analysis:
                 "digits of |D|": [len(str(abs(v))) for v in d], "last digit of b^2": [str(y * y)[-1] for y in b],
                 "sign of a": [sign(x) for x in a], "sign of b": [sign(y) for y in b],
                 "sign of ac": [sign(x * z) for x, z in zip(a, c)]}  # ac > 0 is what lets D be negative
+
+    def page_pairs(self, n: int, seed: int) -> dict:
+        """`n` pairs for patching the decoder: one equation, teacher-forced on its reference
+        solution up to D's value (clean) and on the same text with one digit of D's first operand
+        X changed (corrupted), where D's statement writes its operands (`D=X-Y=` or `X-(-Y)=`: the
+        formats that write their work; X = b^2 as written). The digit is drawn so that X - Y, as
+        the format writes it, starts otherwise than D's value: a model that subtracts what is on
+        the page then writes another D. Scored: "D digits" as in patch_pairs. Patchable: the
+        decoder positions from the changed digit to the `=` before D's value (before it the two
+        runs are the same), with the roles PAGE_ROLES."""
+        import random
+
+        from gen.equations import REVERSED_MARK, reverse_digits, write_equation
+
+        tok, rng = self.tokenizer, random.Random(seed)
+        chosen = []
+        for row in rng.sample(range(self.n_rows), self.n_rows):
+            if len(chosen) == n:
+                break
+            solution = self.rows["solution"][row]
+            marked = solution.startswith(REVERSED_MARK)  # numbers written least significant digit first
+            statement = next((s for s in solution.removeprefix(REVERSED_MARK).split(";") if s.startswith("D=")), "")
+            found = D_OPERANDS.search(statement)
+            if found is None:
+                continue
+
+            def read(text):
+                return int(reverse_digits(text) if marked else text)
+
+            def write(value):
+                return reverse_digits(str(value)) if marked else str(value)
+
+            x, y, value = found["x"], read(found["y"]) * (-1 if found["neg"] else 1), found["value"]
+            if read(x) - y != read(value):
+                continue  # not D's subtraction
+            scored = value[: PATCH_DIGITS + value.startswith("-")]
+            corrupted = None
+            for i in rng.sample(range(len(x)), len(x)):
+                for digit in rng.sample("0123456789", 10):
+                    other = x[:i] + digit + x[i + 1 :]
+                    leading = other[-1] if marked else other[0]
+                    if other != x and (leading != "0" or len(x) == 1) and not write(read(other) - y).startswith(scored):
+                        corrupted = (i, other)
+                        break
+                if corrupted:
+                    break
+            if corrupted is None:
+                continue
+            at = solution.index(statement)  # characters are tokens: the decoder holds character k at position k + 1
+            start, changed = at + found.start("value"), at + found.start("x") + corrupted[0]
+            texts = (solution[:start] + scored, solution[:changed] + corrupted[1][corrupted[0]] + solution[changed + 1 : start] + scored)
+            ids = [tok(text, add_special_tokens=False)["input_ids"] for text in texts]
+            if any(tok.unk_token_id in i or len(i) != len(texts[0]) for i in ids):
+                continue  # characters this model never saw
+            spans = [(found.span("x"), 0), (found.span("y"), 2), ((found.start("value") - 1, found.start("value")), 3)]  # else: - ( )
+            roles = [next((r for (lo, hi), r in spans if lo <= k - at < hi), 1) for k in range(changed, start)]
+            chosen.append({"row": row, "equation": write_equation(*(self.rows[k][row] for k in "abc")), "ids": ids, "start": start,
+                           "changed": changed, "roles": roles, "scored": scored, "x": x, "corrupted_x": corrupted[1]})
+        if len(chosen) < n:
+            raise QuadlabError(f"only {len(chosen)} of the {self.n_rows} rows of the {self.split} split make a pair for the decoder (D's "
+                               f"statement written as X-Y=, and a digit of X whose change changes D's first digits): a format that writes "
+                               f"D's operands is needed (reversed, long, ...; not published); pass --pairs {len(chosen)} or fewer")
+        pad = tok.pad_token_id
+        encoder = tok([p["equation"] for p in chosen])["input_ids"]
+        clean, corrupted = ([[pad] + p["ids"][k][:-1] for p in chosen] for k in (0, 1))  # position j predicts ids[j]
+        width, depth = max(map(len, encoder)), max(map(len, clean))
+        patchable = [[0] * (p["changed"] + 1) + [1] * (p["start"] - p["changed"]) for p in chosen]
+        return {
+            "side": "decoder", "input_ids": padded(encoder, width, pad), "attention_mask": padded([[1] * len(r) for r in encoder], width, 0),
+            "clean": padded(clean, depth, pad), "corrupted": padded(corrupted, depth, pad), "decoder_input_ids": padded(clean, depth, pad),
+            "decoder_attention_mask": padded([[1] * len(r) for r in clean], depth, 0), "patchable": padded(patchable, depth, 0).bool(),
+            "roles": padded([[-1] * (p["changed"] + 1) + p["roles"] for p in chosen], depth, -1), "role_names": list(PAGE_ROLES),
+            "tokens": [["<start>"] + tok.convert_ids_to_tokens(r[1:]) for r in clean],
+            "corrupted_tokens": [["<start>"] + tok.convert_ids_to_tokens(r[1:]) for r in corrupted],
+            "targets": {"D digits": [[(p["start"] + i, [t]) for i, t in enumerate(p["ids"][0][p["start"]:])] for p in chosen]},
+            "scores": {"D digits": f"log P of D's value up to its first {PATCH_DIGITS} digits (minus sign included), teacher-forced on "
+                                   f"the clean solution up to there; the corrupted run has one digit of X (b^2) in D's statement changed"},
+            "pairs": [{"row": p["row"], "equation": p["equation"], "x": p["x"], "corrupted_x": p["corrupted_x"], "scored": p["scored"]}
+                      for p in chosen],
+        }
 
     def statement_names(self) -> list[list[str]]:
         """Per analysed row, the name of each statement of its reference solution, in order (the
@@ -737,9 +821,9 @@ class Analysis:
                 results[index] = self.scores(texts[copy * n : (copy + 1) * n])
         return results
 
-    def patch_pairs(self, n: int, seed: int) -> dict:
+    def patch_pairs(self, n: int, seed: int, side: str = "encoder") -> dict:
         """`n` pairs for activation patching (analyze/patching.py), from the analysed rows in a
-        seeded random order: the clean equation and a corrupted one (`corruption`: one coefficient's
+        seeded random order; `side` "decoder": page_pairs. The clean equation and a corrupted one (`corruption`: one coefficient's
         digits changed, within the largest size of that coefficient in the rows, so that the number
         of real roots changes; the same tokens' count and roles).
         Both runs are teacher-forced on the clean solution up to D's value (`D=(b^2-4*a*c)=` in the
@@ -755,6 +839,8 @@ class Analysis:
 
         from gen.equations import REVERSED_MARK, reverse_digits, write_equation
 
+        if side == "decoder":
+            return self.page_pairs(n, seed)
         tok, rng = self.tokenizer, random.Random(seed)
         order = rng.sample(range(self.n_rows), self.n_rows)
         largest = {k: max(map(abs, self.rows[k]), default=0) for k in "abc"}  # corrupted equations stay in the data's ranges
