@@ -437,7 +437,7 @@ def heads(run_dir, split, limit, eval_limit, batch_size, clusters, compare, no_i
               help="Patch the encoder (pairs of equations) or the decoder (one equation, its written work with one digit "
                    "of D's operand b^2 changed; formats that write D's operands, such as reversed).")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
-              help="Output directory.  [default: figures/<run name>/patching]")
+              help="Output directory.  [default: figures/<run name>/patching, or patching-decoder with --side decoder]")
 def patch(run_dir, pairs, split, seed, batch_size, side, out_dir):
     """Activation patching of RUN_DIR's encoder or decoder (a task that provides pairs: quadratic).
 

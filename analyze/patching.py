@@ -294,7 +294,7 @@ def analyze_patching(run_dir: Path, out_dir: Path | None = None, pairs: int = 20
                         "dropped_from": [name for name, (_, kept) in restored_all.items() if not kept[i]]}
                        for i, p in enumerate(made["pairs"])]
     result["seconds"] = {k: round(v, 2) for k, v in seconds.items()}
-    return _write(result, arrays, Path(out_dir or Path("figures") / run_dir.name / "patching"))
+    return _write(result, arrays, Path(out_dir or Path("figures") / run_dir.name / ("patching" if side == "encoder" else "patching-decoder")))
 
 
 def summary_lines(result: dict, top: int = 3) -> list[str]:
@@ -362,7 +362,7 @@ def _role_figure(result: dict, path: Path) -> list[str]:
     fig.colorbar(image, ax=axes, shrink=0.8, label="restored share (0 corrupted, 1 clean)")
     fig.suptitle(f"Activation patching of the {result['settings']['side']}:\nmean over pairs by token role, with the 95% CI half-width",
                  fontsize=10)
-    return [f"patching/{name}" for name in figures.save(fig, path)]
+    return figures.save(fig, path)
 
 
 def _example_figure(result: dict, path: Path) -> list[str]:
@@ -378,4 +378,4 @@ def _example_figure(result: dict, path: Path) -> list[str]:
     fig.colorbar(image, ax=axes, shrink=0.8, label="restored share")
     clean, corrupted = "".join(ex["tokens"]).replace("</s>", ""), "".join(ex["corrupted_tokens"]).replace("</s>", "")
     fig.suptitle(f"Pair {ex['pair']}: {clean} (clean) / {corrupted} (corrupted), one position patched at a time", fontsize=9)
-    return [f"patching/{name}" for name in figures.save(fig, path)]
+    return figures.save(fig, path)
