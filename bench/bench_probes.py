@@ -37,7 +37,7 @@ def naive(run: str, rows: int, batch_size: int, seed: int, held_out: float) -> d
     import torch
     from threadpoolctl import threadpool_limits
 
-    from analyze.probes import DECODER_STATEMENTS, decoder_positions, fit_all, held_out_rows, hidden_states, probe_sets, type_of
+    from analyze.probes import decoder_positions, decoder_statements, fit_all, held_out_rows, hidden_states, probe_sets, type_of
     from train.runs import analysis
 
     task = analysis(Path(run), "probe", limit=rows)
@@ -68,6 +68,8 @@ def naive(run: str, rows: int, batch_size: int, seed: int, held_out: float) -> d
            "types": np.zeros((n_rows, len(roles) + 1), np.int64)}
     found = {"encoder_roles": roles + ["mean"], "encoder": enc, "tokens": {}}
     equals = task.roles["decoder"].index("=") if "decoder" in task.roles else None
+    names = task.statement_names() if "decoder" in task.roles else []
+    columns = {name: j for j, name in enumerate(decoder_statements(names))}
     dec = None
     for item in kept:
         row, states, r, ids = item[:4]
@@ -80,14 +82,14 @@ def naive(run: str, rows: int, batch_size: int, seed: int, held_out: float) -> d
         if len(item) > 4:
             dstates, droles, segments, dids = item[4:]
             if dec is None:
-                dec = {"features": np.zeros((n_rows, dstates.shape[0], DECODER_STATEMENTS, d), np.float32),
-                       "present": np.zeros((n_rows, DECODER_STATEMENTS), bool), "types": np.zeros((n_rows, DECODER_STATEMENTS), np.int64)}
+                dec = {"features": np.zeros((n_rows, dstates.shape[0], len(columns), d), np.float32),
+                       "present": np.zeros((n_rows, len(columns)), bool), "types": np.zeros((n_rows, len(columns)), np.int64)}
             for k, pos in decoder_positions(droles, segments, equals):
-                dec["features"][row, :, k], dec["present"][row, k], dec["types"][row, k] = dstates[:, pos], True, type_of(dids[pos : pos + 1])
+                j = columns.get(names[row][k]) if k < len(names[row]) else None
+                if j is not None and not dec["present"][row, j]:
+                    dec["features"][row, :, j], dec["present"][row, j], dec["types"][row, j] = dstates[:, pos], True, type_of(dids[pos : pos + 1])
     if dec is not None:
-        used = [k for k in range(DECODER_STATEMENTS) if dec["present"][:, k].any()]
-        found["decoder"] = {key: value[:, :, used] if key == "features" else value[:, used] for key, value in dec.items()}
-        found["decoder_roles"] = [f"s{k + 1}" for k in used]
+        found["decoder"], found["decoder_roles"] = dec, list(columns)
     pooling = time.perf_counter() - clock
 
     clock = time.perf_counter()
@@ -172,7 +174,7 @@ def main(run, rows, batch_size, seed, held_out, thread_cells, mode):
     naive_wall = time.perf_counter() - clock
     assert done.returncode == 0, done.stderr[-2000:]
     base = json.loads(done.stdout.strip().splitlines()[-1])
-    ours = {(c["target"], c["side"], c["layer"], c["role"] if c["side"] == "encoder" else c["role"].split()[0]): c for c in streamed["cells"]}
+    ours = {(c["target"], c["side"], c["layer"], c["role"]): c for c in streamed["cells"]}
     theirs = {(c["target"], c["side"], c["layer"], c["role"]): c for c in base["cells"]}
     assert ours.keys() == theirs.keys(), "the naive implementation probes other cells"
     worst = max(abs(ours[k]["accuracy"] - theirs[k]["accuracy"]) * ours[k]["n_test"] for k in ours)
