@@ -453,10 +453,12 @@ def patch(run_dir, pairs, split, seed, batch_size, side, out_dir):
     (mean, 95% CI and n per layer and token role), patching.npz and heatmaps (layer x role over
     pairs; layer x position for one pair)."""
     from analyze.patching import analyze_patching, summary_lines
+    from analyze.report import refresh_report
 
     _check_out(out_dir, "--out")
     result = analyze_patching(Path(run_dir), Path(out_dir) if out_dir else None, pairs=pairs, split=split, seed=seed, batch_size=batch_size,
                               side=side)
+    refresh_report(Path(result["out_dir"]))
     for line in summary_lines(result):
         click.echo(line)
     seconds = ", ".join(f"{k} {v} s" for k, v in result["seconds"].items())
@@ -578,10 +580,12 @@ def probe(run_dir, split, limit, targets, batch_size, held_out, seed, out_dir):
     accuracy: the majority baseline and a control task (labels random per token type), giving the
     selectivity. Writes probes.json, probes.csv and a layer x role heatmap per target."""
     from analyze.probes import run_probes, summary_lines
+    from analyze.report import refresh_report
 
     _check_out(out_dir, "--out")
     result = run_probes(Path(run_dir), Path(out_dir) if out_dir else None, split=split, limit=limit, targets=list(targets),
                         batch_size=batch_size, held_out=held_out, seed=seed)
+    refresh_report(Path(result["out_dir"]))
     for line in summary_lines(result):
         click.echo(line)
     seconds = ", ".join(f"{k} {v} s" for k, v in result["seconds"].items())

@@ -204,7 +204,7 @@ def render_maps(run_dir: Path, out_dir: Path | None = None, split: str = "test",
     role, the report; the neuron view of each (kind, layer, head, query token) in `neurons` for the
     first shown example."""
     from analyze.neuron import check_neuron, render_neurons, viewer_vectors
-    from analyze.report import write_report
+    from analyze.report import ANALYSES, write_report
     from train.runs import analysis
 
     run_dir = Path(run_dir)
@@ -255,8 +255,9 @@ def render_maps(run_dir: Path, out_dir: Path | None = None, split: str = "test",
         }
         (tmp / "index.json").write_text(json.dumps(index, indent=2) + "\n")
         (tmp / "viewer.json").write_text(json.dumps({"examples": viewed}, separators=(",", ":")))
-        if (out_dir / "heads" / "heads.json").exists():  # `cli.py heads` output stays, and stays in the report
-            shutil.copytree(out_dir / "heads", tmp / "heads")  # a copy: a failure below leaves the old folder whole
+        for folder in ANALYSES:  # what `cli.py heads`, `probe` and `patch` wrote stays, and stays in the report
+            if (out_dir / folder).is_dir():
+                shutil.copytree(out_dir / folder, tmp / folder)  # a copy: a failure below leaves the old folder whole
         write_report(tmp)
         swap_in(tmp, out_dir)
     finally:

@@ -298,11 +298,16 @@ def analyze_patching(run_dir: Path, out_dir: Path | None = None, pairs: int = 20
 
 
 def summary_lines(result: dict, top: int = 3) -> list[str]:
-    """Per score: the pairs used and dropped, and the (layer, role) cells that restore most."""
+    """Per score: the pairs used and dropped, and the (layer, role) cells that restore most. Of a
+    result as computed, or as read back from patching.json (where NaN is written null)."""
+
+    def number(v):
+        return float("nan") if v is None else v
+
     lines = []
     for name, s in result["scores"].items():
-        cells = sorted(((m, l, r) for l, row in enumerate(s["mean"]) for r, m in enumerate(row) if m == m), reverse=True)[:top]
-        best = "; ".join(f"{result['layers'][l]} {s['roles'][r]} {m:.2f} [{s['ci'][l][r][0]:.2f}, {s['ci'][l][r][1]:.2f}]"
+        cells = sorted(((m, l, r) for l, row in enumerate(s["mean"]) for r, m in enumerate(row) if m is not None and m == m), reverse=True)[:top]
+        best = "; ".join(f"{result['layers'][l]} {s['roles'][r]} {m:.2f} [{number(s['ci'][l][r][0]):.2f}, {number(s['ci'][l][r][1]):.2f}]"
                          for m, l, r in cells)
         tolerance = result["settings"]["tolerance_nats"]
         if not s["pairs_used"]:

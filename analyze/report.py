@@ -184,6 +184,12 @@ SECTION_TITLES = {
 }
 
 
+# the folders other commands write into a run's figures directory by default: `cli.py maps` keeps them
+# when it rewrites the directory, and the report shows them
+ANALYSES = {"heads": "cli.py heads", "probes": "cli.py probe", "patching": "cli.py patch",
+            "patching-decoder": "cli.py patch --side decoder"}
+
+
 METRIC_TITLES = {"full_solution_accuracy": "full-solution accuracy", "roots_accuracy": "roots accuracy",
                  "character_accuracy": "character accuracy", "f1": "F1", "exact_match": "exact match",
                  "accuracy": "accuracy", "macro_f1": "macro-F1"}
@@ -224,9 +230,31 @@ def summary_lines(result: dict, top: int = 5) -> list[str]:
     return lines
 
 
+def _analysis_sections(out_dir: Path) -> list[str]:
+    """The report's sections for the probes and the patching found in `out_dir`: the summary the
+    command printed, and its figures."""
+    from analyze import patching, probes
+
+    sections = []
+    for folder, (name, lines) in {"probes": ("probes.json", probes.summary_lines), "patching": ("patching.json", patching.summary_lines),
+                                  "patching-decoder": ("patching.json", patching.summary_lines)}.items():
+        path = out_dir / folder / name
+        if not path.exists():
+            continue
+        result = json.loads(path.read_text())
+        images = [Path(f).name for f in result.get("figures", []) if f.endswith(".png")]  # (older runs wrote them as patching/NAME)
+        parts = [f"<h2>{html.escape(ANALYSES[folder])}</h2>", f"<p>Numbers: <code>{folder}/{name}</code>.</p>",
+                 "<pre>" + html.escape("\n".join(lines(result))) + "</pre>"]
+        parts += [f'<figure><img src="{html.escape(folder)}/{html.escape(f)}" alt="{html.escape(f)}" loading="eager">'
+                  f"<figcaption>{html.escape(f)}</figcaption></figure>" for f in images]
+        sections.append("\n".join(parts))
+    return sections
+
+
 def write_report(out_dir: Path) -> Path:
     """index.html of a figures directory, from what is there: the maps of `cli.py maps` (index.json,
-    viewer.json) and the head analysis of `cli.py heads` (heads/heads.json)."""
+    viewer.json), the head analysis of `cli.py heads` (heads/heads.json), the probes and the
+    patching (ANALYSES)."""
     index_path, heads_path = out_dir / "index.json", out_dir / "heads" / "heads.json"
     index = json.loads(index_path.read_text()) if index_path.exists() else None
     heads = json.loads(heads_path.read_text()) if heads_path.exists() else None
@@ -251,6 +279,7 @@ def write_report(out_dir: Path) -> Path:
                 parts.append(f'<figure><img src="{html.escape(item["file"])}" alt="{html.escape(caption)}" loading="eager">'
                              f"<figcaption>{html.escape(caption)}{svg}</figcaption></figure>")
         sections.append("\n".join(parts))
+    sections += _analysis_sections(out_dir)
     source = index or {"run": heads["run"], "examples_averaged": heads["rows"], "split": heads["split"],
                        "averaged_on": "no maps yet: run `cli.py maps` for the viewer"}
     payload = json.dumps(viewer, separators=(",", ":")).replace("</", "<\\/")
@@ -263,3 +292,11 @@ def write_report(out_dir: Path) -> Path:
     tmp.write_text(page)
     os.replace(tmp, path)
     return path
+
+
+def refresh_report(out_dir: Path) -> None:
+    """After an analysis wrote `out_dir`: the report of the figures directory it sits in, if that
+    directory has one (made by `cli.py maps` or `cli.py heads`)."""
+    parent = Path(out_dir).parent
+    if out_dir.name in ANALYSES and ((parent / "index.json").exists() or (parent / "heads" / "heads.json").exists()):
+        write_report(parent)

@@ -193,6 +193,29 @@ def rendered(run_dir, tmp_path_factory):
     return out, result
 
 
+def test_probes_and_patching_join_the_report_and_outlive_a_new_maps(run_dir, run_cli, tmp_path):
+    out = tmp_path / "figs"
+    render_maps(run_dir, out, limit=20, examples=[0], batch_size=8, progress=False)
+    done = run_cli("probe", run_dir, "--split", "train", "--limit", 40, "--target", "root class", "--out", out / "probes", timeout=300)
+    assert done.returncode == 0, done.stderr
+    done = run_cli("patch", run_dir, "--split", "train", "--pairs", 4, "--out", out / "patching", timeout=300)
+    assert done.returncode == 0, done.stderr
+
+    def shown(page):
+        return {"cli.py probe": "cli.py probe" in page, "probe figure": 'src="probes/probe-root-class.png"' in page,
+                "cli.py patch": "cli.py patch</h2>" in page, "patch figure": 'src="patching/patching-roles.png"' in page,
+                "maps": "Per-head maps of one example" in page}
+
+    assert all(shown((out / "index.html").read_text()).values())
+    assert (out / "probes" / "probe-root-class.png").exists() and (out / "patching" / "patching-roles.png").exists()
+    render_maps(run_dir, out, limit=20, examples=[0], batch_size=8, progress=False)  # rewrites the directory
+    assert (out / "probes" / "probes.json").exists() and (out / "patching" / "patching.json").exists()
+    assert all(shown((out / "index.html").read_text()).values())
+    elsewhere = tmp_path / "elsewhere"  # an analysis written outside a figures directory makes no report there
+    assert run_cli("probe", run_dir, "--split", "train", "--limit", 40, "--target", "root class", "--out", elsewhere / "probes", timeout=300).returncode == 0
+    assert not (elsewhere / "index.html").exists()
+
+
 def test_maps_writes_figures_numbers_and_report(rendered):
     out, result = rendered
     index = json.loads((out / "index.json").read_text())
