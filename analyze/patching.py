@@ -329,6 +329,7 @@ def _write(result: dict, arrays: dict, final: Path) -> dict:
     tmp.mkdir(parents=True)
     try:
         result["figures"] = _role_figure(result, tmp / "patching-roles") + _example_figure(result, tmp / "patching-example")
+        result["summary"] = summary_lines(result)  # what the command prints, for the report
         np.savez_compressed(tmp / "patching.npz", **arrays)
         (tmp / "patching.json").write_text(json.dumps(_finite(result), indent=1) + "\n")
         swap_in(tmp, final)

@@ -420,6 +420,7 @@ def _write(result: dict, final: Path) -> dict:
             for c in result["cells"]:
                 w.writerow(["" if c[k] is None else f"{c[k]:.6f}" if isinstance(c[k], float) else c[k] for k in COLUMNS])
         result["figures"] = written
+        result["summary"] = summary_lines(result)  # what the command prints, for the report
         (tmp / "probes.json").write_text(json.dumps(result, indent=1) + "\n")
         swap_in(tmp, final)
     finally:

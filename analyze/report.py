@@ -232,19 +232,17 @@ def summary_lines(result: dict, top: int = 5) -> list[str]:
 
 def _analysis_sections(out_dir: Path) -> list[str]:
     """The report's sections for the probes and the patching found in `out_dir`: the summary the
-    command printed, and its figures."""
-    from analyze import patching, probes
-
+    command printed (its JSON keeps it, so that the report need not import the analyses), and its
+    figures."""
     sections = []
-    for folder, (name, lines) in {"probes": ("probes.json", probes.summary_lines), "patching": ("patching.json", patching.summary_lines),
-                                  "patching-decoder": ("patching.json", patching.summary_lines)}.items():
+    for folder, name in {"probes": "probes.json", "patching": "patching.json", "patching-decoder": "patching.json"}.items():
         path = out_dir / folder / name
         if not path.exists():
             continue
         result = json.loads(path.read_text())
         images = [Path(f).name for f in result.get("figures", []) if f.endswith(".png")]  # (older runs wrote them as patching/NAME)
         parts = [f"<h2>{html.escape(ANALYSES[folder])}</h2>", f"<p>Numbers: <code>{folder}/{name}</code>.</p>",
-                 "<pre>" + html.escape("\n".join(lines(result))) + "</pre>"]
+                 "<pre>" + html.escape("\n".join(result.get("summary", []))) + "</pre>"]
         parts += [f'<figure><img src="{html.escape(folder)}/{html.escape(f)}" alt="{html.escape(f)}" loading="eager">'
                   f"<figcaption>{html.escape(f)}</figcaption></figure>" for f in images]
         sections.append("\n".join(parts))

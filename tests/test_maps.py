@@ -203,6 +203,7 @@ def test_probes_and_patching_join_the_report_and_outlive_a_new_maps(run_dir, run
 
     def shown(page):
         return {"cli.py probe": "cli.py probe" in page, "probe figure": 'src="probes/probe-root-class.png"' in page,
+                "probe summary": "root class: best at layer" in page, "patch summary": "D digits: " in page and "dropped: clean and corrupted within" in page,
                 "cli.py patch": "cli.py patch</h2>" in page, "patch figure": 'src="patching/patching-roles.png"' in page,
                 "maps": "Per-head maps of one example" in page}
 
