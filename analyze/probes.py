@@ -161,7 +161,7 @@ def decoder_statements(names: list[list[str]], limit: int = DECODER_STATEMENTS) 
             where[name] += row.index(name)
 
     def rank(name):
-        owner, _, step = name.partition(WORK)
+        step = name.partition(WORK)[2]
         return (int(step) if step.isdigit() else 0, -count[name], name)
 
     chosen = sorted(count, key=rank)[:limit]
