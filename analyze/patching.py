@@ -95,7 +95,7 @@ def encoder_states(model, input_ids: torch.Tensor, attention_mask: torch.Tensor)
 @torch.no_grad()
 def clean_states(model, pairs: dict) -> torch.Tensor:
     """(layers, P, T, d): the clean run's hidden states on the pairs' side."""
-    if pairs.get("side", "encoder") == "encoder":
+    if pairs["side"] == "encoder":
         device = next(model.parameters()).device
         return encoder_states(model, pairs["clean"].to(device), pairs["attention_mask"].to(device))
     found = []
@@ -111,7 +111,7 @@ def clean_states(model, pairs: dict) -> torch.Tensor:
 
 def side_mask(pairs: dict) -> torch.Tensor:
     """(P, T): the real tokens of the patched side."""
-    return pairs["attention_mask"] if pairs.get("side", "encoder") == "encoder" else pairs["decoder_attention_mask"]
+    return pairs["attention_mask"] if pairs["side"] == "encoder" else pairs["decoder_attention_mask"]
 
 
 @contextmanager
@@ -166,7 +166,7 @@ def forward_scores(model, pairs: dict, targets: dict, index: torch.Tensor, input
     device = next(model.parameters()).device
     mask, decoder_mask = pairs["attention_mask"][index], pairs["decoder_attention_mask"][index]
     width, depth = (int(mask.sum(dim=1).max()), int(decoder_mask.sum(dim=1).max())) if cut else (mask.shape[1], decoder_mask.shape[1])
-    encoder_ids, decoder_ids = ((input_ids, pairs["decoder_input_ids"][index]) if pairs.get("side", "encoder") == "encoder"
+    encoder_ids, decoder_ids = ((input_ids, pairs["decoder_input_ids"][index]) if pairs["side"] == "encoder"
                                 else (pairs["input_ids"][index], input_ids))
     logits = model(input_ids=encoder_ids[:, :width].to(device), attention_mask=mask[:, :width].to(device),
                    decoder_input_ids=decoder_ids[:, :depth].to(device), decoder_attention_mask=decoder_mask[:, :depth].to(device)).logits
@@ -181,9 +181,9 @@ def patch_all(model, pairs: dict, batch_size: int, progress: bool = False) -> di
     from tqdm import tqdm
 
     device = next(model.parameters()).device
-    side = pairs.get("side", "encoder")
+    side = pairs["side"]
     mask = side_mask(pairs)
-    patchable = pairs.get("patchable", mask).bool()
+    patchable = pairs["patchable"].bool()
     n_pairs, width = mask.shape
     every = torch.arange(n_pairs)
     targets = score_targets(pairs["targets"], model.config.vocab_size)
@@ -266,7 +266,7 @@ def analyze_patching(run_dir: Path, out_dir: Path | None = None, pairs: int = 20
     roles = made["roles"].numpy()
     valid = side_mask(made).numpy().astype(bool)
     changed = (made["clean"] != made["corrupted"]).numpy() & valid
-    role_names = list(made.get("role_names", task.roles["encoder"]))
+    role_names = list(made["role_names"])
     result = {"run": str(run_dir), "task": task.name, "split": task.split,
               "settings": {"side": side, "pairs": pairs, "seed": seed, "batch_size": batch_size, "tolerance_nats": TOLERANCE,
                            "normalisation": "(patched - corrupted) / (clean - corrupted) per pair: 0 the corrupted run, 1 the clean run"},
@@ -285,7 +285,7 @@ def analyze_patching(run_dir: Path, out_dir: Path | None = None, pairs: int = 20
         arrays[f"{name}/patched"] = patched_lp.numpy().astype(np.float32)
     every = [p for p in range(len(valid)) if all(kept[p] for _, kept in restored_all.values())]
     example = every[0] if every else 0  # the first pair that every score keeps
-    shown = np.flatnonzero(made.get("patchable", side_mask(made))[example].numpy())  # the patched positions
+    shown = np.flatnonzero(made["patchable"][example].numpy())  # the patched positions
     result["example"] = {"pair": example, "positions": shown.tolist(), "tokens": [made["tokens"][example][t] for t in shown],
                          "corrupted_tokens": [made["corrupted_tokens"][example][t] for t in shown],
                          "restored": {name: r[example][:, shown].tolist() for name, (r, _) in restored_all.items()}}

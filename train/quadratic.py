@@ -832,7 +832,7 @@ class Analysis:
                         included (the last digits, in formats that write numbers reversed)
           "root class"  log P that its first character is of the clean class: `-` none, `0` one, 1-9 two
                         (reversed formats: rows whose D > 0 ends in 0 are left out, as its `0` comes first)
-        Padded tensors: clean, corrupted, attention_mask (P, T); decoder_input_ids,
+        "side" "encoder"; padded tensors: clean, corrupted, attention_mask, patchable (P, T); decoder_input_ids,
         decoder_attention_mask (P, S); roles (P, T) indices into roles["encoder"]; targets
         {score: per pair [(decoder position, [token ids whose probabilities add up])]}."""
         import random
@@ -875,10 +875,11 @@ class Analysis:
         class_ids = {k: tok.convert_tokens_to_ids(list(v)) for k, v in CLASS_TOKENS.items()}
         tokens = [tok.convert_ids_to_tokens(ids) for ids in clean]
         return {
-            "clean": padded(clean, width, tok.pad_token_id), "corrupted": padded(corrupted, width, tok.pad_token_id),
+            "side": "encoder", "clean": padded(clean, width, tok.pad_token_id), "corrupted": padded(corrupted, width, tok.pad_token_id),
             "attention_mask": padded([[1] * len(r) for r in clean], width, 0),
             "decoder_input_ids": padded(decoder, depth, tok.pad_token_id), "decoder_attention_mask": padded([[1] * len(r) for r in decoder], depth, 0),
-            "roles": padded([[EQUATION_ROLES.index(r) for r in equation_roles(t)] for t in tokens], width, -1),
+            "patchable": padded([[1] * len(r) for r in clean], width, 0).bool(),  # every input token
+            "roles": padded([[EQUATION_ROLES.index(r) for r in equation_roles(t)] for t in tokens], width, -1), "role_names": list(EQUATION_ROLES),
             "tokens": tokens, "corrupted_tokens": [tok.convert_ids_to_tokens(ids) for ids in corrupted],
             "targets": {"D digits": [[(p["start"] + i, [t]) for i, t in enumerate(p["target"][p["start"]:])] for p in chosen],
                         "root class": [[(p["start"], class_ids[p["classes"][0]])] for p in chosen]},

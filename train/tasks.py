@@ -44,7 +44,8 @@ tokenizer, config) and its first `limit` rows (0: all) to analyse and `eval_limi
                            head) to ablate, or None for none
     load_model(path)       another model of the run (a checkpoint), with eager attention
     patch_pairs(n, seed, side)  optional (`cli.py patch`): n clean/corrupted input pairs, tokens aligned, and the targets to
-                           score; side "encoder" (two inputs) or "decoder" (two teacher-forced decoder inputs)
+                           score; side "encoder" (two inputs) or "decoder" (two teacher-forced decoder inputs);
+                           the dict names its "side", the "patchable" positions and the "role_names" of its "roles"
     probe_targets() -> {name: one label per analysed row, or {encoder role: label} for a token-level target (`cli.py probe`)}
     statement_names()      seq2seq tasks (`cli.py probe`): per analysed row, a name for each decoder segment, the same
                            name for the same step in every row
