@@ -602,11 +602,16 @@ def probe(run_dir, split, limit, targets, batch_size, held_out, seed, out_dir):
               help="Seconds this call may take: training stops with a checkpoint at the first step after them; maps and "
                    "heads start only with half of them left. 500 leaves a 10-minute call room for its start and the "
                    "test evaluation after training.")
+@click.option("--test-seconds", type=IntRange(min=0), default=0, show_default=True,
+              help="Test the trained model in this call only if training ends with at least this many seconds of "
+                   "--budget-seconds left; else stop after training (its checkpoint kept) and test in the next call, "
+                   "which neither trains nor compiles. For a training call that would run out of time in the test "
+                   "(20,000 rows: 60-80 s on an H200). 0: always test at once.")
 @click.option("--set", "settings", multiple=True, metavar="KEY=VALUE",
               help="Change a training key of the recipe, e.g. --set train_seconds=600 (its training time; the recipes train 840 s), "
                    "--set compile=false, --set init_from=RUN_DIR (train on from a trained model's weights, e.g. an earlier "
                    "job's unpacked run/ with its weights). Recorded with the job: give the same in every call. Repeatable.")
-def gpu_job(recipe, out_dir, work, budget_seconds, settings):
+def gpu_job(recipe, out_dir, work, budget_seconds, test_seconds, settings):
     """Run the whole experiment of RECIPE (a name in train/recipes/, or a YAML file) in calls of
     limited time: generate its dataset, train (resuming across calls), evaluate on the test split,
     maps, heads; after each stage pack the results into OUT/<recipe name>.tar.gz (at most 16 MiB).
@@ -638,7 +643,7 @@ def gpu_job(recipe, out_dir, work, budget_seconds, settings):
         with gen_context:
             gen.invoke(gen_context)
 
-    state = run_job(path, text, make_data, _overrides(settings), work, Path(out_dir), deadline, budget_seconds)
+    state = run_job(path, text, make_data, _overrides(settings), work, Path(out_dir), deadline, budget_seconds, test_seconds)
     todo = [stage for stage in STAGES if not state["stages"].get(stage, {}).get("done")]
     click.echo(f"gpu-job: {path.stem}: " + (f"not done ({todo[0]} next); run the same command again" if todo else "done"))
 

@@ -126,6 +126,31 @@ def test_gpu_job_trains_across_calls_and_packs_the_results(tmp_path, one_thread,
     assert json.loads((more / "job.json").read_text())["done"]  # resumed from its config.yaml: a d_model=48 model would not load
 
 
+def test_gpu_job_leaves_the_test_to_the_next_call_when_training_ends_late(tmp_path, one_thread, capsys):
+    """--test-seconds: a call that trains to the end with less than that left stops before the test,
+    with the finished checkpoint; the next call tests without a training step (so nothing compiles)."""
+    recipe, work, out = tmp_path / "mini.yaml", tmp_path / "work", tmp_path / "out"
+    recipe.write_text(RECIPE)
+
+    gpu_job(recipe, work, out, "--budget-seconds", 600, "--test-seconds", 601)  # never enough left
+    state = json.loads((work / "job.json").read_text())
+    assert state["stages"]["train"] == {"done": False, "step": 8, "max_steps": 8} and "maps" not in state["stages"]
+    assert "training done at step 8, with less than --test-seconds=601 left for the test; call again to test it" in capsys.readouterr().out
+    assert not (work / "run" / "metrics.json").exists() and not (work / "run" / "predictions.jsonl").exists()
+    with tarfile.open(out / "mini.tar.gz") as tar:  # the best model comes back already
+        assert json.load(tar.extractfile("mini/job.json"))["archive"]["weights"] == "float32, in mini.model.safetensors"
+    assert (out / "mini.model.safetensors").read_bytes() == (work / "run" / "best" / "model.safetensors").read_bytes()
+    logged = (work / "run" / "log.jsonl").read_text()
+
+    gpu_job(recipe, work, out, "--budget-seconds", 600, "--test-seconds", 601)  # the next call tests, whatever is left
+    state = json.loads((work / "job.json").read_text())
+    assert state["done"] and state["stages"]["train"]["done"] and state["calls"] == 2
+    assert (work / "run" / "log.jsonl").read_text() == logged  # no step trained, no evaluation again
+    metrics = json.loads((work / "run" / "metrics.json").read_text())
+    assert metrics["test"]["rows"] == 24 and metrics["training"]["steps"] == 8 and metrics["recipe"]["recipe"] == "mini"
+    assert "gpu-job: test (24 rows)" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("change, message", [
     (("gen:", "gen:\n  colour: blue"), "gen: has no option 'colour'"),
     (('a_range: "-2:2"', "a_range: -2:2"), 'a_range must be quoted, e.g. a_range: "-30:30"'),

@@ -317,7 +317,7 @@ def scored(probabilities: torch.Tensor, rows: list[dict], labels: list[str], maj
 
 
 def train_run(config: TrainConfig, resume: bool = False, overwrite: bool = False, stop_after_steps: int | None = None, progress: bool = True,
-              deadline: float | None = None) -> dict | None:
+              deadline: float | None = None, evaluate_by: float | None = None) -> dict | None:
     """Train, keep the best model (by validation `metric_for_best`) in the run directory, evaluate
     it on the test split; the metrics (None on the other processes of a multi-process run)."""
     from transformers import AutoModelForSequenceClassification
@@ -348,7 +348,7 @@ def train_run(config: TrainConfig, resume: bool = False, overwrite: bool = False
         return {k: metrics[k] for k in ("accuracy", "macro_f1")}
 
     summary = engine.train(model, train_set, [len(f["input_ids"]) for f in train_set], collator(tokenizer.pad_token_id), evaluate,
-                           config, run_dir, resume=resume, stop_after_steps=stop_after_steps, progress=progress, deadline=deadline)
+                           config, run_dir, resume=resume, stop_after_steps=stop_after_steps, progress=progress, deadline=deadline, evaluate_by=evaluate_by)
     if summary is None:  # not the main process of a multi-process run: that one alone evaluates and writes
         return None
     for name in MODEL_FILES:  # the best model becomes the run's model

@@ -48,11 +48,12 @@ T = TypeVar("T")
 
 
 class Interrupted(Exception):
-    """Training was stopped (Ctrl-C, or `stop_after_steps`) after saving a checkpoint."""
+    """Training was stopped (Ctrl-C, `stop_after_steps`, `deadline`) after saving a checkpoint, or
+    it finished and the evaluation after it was left to a resumed call (`evaluate_by`: finished)."""
 
-    def __init__(self, step: int):
+    def __init__(self, step: int, finished: bool = False):
         super().__init__(f"interrupted at step {step}; continue with --resume")
-        self.step = step
+        self.step, self.finished = step, finished
 
 
 def bucket_width(width: int, rungs: tuple[int, ...] = ()) -> int:
@@ -271,11 +272,15 @@ def train(
     stop_after_steps: int | None = None,
     progress: bool = True,
     deadline: float | None = None,
+    evaluate_by: float | None = None,
 ) -> dict | None:
     """Train `model` on `train_set`; returns a summary on the main process, None on the others
     (see the module's docstring). The best model ends up in `run_dir/best`. `stop_after_steps`
     and `deadline` (a time.monotonic() value: the first optimiser step that ends after it) stop
-    with a checkpoint and Interrupted, for --resume to continue exactly."""
+    with a checkpoint and Interrupted, for --resume to continue exactly. `evaluate_by` (the same
+    kind of value): a process that trained and finished after it raises Interrupted too, with the
+    finished checkpoint, so that the caller's test evaluation goes to the resumed call, which trains
+    and compiles nothing; a resumed call that only finds the run finished returns as usual."""
     from accelerate import Accelerator
     from accelerate.utils import set_seed
     from tqdm import tqdm
@@ -355,6 +360,7 @@ def train(
             _truncate_log(log_path, state.step)
     elif main and log_path.exists():
         log_path.unlink()
+    first_step = state.step
 
     def save_checkpoint():
         # Collective: every process writes its RNG state into the new directory (the main process
@@ -502,6 +508,12 @@ def train(
         bar.close()
         raise
     bar.close()
+    if evaluate_by is not None and state.step > first_step:
+        late = time.monotonic() > evaluate_by
+        if accelerator.num_processes > 1:  # all return, or all stop
+            late = accelerator.reduce(torch.tensor([late], dtype=torch.float64, device=accelerator.device), "sum").item() > 0
+        if late:
+            raise Interrupted(state.step, finished=True)  # its checkpoint was saved at the last step
     if on_main(lambda: not (run_dir / BEST).exists()):  # a resumed run that had already finished, or no evaluation yet
         run_evaluation()
     if not main:

@@ -8,12 +8,15 @@ directory:
     data/      the dataset (cli.py gen)
     run/       the run (cli.py train), its best model evaluated on the whole test split
     figures/   cli.py maps, then cli.py heads
-Training stops at the call's time budget with a checkpoint and the next call resumes it; maps
+Training stops at the call's time budget with a checkpoint and the next call resumes it; a call
+that finishes training with less than --test-seconds left leaves the test to the next; maps
 and heads cannot be resumed, so they start only with half the budget left. After every stage the
 results are packed into OUT/NAME.tar.gz, at most 16 MiB: what a stage cut off by the time limit
 leaves undone, the archive of the stages before it still holds. The trained model's weights go
 beside it as OUT/NAME.model.safetensors (in bfloat16 if float32 is over 16 MiB), so that they come
 back whole however large the figures are: put the file in the unpacked run/ as model.safetensors.
+Before the test, that file is the best model so far (run/best/), so a call cut off later loses no
+training.
 """
 
 from __future__ import annotations
@@ -59,8 +62,10 @@ def read_recipe(recipe: str) -> tuple[Path, str, dict]:
 
 
 def run_job(recipe: Path, text: str, make_data: Callable[[], None], overrides: dict, work: Path, out: Path,
-            deadline: float, budget: float) -> dict:
-    """The stages still to do, as far as the budget goes (`deadline`: time.monotonic()); the state."""
+            deadline: float, budget: float, test_seconds: float = 0) -> dict:
+    """The stages still to do, as far as the budget goes (`deadline`: time.monotonic()); the state.
+    A call that trains tests the model only with `test_seconds` of the budget left; else the next
+    call does, without training or compiling."""
     from train import engine
     from train.config import resolve
     from train.engine import Interrupted
@@ -113,10 +118,15 @@ def run_job(recipe: Path, text: str, make_data: Callable[[], None], overrides: d
             if resume:  # as `train --resume`: the run's saved configuration (init_from's architecture, the steps that fit)
                 config = read_config(run_dir)
             try:
-                result = train_run(config, resume=resume, overwrite=not resume, deadline=deadline)
+                result = train_run(config, resume=resume, overwrite=not resume, deadline=deadline, evaluate_by=deadline - test_seconds)
             except Interrupted as stop:
+                config = read_config(run_dir)  # the steps that fit train_seconds, recorded there (with init_from, not in ours)
                 finish(stage, done=False, step=stop.step, max_steps=config.max_steps)
-                print(f"gpu-job: training stopped at step {stop.step} of {config.max_steps} with a checkpoint; call again to go on", flush=True)
+                if stop.finished:
+                    print(f"gpu-job: training done at step {stop.step}, with less than --test-seconds={test_seconds:g} left for "
+                          f"the test; call again to test it", flush=True)
+                else:
+                    print(f"gpu-job: training stopped at step {stop.step} of {config.max_steps} with a checkpoint; call again to go on", flush=True)
                 break
             metrics_path = run_dir / "metrics.json"  # the result names its recipe
             engine.write_json(metrics_path, {"recipe": {**job, "file": str(recipe)}, **json.loads(metrics_path.read_text())})
@@ -147,7 +157,10 @@ def pack(work: Path, out: Path, state: dict) -> dict:
             return {".svg": 4, ".npz": 5}.get(Path(rel).suffix, 2)
         return 1 if rel == "run/predictions.jsonl" else 0
 
-    weights = write_weights(work / "run" / "model.safetensors", out / f"{state['recipe']}.model.safetensors")
+    model = work / "run" / "model.safetensors"
+    if not model.is_file():  # training stopped or done, not yet tested: the best model so far comes back
+        model = work / "run" / "best" / "model.safetensors"
+    weights = write_weights(model, out / f"{state['recipe']}.model.safetensors")
     files = {"recipe.yaml": state["recipe_text"].encode()}
     for folder, pattern in (("run", "*"), ("data", "*.json"), ("data", "*.md"), ("figures", "**/*")):
         for path in sorted((work / folder).glob(pattern)):

@@ -272,10 +272,10 @@ def evaluate_rows(model, tokenizer, dataset, batch_size: int, num_beams: int = 0
 
 
 def train_run(config: TrainConfig, resume: bool = False, overwrite: bool = False, stop_after_steps: int | None = None, progress: bool = True,
-              deadline: float | None = None) -> dict | None:
+              deadline: float | None = None, evaluate_by: float | None = None) -> dict | None:
     """Train, keep the best model in the run directory, evaluate it on the test split; the metrics
     (None on the processes other than the main one of a multi-process run). `stop_after_steps`
-    and `deadline` stop training with a checkpoint (engine.train)."""
+    and `deadline` stop training with a checkpoint, `evaluate_by` the test after it (engine.train)."""
     from train import engine
 
     splits = load_splits(config)  # before the run directory: a missing dataset leaves nothing behind
@@ -306,7 +306,7 @@ def train_run(config: TrainConfig, resume: bool = False, overwrite: bool = False
 
     summary = engine.train(
         model, train_rows, [len(r["input_ids"]) + len(r["labels"]) for r in train_rows], collator(tokenizer.pad_token_id),
-        evaluate, config, run_dir, resume=resume, stop_after_steps=stop_after_steps, progress=progress, deadline=deadline,
+        evaluate, config, run_dir, resume=resume, stop_after_steps=stop_after_steps, progress=progress, deadline=deadline, evaluate_by=evaluate_by,
     )
     if summary is None:  # not the main process of a multi-process run: that one alone evaluates and writes
         return None

@@ -146,7 +146,7 @@ def predict(model, tokenizer, rows: list[dict], features: list[dict], config: Tr
 
 
 def train_run(config: TrainConfig, resume: bool = False, overwrite: bool = False, stop_after_steps: int | None = None, progress: bool = True,
-              deadline: float | None = None) -> dict | None:
+              deadline: float | None = None, evaluate_by: float | None = None) -> dict | None:
     from transformers import AutoModelForQuestionAnswering
 
     from train import engine
@@ -170,7 +170,7 @@ def train_run(config: TrainConfig, resume: bool = False, overwrite: bool = False
         return squad_metrics(predictions, {r["id"]: r["answers"]["text"] for r in eval_rows})
 
     summary = engine.train(model, train_set, [len(f["input_ids"]) for f in train_set], collator(tokenizer.pad_token_id), evaluate,
-                           config, run_dir, resume=resume, stop_after_steps=stop_after_steps, progress=progress, deadline=deadline)
+                           config, run_dir, resume=resume, stop_after_steps=stop_after_steps, progress=progress, deadline=deadline, evaluate_by=evaluate_by)
     if summary is None:  # not the main process of a multi-process run: that one alone evaluates and writes
         return None
     for name in MODEL_FILES:

@@ -7,8 +7,8 @@ add it to the parametrised task tests (tests/test_tasks.py).
 
 A task module provides, for the engine and `cli.py train` / `cli.py eval`:
 
-    train_run(config, resume=False, overwrite=False, stop_after_steps=None, progress=True, deadline=None)
-        -> metrics (None on the non-main processes of a multi-process run)
+    train_run(config, resume=False, overwrite=False, stop_after_steps=None, progress=True, deadline=None, evaluate_by=None)
+        -> metrics (None on the non-main processes of a multi-process run); the last three go to engine.train
     evaluate_run(run_dir, split="test", limit=0, batch_size=None, num_beams=0, progress=True) -> metrics
     metric_lines(run_dir, metrics, split) -> the lines `train` and `eval` print
 
