@@ -1,0 +1,55 @@
+"""A uniform model soup (Wortsman et al. 2022, "Model soups"): the mean of several fine-tunes'
+weights, parameter by parameter, written as a run directory that `cli.py eval` and `--init-from`
+read. The fine-tunes must share one architecture (here: the CPU fine-tunes of RESULTS.md, "The
+fine-tune's rate", all from the same start). The soup is stored in bfloat16, as the lab's tracked
+weights are; its config, tokenizer and generation files are the first run's, and `soup.json` names
+the ingredients with their weights' SHA-256.
+
+    python figures/results/padded-d-plain-cpu/soup.py OUT_DIR cmp/ft5-pdp cmp/ft6-pdp cmp/ft7-pdp
+"""
+
+import hashlib
+import json
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+RUN_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json")
+
+
+def main(out: str, *runs: str) -> None:
+    if len(runs) < 2:
+        sys.exit("usage: soup.py OUT_DIR RUN RUN [RUN ...] (at least two runs to average)")
+    states = [load_file(str(Path(r) / "model.safetensors")) for r in runs]
+    names = set(states[0])
+    for run, state in zip(runs[1:], states[1:]):
+        if set(state) != names or any(state[k].shape != states[0][k].shape for k in names):
+            sys.exit(f"error: {run}'s weights do not match {runs[0]}'s (another architecture); soup runs of one model only")
+    soup = {k: (sum(s[k].double() for s in states) / len(states)).to(torch.bfloat16).contiguous() for k in sorted(names)}
+    out_dir = Path(out)
+    if out_dir.exists():
+        sys.exit(f"error: {out_dir} exists; give a new directory")
+    tmp = Path(tempfile.mkdtemp(prefix=out_dir.name + ".", dir=out_dir.parent))
+    save_file(soup, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+    for name in RUN_FILES:
+        shutil.copy(Path(runs[0]) / name, tmp / name)
+    config = (Path(runs[0]) / "config.yaml").read_text().splitlines()
+    config = [f"run_dir: {out_dir.resolve()}" if line.startswith("run_dir:") else line for line in config]
+    (tmp / "config.yaml").write_text("\n".join(config) + "\n")
+    ingredients = [{"run": str(r), "sha256": hashlib.sha256((Path(r) / "model.safetensors").read_bytes()).hexdigest()} for r in runs]
+    (tmp / "soup.json").write_text(json.dumps({"mean_of": ingredients, "dtype": "bfloat16"}, indent=1) + "\n")
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp's 0700 would hide the run from other users
+    os.chmod(tmp / "model.safetensors", 0o666 & ~umask)
+    os.rename(tmp, out_dir)
+    print(f"{out_dir}: the mean of {len(runs)} runs' weights ({len(soup)} tensors, bfloat16)")
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])

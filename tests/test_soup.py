@@ -1,0 +1,58 @@
+"""figures/results/padded-d-plain-cpu/soup.py: the uniform soup of two locally built T5 runs is
+their weights' mean, loads with `from_pretrained`, and names its ingredients; runs of another
+architecture are refused with a one-line error and nothing written."""
+
+import hashlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+from transformers import T5Config, T5ForConditionalGeneration
+
+SCRIPT = Path(__file__).resolve().parents[1] / "figures/results/padded-d-plain-cpu/soup.py"
+
+
+def make_run(path: Path, seed: int, d_model: int = 16) -> T5ForConditionalGeneration:
+    torch.manual_seed(seed)
+    config = T5Config(vocab_size=40, d_model=d_model, d_ff=32, d_kv=8, num_layers=1, num_decoder_layers=1,
+                      num_heads=2, decoder_start_token_id=0, pad_token_id=0)
+    model = T5ForConditionalGeneration(config)
+    model.save_pretrained(path)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        (path / name).write_text("{}")
+    (path / "config.yaml").write_text(f"task: quadratic\nrun_dir: {path}\nseed: {seed}\n")
+    return model
+
+
+def soup(*args) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(SCRIPT), *map(str, args)], capture_output=True, text=True)
+
+
+def test_the_soup_is_the_mean_of_its_runs(tmp_path):
+    first, second = make_run(tmp_path / "a", 1), make_run(tmp_path / "b", 2)
+    done = soup(tmp_path / "s", tmp_path / "a", tmp_path / "b")
+    assert done.returncode == 0, done.stderr
+    loaded = T5ForConditionalGeneration.from_pretrained(tmp_path / "s")
+    mean = {k: (v + second.state_dict()[k]) / 2 for k, v in first.state_dict().items()}
+    for name, value in loaded.state_dict().items():
+        # bfloat16 keeps 8 significant bits: within 1/128 of the mean, relative
+        assert torch.allclose(value.float(), mean[name], rtol=2**-7, atol=1e-6), name
+    some = "decoder.block.0.layer.0.SelfAttention.q.weight"
+    assert not torch.allclose(mean[some], first.state_dict()[some])  # the two runs differ, so the mean says something
+    record = json.loads((tmp_path / "s" / "soup.json").read_text())
+    assert [Path(i["run"]).name for i in record["mean_of"]] == ["a", "b"]
+    assert record["mean_of"][1]["sha256"] == hashlib.sha256((tmp_path / "b" / "model.safetensors").read_bytes()).hexdigest()
+    assert f"run_dir: {(tmp_path / 's').resolve()}" in (tmp_path / "s" / "config.yaml").read_text().splitlines()
+
+
+def test_runs_of_another_architecture_are_refused(tmp_path):
+    make_run(tmp_path / "a", 1)
+    make_run(tmp_path / "wide", 2, d_model=24)
+    done = soup(tmp_path / "s", tmp_path / "a", tmp_path / "wide")
+    assert done.returncode != 0
+    assert "do not match" in done.stderr and "Traceback" not in done.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "wide"]  # nothing half-written
+    one = soup(tmp_path / "s", tmp_path / "a")
+    assert one.returncode != 0 and "at least two" in one.stderr
