@@ -56,3 +56,6 @@ def test_runs_of_another_architecture_are_refused(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "wide"]  # nothing half-written
     one = soup(tmp_path / "s", tmp_path / "a")
     assert one.returncode != 0 and "at least two" in one.stderr
+    absent = soup(tmp_path / "s", tmp_path / "a", tmp_path / "nowhere")
+    assert absent.returncode != 0 and "nowhere holds no model.safetensors" in absent.stderr
+    assert "Traceback" not in absent.stderr and not (tmp_path / "s").exists()

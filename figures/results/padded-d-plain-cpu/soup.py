@@ -25,6 +25,9 @@ RUN_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokeniz
 def main(out: str, *runs: str) -> None:
     if len(runs) < 2:
         sys.exit("usage: soup.py OUT_DIR RUN RUN [RUN ...] (at least two runs to average)")
+    missing = [r for r in runs if not (Path(r) / "model.safetensors").is_file()]
+    if missing:
+        sys.exit(f"error: {missing[0]} holds no model.safetensors; give run directories of trained models")
     states = [load_file(str(Path(r) / "model.safetensors")) for r in runs]
     names = set(states[0])
     for run, state in zip(runs[1:], states[1:]):
