@@ -25,18 +25,20 @@ RUN_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokeniz
 def main(out: str, *runs: str) -> None:
     if len(runs) < 2:
         sys.exit("usage: soup.py OUT_DIR RUN RUN [RUN ...] (at least two runs to average)")
+    out_dir = Path(out)
+    if out_dir.exists() or not out_dir.parent.is_dir():
+        sys.exit(f"error: {out_dir} exists or its folder does not; give a new directory in an existing one")
     missing = [r for r in runs if not (Path(r) / "model.safetensors").is_file()]
+    missing += [f"{runs[0]}/{n}" for n in (*RUN_FILES, "config.yaml") if not (Path(runs[0]) / n).is_file()]
     if missing:
-        sys.exit(f"error: {missing[0]} holds no model.safetensors; give run directories of trained models")
+        sys.exit(f"error: {missing[0]}: not found; give run directories of trained models (model.safetensors, "
+                 f"and in the first {', '.join(RUN_FILES)}, config.yaml)")
     states = [load_file(str(Path(r) / "model.safetensors")) for r in runs]
     names = set(states[0])
     for run, state in zip(runs[1:], states[1:]):
         if set(state) != names or any(state[k].shape != states[0][k].shape for k in names):
             sys.exit(f"error: {run}'s weights do not match {runs[0]}'s (another architecture); soup runs of one model only")
     soup = {k: (sum(s[k].double() for s in states) / len(states)).to(torch.bfloat16).contiguous() for k in sorted(names)}
-    out_dir = Path(out)
-    if out_dir.exists():
-        sys.exit(f"error: {out_dir} exists; give a new directory")
     tmp = Path(tempfile.mkdtemp(prefix=out_dir.name + ".", dir=out_dir.parent))
     save_file(soup, str(tmp / "model.safetensors"), metadata={"format": "pt"})
     for name in RUN_FILES:
