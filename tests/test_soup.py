@@ -22,7 +22,7 @@ def make_run(path: Path, seed: int, d_model: int = 16) -> T5ForConditionalGenera
     model.save_pretrained(path)
     for name in ("tokenizer.json", "tokenizer_config.json"):
         (path / name).write_text("{}")
-    (path / "config.yaml").write_text(f"task: quadratic\nrun_dir: {path}\nseed: {seed}\n")
+    (path / "config.yaml").write_text(f"# the weights of run {seed}\ntask: quadratic\nrun_dir: {path}\nseed: {seed}\n")
     return model
 
 
@@ -44,7 +44,10 @@ def test_the_soup_is_the_mean_of_its_runs(tmp_path):
     record = json.loads((tmp_path / "s" / "soup.json").read_text())
     assert [Path(i["run"]).name for i in record["mean_of"]] == ["a", "b"]
     assert record["mean_of"][1]["sha256"] == hashlib.sha256((tmp_path / "b" / "model.safetensors").read_bytes()).hexdigest()
-    assert f"run_dir: {(tmp_path / 's').resolve()}" in (tmp_path / "s" / "config.yaml").read_text().splitlines()
+    config = (tmp_path / "s" / "config.yaml").read_text().splitlines()
+    assert f"run_dir: {(tmp_path / 's').resolve()}" in config and "seed: 1" in config  # the first run's keys
+    assert config[0].startswith("# The weights are the mean of 2 runs'")
+    assert "# the weights of run 1" not in config  # the first run's comment is not the soup's
 
 
 def test_runs_of_another_architecture_are_refused(tmp_path):

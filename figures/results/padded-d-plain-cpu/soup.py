@@ -2,8 +2,9 @@
 weights, parameter by parameter, written as a run directory that `cli.py eval` and `--init-from`
 read. The fine-tunes must share one architecture (here: the CPU fine-tunes of RESULTS.md, "The
 fine-tune's rate", all from the same start). The soup is stored in bfloat16, as the lab's tracked
-weights are; its config, tokenizer and generation files are the first run's, and `soup.json` names
-the ingredients with their weights' SHA-256.
+weights are; its config, tokenizer and generation files are the first run's (its `config.yaml` too, under a
+comment line that says so), and `soup.json` names the ingredients with their weights' SHA-256. A
+soup can be an ingredient of the next (RESULTS.md, "Polish the soup, then soup again").
 
     python figures/results/padded-d-plain-cpu/soup.py OUT_DIR cmp/ft5-pdp cmp/ft6-pdp cmp/ft7-pdp
 """
@@ -44,7 +45,9 @@ def main(out: str, *runs: str) -> None:
     for name in RUN_FILES:
         shutil.copy(Path(runs[0]) / name, tmp / name)
     config = (Path(runs[0]) / "config.yaml").read_text().splitlines()
-    config = [f"run_dir: {out_dir.resolve()}" if line.startswith("run_dir:") else line for line in config]
+    # the first run's comments describe its weights (it may be a soup itself), not these
+    config = [f"# The weights are the mean of {len(runs)} runs' (soup.json); the training keys below are {runs[0]}'s."] + [
+        f"run_dir: {out_dir.resolve()}" if line.startswith("run_dir:") else line for line in config if not line.startswith("#")]
     (tmp / "config.yaml").write_text("\n".join(config) + "\n")
     ingredients = [{"run": str(r), "sha256": hashlib.sha256((Path(r) / "model.safetensors").read_bytes()).hexdigest()} for r in runs]
     (tmp / "soup.json").write_text(json.dumps({"mean_of": ingredients, "dtype": "bfloat16"}, indent=1) + "\n")
