@@ -37,8 +37,8 @@ def main(dataset: str, index_dir: str, *prediction_files: str) -> None:
         first_wrong = {}
         for e, r in rows.items():
             if not r["exact"] and e in by_equation:
-                step = judge(*by_equation[e], r["prediction"])["diagnosis"]["first_wrong"] or "none"
-                first_wrong[e] = {"x1": "roots", "x2": "roots"}.get(step.split(" work")[0].split(":")[0], step.split(" work")[0].split(":")[0])
+                step = (judge(*by_equation[e], r["prediction"])["diagnosis"]["first_wrong"] or "none").split(" work")[0].split(":")[0]
+                first_wrong[e] = "roots" if step in ("x1", "x2") else step
         cells = []
         for name, group in groups.items():
             held = [equations[i] for i in group if equations[i] in rows]
@@ -52,4 +52,10 @@ def main(dataset: str, index_dir: str, *prediction_files: str) -> None:
 
 
 if __name__ == "__main__":
+    if len(sys.argv) < 4:
+        sys.exit("usage: row_groups.py DATASET_DIR INDEX_DIR PREDICTIONS [PREDICTIONS ...]")
+    missing = [p for p in (f"{sys.argv[2]}/sub-indices.json", f"{sys.argv[2]}/sub-hard-indices.json", *sys.argv[3:]) if not Path(p).is_file()]
+    if missing or not Path(sys.argv[1]).is_dir():
+        sys.exit(f"error: {missing[0] if missing else sys.argv[1]}: not found; give the pdp dataset, the folder of make_subsets.py's "
+                 "index files and prediction files (.jsonl or .jsonl.gz)")
     main(*sys.argv[1:])
