@@ -1,5 +1,5 @@
 """figures/results/padded-d-plain-cpu/soup.py: the uniform soup of two locally built T5 runs is
-their weights' mean, loads with `from_pretrained`, and names its ingredients; runs of another
+their weights' mean (rounded to bfloat16, or kept in float32 with --float32), loads with `from_pretrained`, and names its ingredients; runs of another
 architecture are refused with a one-line error and nothing written."""
 
 import hashlib
@@ -48,6 +48,20 @@ def test_the_soup_is_the_mean_of_its_runs(tmp_path):
     assert f"run_dir: {(tmp_path / 's').resolve()}" in config and "seed: 1" in config  # the first run's keys
     assert config[0].startswith("# The weights are the mean of 2 runs'")
     assert "# the weights of run 1" not in config  # the first run's comment is not the soup's
+
+
+def test_float32_keeps_the_mean_that_bfloat16_rounds(tmp_path):
+    first, second = make_run(tmp_path / "a", 1), make_run(tmp_path / "b", 2)
+    assert soup("--float32", tmp_path / "s32", tmp_path / "a", tmp_path / "b").returncode == 0
+    assert soup(tmp_path / "s16", tmp_path / "a", tmp_path / "b").returncode == 0
+    some = "decoder.block.0.layer.0.SelfAttention.q.weight"
+    mean = (first.state_dict()[some] + second.state_dict()[some]) / 2
+    kept = T5ForConditionalGeneration.from_pretrained(tmp_path / "s32").state_dict()[some]
+    rounded = T5ForConditionalGeneration.from_pretrained(tmp_path / "s16").state_dict()[some]
+    assert torch.allclose(kept, mean, rtol=1e-6, atol=1e-8)
+    assert not torch.allclose(rounded.float(), mean, rtol=1e-6, atol=1e-8)  # so the first check can fail
+    assert json.loads((tmp_path / "s32" / "soup.json").read_text())["dtype"] == "float32"
+    assert json.loads((tmp_path / "s16" / "soup.json").read_text())["dtype"] == "bfloat16"
 
 
 def test_runs_of_another_architecture_are_refused(tmp_path):
