@@ -76,3 +76,6 @@ def test_runs_of_another_architecture_are_refused(tmp_path):
     absent = soup(tmp_path / "s", tmp_path / "a", tmp_path / "nowhere")
     assert absent.returncode != 0 and "nowhere: not found" in absent.stderr
     assert "Traceback" not in absent.stderr and not (tmp_path / "s").exists()
+    unknown = soup("--float16", tmp_path / "s", tmp_path / "a", tmp_path / "wide")
+    assert unknown.returncode != 0 and "unknown option --float16" in unknown.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "wide"]

@@ -62,8 +62,8 @@ def main(out: str, *runs: str, dtype: torch.dtype = torch.bfloat16) -> None:
 
 if __name__ == "__main__":
     args = sys.argv[1:]
-    if "--float32" in args:
-        args.remove("--float32")
-        main(*args, dtype=torch.float32)
-    else:
-        main(*args)
+    float32 = "--float32" in args
+    args = [a for a in args if a != "--float32"]
+    if any(a.startswith("-") for a in args):
+        sys.exit(f"error: unknown option {next(a for a in args if a.startswith('-'))}; the only option is --float32")
+    main(*args, dtype=torch.float32 if float32 else torch.bfloat16)
