@@ -3,7 +3,7 @@ weights, parameter by parameter, written as a run directory that `cli.py eval` a
 read. The fine-tunes must share one architecture (here: the CPU fine-tunes of RESULTS.md, "The
 fine-tune's rate", all from the same start). The soup is stored in bfloat16, as the lab's tracked
 weights are, or with `--float32` in float32 (twice the size; bfloat16's rounding is about half as
-large as a 2e-5 polish's change: RESULTS.md, "float32 soups"); its config, tokenizer and generation files are the first run's (its `config.yaml` too, under a
+large as a 2e-5 polish's change, and costs no accuracy: RESULTS.md, "Past round 4 on the CPU"); its config, tokenizer and generation files are the first run's (its `config.yaml` too, under a
 comment line that says so), and `soup.json` names the ingredients with their weights' SHA-256. A
 soup can be an ingredient of the next (RESULTS.md, "Polish the soup, then soup again").
 
@@ -40,6 +40,7 @@ def main(out: str, *runs: str, dtype: torch.dtype = torch.bfloat16) -> None:
     for run, state in zip(runs[1:], states[1:]):
         if set(state) != names or any(state[k].shape != states[0][k].shape for k in names):
             sys.exit(f"error: {run}'s weights do not match {runs[0]}'s (another architecture); soup runs of one model only")
+    dtype_name = str(dtype).removeprefix("torch.")
     soup = {k: (sum(s[k].double() for s in states) / len(states)).to(dtype).contiguous() for k in sorted(names)}
     tmp = Path(tempfile.mkdtemp(prefix=out_dir.name + ".", dir=out_dir.parent))
     save_file(soup, str(tmp / "model.safetensors"), metadata={"format": "pt"})
@@ -51,13 +52,13 @@ def main(out: str, *runs: str, dtype: torch.dtype = torch.bfloat16) -> None:
         f"run_dir: {out_dir.resolve()}" if line.startswith("run_dir:") else line for line in config if not line.startswith("#")]
     (tmp / "config.yaml").write_text("\n".join(config) + "\n")
     ingredients = [{"run": str(r), "sha256": hashlib.sha256((Path(r) / "model.safetensors").read_bytes()).hexdigest()} for r in runs]
-    (tmp / "soup.json").write_text(json.dumps({"mean_of": ingredients, "dtype": str(dtype).removeprefix("torch.")}, indent=1) + "\n")
+    (tmp / "soup.json").write_text(json.dumps({"mean_of": ingredients, "dtype": dtype_name}, indent=1) + "\n")
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(tmp, 0o777 & ~umask)  # mkdtemp's 0700 would hide the run from other users
     os.chmod(tmp / "model.safetensors", 0o666 & ~umask)
     os.rename(tmp, out_dir)
-    print(f"{out_dir}: the mean of {len(runs)} runs' weights ({len(soup)} tensors, {str(dtype).removeprefix('torch.')})")
+    print(f"{out_dir}: the mean of {len(runs)} runs' weights ({len(soup)} tensors, {dtype_name})")
 
 
 if __name__ == "__main__":
