@@ -96,6 +96,15 @@ def tiny_run(task: str, data: Path, root: Path, **keys) -> Path:
     return root / task
 
 
+def six_step_run(root: Path) -> Path:
+    """A quadratic run of six steps on 200 reversed-format equations with small numbers: it writes
+    the format's tokens but solves nothing, which tests that compare against decoding rely on."""
+    from gen.dataset import GenOptions, generate
+
+    generate(GenOptions(rows=200, seed=5, format="reversed", ranges=Ranges(**TINY_DATA)), root / "data", workers=1)
+    return tiny_run("quadratic", root / "data", root, max_steps=6, eval_every=6)
+
+
 @st.composite
 def equations(draw, ranges: Ranges = DEFAULT):
     """(a, b, c, number of real roots) drawn like the generator draws them, over `ranges`."""

@@ -10,8 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from gen.dataset import GenOptions, generate
-from gen.equations import Ranges, reverse_digits, write_equation, write_solution
+from gen.equations import reverse_digits, write_equation, write_solution
 
 SCRIPT = Path(__file__).resolve().parents[1] / "figures/results/format-comparison-5k/work_or_equation.py"
 spec = importlib.util.spec_from_file_location("work_or_equation", SCRIPT)
@@ -84,11 +83,9 @@ def test_greedy_verdicts_on_hand_made_logits():
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    from conftest import TINY_DATA, tiny_run
+    from conftest import six_step_run
 
-    root = tmp_path_factory.mktemp("work-or-equation")
-    generate(GenOptions(rows=200, seed=5, format="reversed", ranges=Ranges(**TINY_DATA)), root / "data", workers=1)
-    return tiny_run("quadratic", root / "data", root, max_steps=6, eval_every=6)
+    return six_step_run(tmp_path_factory.mktemp("work-or-equation"))
 
 
 def test_verdicts_match_generate(run):
