@@ -86,13 +86,19 @@ def test_command_reads_the_classes_asked_for_and_writes_json(run, tmp_path):
     assert f"{len(wanted)} of {len(wanted)} rows failed" in done.stdout
 
 
-def test_bad_options_give_one_line_and_write_nothing(run, tmp_path):
-    for args in ((run, run.parent / "data", tmp_path / "o.json", "--rowz", "3"), (run, run.parent / "data"),
-                 (run, run.parent / "data", tmp_path / "o.json", "--rows")):
-        done = mine(*args)
-        assert done.returncode != 0
-        assert len(done.stderr.strip().splitlines()) == 1 and "Traceback" not in done.stderr
-    assert not list(tmp_path.iterdir())
+def test_bad_input_gives_one_line_and_writes_nothing(run, tmp_path):
+    data, out = run.parent / "data", tmp_path / "o.json"
+    (tmp_path / "not-mined.json").write_text("{}")
+    for script, args in ((SCRIPT, (run, data, out, "--rowz", "3")), (SCRIPT, (run, data)), (SCRIPT, (run, data, out, "--rows")),
+                         (SCRIPT, (tmp_path / "no-run", data, out)), (SCRIPT, (run, tmp_path / "no-data", out)),
+                         (SCRIPT, (run, data, out, "--split", "val")), (SCRIPT, (run, data, out, "--rows", "ten")),
+                         (SCRIPT, (run, data, out, "--check", tmp_path / "none.jsonl")), (SCRIPT, (run, data, tmp_path / "no-folder" / "o.json")),
+                         (SUBSET, (data, tmp_path / "sub")), (SUBSET, (data, tmp_path / "sub", tmp_path / "none.json")),
+                         (SUBSET, (data, tmp_path / "sub", tmp_path / "not-mined.json")), (SUBSET, (tmp_path / "no-data", tmp_path / "sub", out))):
+        done = mine(*args, script=script)
+        assert done.returncode != 0, args
+        assert len(done.stderr.strip().splitlines()) == 1 and "Traceback" not in done.stderr, done.stderr
+    assert [p.name for p in tmp_path.iterdir()] == ["not-mined.json"]
 
 
 def test_subset_is_the_failed_rows_and_as_many_others(run, tmp_path):

@@ -26,13 +26,19 @@ def main(args: list[str]) -> None:
     if len(args) < 3 or any(a.startswith("-") for a in args):
         raise SystemExit("usage: make_mined_subset.py [--failed-only] SOURCE_DATASET OUT MINED.json [MINED.json ...]")
     source, out, *mined_files = args
-    data = datasets.load_from_disk(source)
+    if not (Path(source) / "dataset_dict.json").is_file():
+        raise SystemExit(f"error: {source} is not a dataset made by `cli.py gen`; give its folder")
     failed = set()
     for path in mined_files:
-        mined = json.loads(gzip.decompress(Path(path).read_bytes()) if path.endswith(".gz") else Path(path).read_text())
+        try:
+            mined = json.loads(gzip.decompress(Path(path).read_bytes()) if path.endswith(".gz") else Path(path).read_text())
+            mined["split"], mined["failed"]
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise SystemExit(f"error: {path} is not an output of mine_failures.py ({type(err).__name__}: {err})") from None
         if mined["split"] != "train":
             raise SystemExit(f"error: {path} mined the {mined['split']} split; a polish trains on train rows")
         failed |= set(mined["failed"])
+    data = datasets.load_from_disk(source)
     others = [] if failed_only else random.Random(SEED).sample([i for i in range(len(data["train"])) if i not in failed], len(failed))
     rows = sorted(failed | set(others))
     target = Path(out)

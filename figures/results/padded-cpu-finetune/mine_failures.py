@@ -27,7 +27,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[3]
 sys.path.insert(0, str(ROOT))
 
-from train import quadratic  # noqa: E402  (the repository root is put on the path above)
+from gen import QuadlabError  # noqa: E402  (the repository root is put on the path above)
+from train import quadratic  # noqa: E402
 
 
 def first_wrong_positions(model, tokenizer, equations: list[str], solutions: list[str]) -> list[int]:
@@ -63,14 +64,29 @@ def _options(args: list[str]) -> tuple[list[str], dict]:
 
 def main(args: list[str]) -> None:
     (run_dir, dataset_dir, out), options = _options(args)
-    model, tokenizer, _ = quadratic.load_run(Path(run_dir), "mine")
+    try:
+        start, rows, size = int(options["--start"]), int(options["--rows"]), int(options["--batch"])
+        classes = {int(n) for n in options["--num-roots"].split(",")}
+    except ValueError:
+        raise SystemExit("error: --start, --rows and --batch take whole numbers, --num-roots a list such as 0,2") from None
+    if options["--check"] and not Path(options["--check"]).is_file():
+        raise SystemExit(f"error: {options['--check']} does not exist; give the predictions.jsonl(.gz) of `cli.py eval` on this split")
+    if not (Path(dataset_dir) / "dataset_dict.json").is_file():
+        raise SystemExit(f"error: {dataset_dir} is not a dataset made by `cli.py gen`; give its folder")
+    if not Path(out).parent.is_dir():
+        raise SystemExit(f"error: the folder of {out} does not exist; make it first")
+    try:
+        model, tokenizer, _ = quadratic.load_run(Path(run_dir), "mine")
+    except QuadlabError as err:
+        raise SystemExit(f"error: {err}") from None
     model.set_attn_implementation("sdpa")  # no maps wanted; 1.5x faster than eager on the CPU
     model.eval()
-    split = datasets.load_from_disk(dataset_dir)[options["--split"]]
-    start, rows, size = int(options["--start"]), int(options["--rows"]), int(options["--batch"])
+    splits = datasets.load_from_disk(dataset_dir)
+    if options["--split"] not in splits:
+        raise SystemExit(f"error: {dataset_dir} has no split {options['--split']}; it has {', '.join(splits)}")
+    split = splits[options["--split"]]
     stop = min(len(split), start + rows) if rows else len(split)
-    classes = {int(n) for n in options["--num-roots"].split(",")}
-    read = [i for i, n in zip(range(start, stop), split.select(range(start, stop))[:]["num_roots"]) if n in classes]
+    read = [i for i, n in zip(range(start, stop), split.select_columns(["num_roots"])[start:stop]["num_roots"]) if n in classes]
     failed, first_wrong = [], []
     for lo in range(0, len(read), size):
         indices = read[lo : lo + size]
