@@ -312,7 +312,7 @@ def explain(run_dir: Path, given: dict, out_dir: Path | None = None, heads: list
     from train.runs import analysis
 
     run_dir = Path(run_dir)
-    task = analysis(run_dir, command)
+    task = analysis(run_dir, command, split=None)  # the given example only: the run's data need not be here
     check_given(task, given, run_dir)
     heads = heads or []
     check_heads(heads, task.model)

@@ -67,7 +67,7 @@ def load_runs(run_dirs: list[Path], skip_broken: bool = False, warn=print) -> di
     served = {}
     for run_dir in run_dirs:
         try:
-            task = analysis(Path(run_dir), "serve", limit=1)  # one row: the server reads only given inputs
+            task = analysis(Path(run_dir), "serve", split=None)  # no rows: the server reads only given inputs
         except QuadlabError as err:
             if not skip_broken:
                 raise

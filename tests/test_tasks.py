@@ -102,6 +102,30 @@ def test_explain_on_every_task(run, tmp_path):
     assert (tmp_path / "explain" / "example-explain" / "encoder-heads.png").exists()
 
 
+def test_explain_and_serve_need_none_of_the_runs_data(run, tmp_path):
+    """A run moved away from its data (a tracked or unpacked run/) still answers given inputs;
+    the analyses of a split say what is missing."""
+    import shutil
+
+    import yaml
+
+    from analyze.serve import load_runs
+
+    name, run_dir = run
+    moved = tmp_path / "moved"
+    shutil.copytree(run_dir, moved, ignore=shutil.ignore_patterns("checkpoint*", "step-*"))
+    config = yaml.safe_load((moved / "config.yaml").read_text())
+    for key in ("data", "train_file"):
+        if config.get(key):
+            config[key] = str(tmp_path / "gone" / key)
+    (moved / "config.yaml").write_text(yaml.safe_dump(config))
+    with pytest.raises(QuadlabError, match="gone"):
+        analysis(moved, "maps")
+    result = explain(moved, GIVEN[name], tmp_path / "explain")
+    assert result["lines"] and (tmp_path / "explain" / "example-explain" / "encoder-heads.png").exists()
+    assert load_runs([moved])["moved"].task.n_rows == 0
+
+
 def test_heads_on_every_task(run, tmp_path):
     name, run_dir = run
     task = tasks.module(name).Analysis

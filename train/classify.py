@@ -167,11 +167,16 @@ def label_order(names) -> list[str]:
     return sorted(names, key=int if numeric else None)
 
 
+def reads_equations(config: TrainConfig) -> bool:
+    """Whether the run classifies the quadratic dataset's equations (no file or hub dataset given)."""
+    return not config.train_file and not config.hub_dataset
+
+
 def load_data(config: TrainConfig) -> dict:
     """{"train", "validation", "test": rows, "labels": names in id order, "majority": the most
     frequent training label, "pairs", "quadratic": whether the rows are the quadratic dataset's
     equations, "source"}."""
-    quadratic = not config.train_file and not config.hub_dataset
+    quadratic = reads_equations(config)
     if config.train_file:
         rows = read_file(Path(config.train_file), config)
         if config.eval_file:
@@ -445,10 +450,13 @@ class Analysis(EncoderAnalysis):
     averaged_on = "the split's texts (of pairs: text, then text_pair)"
     attended = [("[CLS] attends most to", "encoder", ("[CLS]",), None)]
 
-    def __init__(self, run_dir: Path, command: str, split: str = "test", limit: int = 0, eval_limit: int = 0):
+    def __init__(self, run_dir: Path, command: str, split: str | None = "test", limit: int = 0, eval_limit: int = 0):
         self.model, self.tokenizer, self.config = load_run(run_dir, command)
-        data = load_data(self.config)
         self.labels = [self.model.config.id2label[i] for i in range(self.model.config.num_labels)]
+        if split is None and reads_equations(self.config):  # given equations only: single texts; the dataset need not be here
+            data = {"majority": None, "quadratic": True, "pairs": False}
+        else:  # a file's rows say whether the model reads pairs
+            data = load_data(self.config)
         self.majority, self.equation = data["majority"], data["quadratic"]
         if self.equation:
             self.roles = {"encoder": EQUATION_TOKEN_ROLES}
@@ -456,7 +464,8 @@ class Analysis(EncoderAnalysis):
             self.averaged_on = "the split's equations"
         if not data["pairs"]:
             self.inputs = ("text",)
-        self.rows, self.eval_rows = data[split][: limit or None], data[split][:eval_limit]
+        rows = data[split] if split is not None else []
+        self.rows, self.eval_rows = rows[: limit or None], rows[:eval_limit]
         self.split, self.n_rows, self.n_eval_rows = split, len(self.rows), len(self.eval_rows)
 
     def windows_of(self, rows: list[dict]) -> list[dict]:

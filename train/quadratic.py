@@ -578,12 +578,15 @@ class Analysis:
     averaged_on = "the split's reference solutions, teacher-forced"
     attended = [("encoder self-attention", "encoder", None, None), ("cross-attention", "cross", None, None)]
 
-    def __init__(self, run_dir: Path, command: str, split: str = "test", limit: int = 0, eval_limit: int = 0):
+    def __init__(self, run_dir: Path, command: str, split: str | None = "test", limit: int = 0, eval_limit: int = 0):
         from train.metrics import ROOT_CLASSES
 
         self.model, self.tokenizer, self.config = load_run(run_dir, command)
-        dataset = load_splits(self.config)[split]
-        columns = dataset.select(range(min(max(limit or len(dataset), eval_limit), len(dataset)))).to_dict()
+        if split is None:  # given equations only: the run's dataset need not be here
+            columns = {k: [] for k in ("equation", "solution", "num_roots", "a", "b", "c")}
+        else:
+            dataset = load_splits(self.config)[split]
+            columns = dataset.select(range(min(max(limit or len(dataset), eval_limit), len(dataset)))).to_dict()
         self.rows = {k: v[: limit or None] for k, v in columns.items()}
         self.eval_rows = {k: v[:eval_limit] for k, v in columns.items()}
         self.classes = [ROOT_CLASSES[k] for k in self.rows["num_roots"]]

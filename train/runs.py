@@ -120,8 +120,9 @@ def load_run(run_dir: Path, command: str, task: str | None = None):
     return model, tokenizer, config
 
 
-def analysis(run_dir: Path, command: str, split: str = "test", limit: int = 0, eval_limit: int = 0):
-    """The `Analysis` (train/tasks.py) of a finished run's task, on its rows of `split`."""
+def analysis(run_dir: Path, command: str, split: str | None = "test", limit: int = 0, eval_limit: int = 0):
+    """The `Analysis` (train/tasks.py) of a finished run's task, on its rows of `split` (None: no
+    rows, for commands that read only given inputs)."""
     config = open_run(run_dir, command)
     return tasks.module(config.task).Analysis(Path(run_dir), command, split=split, limit=limit, eval_limit=eval_limit)
 

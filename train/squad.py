@@ -283,12 +283,15 @@ class Analysis(EncoderAnalysis):
     averaged_on = "every window of the questions; answer = the first gold answer's tokens"
     attended = [("the answer span attends most to the question token", "encoder", ("answer",), ("question",))]
 
-    def __init__(self, run_dir: Path, command: str, split: str = "test", limit: int = 0, eval_limit: int = 0):
+    def __init__(self, run_dir: Path, command: str, split: str | None = "test", limit: int = 0, eval_limit: int = 0):
         self.model, self.tokenizer, self.config = load_run(run_dir, command)
-        data = load_data(self.config)
-        self.version_2 = data["version_2"]
-        self.rows = drop_long_questions(self.tokenizer, data["eval"][: limit or None], self.config.max_length, data["skipped"])
-        self.eval_rows = drop_long_questions(self.tokenizer, data["eval"][:eval_limit], self.config.max_length, data["skipped"])
+        if split is None:  # given questions only: the run's SQuAD files need not be here
+            self.version_2, self.rows, self.eval_rows = False, [], []
+        else:
+            data = load_data(self.config)
+            self.version_2 = data["version_2"]
+            self.rows = drop_long_questions(self.tokenizer, data["eval"][: limit or None], self.config.max_length, data["skipped"])
+            self.eval_rows = drop_long_questions(self.tokenizer, data["eval"][:eval_limit], self.config.max_length, data["skipped"])
         self.split, self.n_rows, self.n_eval_rows = "evaluation", len(self.rows), len(self.eval_rows)
 
     @staticmethod

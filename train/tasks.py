@@ -14,7 +14,9 @@ A task module provides, for the engine and `cli.py train` / `cli.py eval`:
 
 and, for the analyses (`maps`, `heads`, `explain`, `ask`, `probe`, `patch`), a class `Analysis(run_dir, command,
 split="test", limit=0, eval_limit=0)` that opens a finished run (model with eager attention,
-tokenizer, config) and its first `limit` rows (0: all) to analyse and `eval_limit` rows to score:
+tokenizer, config) and its first `limit` rows (0: all) to analyse and `eval_limit` rows to score;
+with split=None it opens no rows and needs none of the run's data (`explain`, `ask`, `serve`
+read only given inputs):
 
     name, model, tokenizer, config, split, n_rows, n_eval_rows
     kinds           attention kinds of the model: ("encoder",) or ("encoder", "decoder", "cross")
