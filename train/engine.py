@@ -506,6 +506,7 @@ def train(
     except Interrupted:
         save_checkpoint()  # every process stops at the same step, so all of them take part
         bar.close()
+        accelerator.end_training()
         raise
     bar.close()
     if evaluate_by is not None and state.step > first_step:
@@ -513,9 +514,14 @@ def train(
         if accelerator.num_processes > 1:  # all return, or all stop
             late = accelerator.reduce(torch.tensor([late], dtype=torch.float64, device=accelerator.device), "sum").item() > 0
         if late:
+            accelerator.end_training()
             raise Interrupted(state.step, finished=True)  # its checkpoint was saved at the last step
     if on_main(lambda: not (run_dir / BEST).exists()):  # a resumed run that had already finished, or no evaluation yet
         run_evaluation()
+    # The processes are done with each other: a process group left for the interpreter's exit can
+    # abort it (gloo's worker threads, SIGABRT), which a loaded CPU made happen in a test
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
     if not main:
         return None
     training = state.elapsed - state.eval_seconds
