@@ -659,7 +659,7 @@ def main(argv=None) -> None:
         click.echo("quadlab: interrupted", err=True)
         sys.exit(130)
     except click.ClickException as err:
-        prefix = f"quadlab {err.ctx.info_name}" if getattr(err, "ctx", None) else "quadlab"
+        prefix = err.ctx.command_path if getattr(err, "ctx", None) else "quadlab"  # "quadlab gen", or "quadlab" for the group
         click.echo(f"{prefix}: error: {err.format_message()} (see --help)", err=True)
         sys.exit(err.exit_code)
     except QuadlabError as err:

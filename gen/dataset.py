@@ -88,6 +88,47 @@ class GenOptions:
         return {**asdict(self), "mix": dict(zip(CLASSES, self.mix)),
                 "extra_mix": dict(zip(CLASSES, self.extra_shares))}
 
+    @classmethod
+    def from_dict(cls, values: dict) -> GenOptions:
+        """The options that `as_dict` wrote (a card's `options`); KeyError, TypeError, ValueError,
+        AttributeError or QuadlabError where it is not such a dict."""
+        default = cls()
+        mix = tuple(float(values["mix"][name]) for name in CLASSES)
+        extra = values.get("extra_mix")
+        extra_mix = tuple(float(extra[name]) for name in CLASSES) if extra else None
+        options = cls(rows=int(values["rows"]), seed=int(values["seed"]), mix=mix, test_fraction=float(values["test_fraction"]),
+                      ranges=Ranges(**{k: int(v) for k, v in values["ranges"].items()}), format=str(values["format"]),
+                      extra_train_rows=int(values.get("extra_train_rows", default.extra_train_rows)),
+                      extra_mix=None if extra_mix == mix else extra_mix)
+        options.validate()
+        return options
+
+    def command(self, out) -> str:
+        """The `cli.py gen` command that writes these options' rows to `out`: what a run whose
+        dataset is gone tells its user to type. Options at their defaults are left out."""
+        import shlex
+
+        default, r = GenOptions(), self.ranges
+        shares = lambda mix: ",".join(repr(float(share)) for share in mix)  # noqa: E731 - repr: the float read back exactly
+        parts = ["python cli.py gen", "--out", shlex.quote(str(out))]
+        if self.format != default.format:
+            parts += ["--format", self.format]
+        parts += [f"--{name.replace('_', '-')} {value}" for name, value in (("rows", self.rows), ("seed", self.seed))
+                  if value != getattr(default, name)]
+        if self.mix != default.mix:
+            parts += ["--mix", shares(self.mix)]
+        if self.test_fraction != default.test_fraction:
+            parts += ["--test-fraction", repr(float(self.test_fraction))]
+        if (r.a_lo, r.a_hi) != (default.ranges.a_lo, default.ranges.a_hi):
+            parts.append(f"--a-range={r.a_lo}:{r.a_hi}")  # `=`: a range may start with a minus sign
+        if (r.root_lo, r.root_hi) != (default.ranges.root_lo, default.ranges.root_hi):
+            parts.append(f"--root-range={r.root_lo}:{r.root_hi}")
+        if self.extra_train_rows:
+            parts += ["--extra-train-rows", str(self.extra_train_rows)]
+            if self.extra_mix and self.extra_mix != self.mix:
+                parts += ["--extra-mix", shares(self.extra_mix)]
+        return " ".join(parts)
+
 
 def _counts_by_mix(rows: int, mix: tuple) -> dict[str, int]:
     """`rows` shared by `mix` and rounded by largest remainder, so that the counts sum to `rows`."""

@@ -1,6 +1,7 @@
 import hashlib
 import json
 import random
+import shlex
 import sys
 from pathlib import Path
 
@@ -111,6 +112,32 @@ def test_same_seed_same_bytes_whatever_the_workers(tmp_path):
     generate(GenOptions(rows=3000, seed=12, format="steps"), tmp_path / "other", workers=1)
     assert _tree_digest(tmp_path / "one") == _tree_digest(tmp_path / "two")
     assert _tree_digest(tmp_path / "one") != _tree_digest(tmp_path / "other")
+
+
+@pytest.mark.parametrize("options", [
+    GenOptions(rows=300, seed=4, ranges=Ranges(a_lo=-5, a_hi=5, root_lo=-20, root_hi=20)),
+    GenOptions(rows=301, seed=2, mix=(1 / 3, 1 / 3, 1 / 3), test_fraction=0.25, format="padded-d-plain",
+               ranges=Ranges(a_lo=-4, a_hi=6, root_lo=-15, root_hi=10)),
+    GenOptions(rows=200, seed=1, format="reversed", ranges=Ranges(a_lo=1, a_hi=3, root_lo=-20, root_hi=20),
+               extra_train_rows=90, extra_mix=(0.6, 0.1, 0.3)),
+], ids=["ranges", "shares-and-format", "extra-rows"])
+def test_the_command_a_card_records_writes_the_same_bytes(options, run_cli, tmp_path):
+    """What a run whose dataset is gone tells its user to type (train/quadratic.py) makes that dataset again."""
+    generate(options, tmp_path / "first", workers=1)
+    recorded = GenOptions.from_dict(json.loads((tmp_path / "first" / "card.json").read_text())["options"])
+    assert recorded == options
+    command = shlex.split(recorded.command(tmp_path / "made again"))
+    assert command[:3] == ["python", "cli.py", "gen"], command
+    result = run_cli(*command[2:], "--workers", 1)
+    assert result.returncode == 0, result.stderr
+    assert _tree_digest(tmp_path / "made again") == _tree_digest(tmp_path / "first")
+
+
+def test_the_default_options_need_no_option_but_the_output():
+    assert GenOptions().command("data/q") == "python cli.py gen --out data/q"
+    assert GenOptions(extra_mix=(0.5, 0.3, 0.2)).command("d") == "python cli.py gen --out d"  # the shares of --mix, said once
+    with pytest.raises(QuadlabError):  # a card edited into nonsense is no recipe
+        GenOptions.from_dict({**GenOptions().as_dict(), "rows": -1})
 
 
 def test_every_row_is_verified_a_wrong_solution_stops_generation(monkeypatch):

@@ -1,6 +1,10 @@
 import json
+import re
+import shlex
+import shutil
 from dataclasses import replace
 
+import datasets
 import numpy as np
 import pytest
 import torch
@@ -486,3 +490,30 @@ def test_yaml_values_of_the_wrong_type_are_refused(tmp_path, line):
 def test_config_reads_plain_numbers():
     config = resolve("tiny", None, {"seed": "7", "batch_size": "+16", "learning_rate": "3e-4", "epochs": "2", "max_steps": 5.0})
     assert (config.seed, config.batch_size, config.learning_rate, config.epochs, config.max_steps) == (7, 16, 3e-4, 2.0, 5)
+
+
+def test_a_run_records_its_dataset_says_how_to_make_it_again_and_refuses_another_format(tmp_path, data_dir, run_cli):
+    from conftest import tiny_run
+
+    data = tmp_path / "reversed-data"
+    options = GenOptions(rows=200, seed=3, format="reversed", ranges=SMALL_RANGES)
+    generate(options, data, workers=1)
+    run = tiny_run("quadratic", data, tmp_path, max_steps=2, eval_every=2)
+    assert GenOptions.from_dict(json.loads((run / "dataset-card.json").read_text())["options"]) == options
+
+    first = {name: split.to_dict() for name, split in datasets.load_from_disk(str(data)).items()}
+    shutil.move(data, tmp_path / "moved away")
+    gone = run_cli("eval", run, "--limit", 3)
+    assert gone.returncode == 2 and len(gone.stderr.strip().splitlines()) == 1 and "Traceback" not in gone.stderr, gone.stderr
+    command = re.search(r"make it with `([^`]*)`", gone.stderr).group(1)
+    assert "--format reversed" in command and str(data) in command, command
+    made = run_cli(*shlex.split(command)[2:], "--workers", 1)
+    assert made.returncode == 0, made.stderr
+    assert {name: split.to_dict() for name, split in datasets.load_from_disk(str(data)).items()} == first
+    assert run_cli("eval", run, "--limit", 3).returncode == 0
+
+    config = (run / "config.yaml").read_text()
+    (run / "config.yaml").write_text(config.replace(f"data: {data}", f"data: {data_dir}"))  # the published format
+    other = run_cli("eval", run, "--limit", 3)
+    assert other.returncode == 2 and "published format" in other.stderr and "trained on reversed" in other.stderr, other.stderr
+    assert "--format reversed" in other.stderr and "--rows 250" in other.stderr  # that dataset's equations, in the run's format

@@ -13,6 +13,7 @@ Run directory (`runs/quadratic-<preset>-seed<seed>` by default):
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -29,6 +30,7 @@ from train import runs
 from train.config import TrainConfig
 from train.metrics import diagnosis, judge, quadratic_metrics, statement_names
 
+DATASET_CARD = "dataset-card.json"  # in a run: the card.json of the dataset it was trained on
 SPECIAL_TOKENS = ("<pad>", "</s>", "<unk>")  # ids 0, 1, 2: T5 starts decoding with the pad id
 MODEL_FILES = ("config.json", "model.safetensors", "generation_config.json")
 COLUMNS = ("equation", "solution", "a", "b", "c", "num_roots")  # what `cli.py gen` writes
@@ -38,17 +40,35 @@ COLUMNS = ("equation", "solution", "a", "b", "c", "num_roots")  # what `cli.py g
 # Data and tokenizer
 
 
-def load_splits(config: TrainConfig):
+def recorded_options(card: Path):
+    """The `cli.py gen` options a dataset card records, or None where it cannot be read (a run
+    trained before 2026-12-06 has no DATASET_CARD, nor has a dataset cut with `select` a card.json)."""
+    from gen.dataset import GenOptions
+
+    try:
+        return GenOptions.from_dict(json.loads(Path(card).read_text())["options"])
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, QuadlabError):
+        return None
+
+
+def load_splits(config: TrainConfig, run_dir: Path | None = None):
     """train / validation (`val_size` rows carved from train; 0: the training rows themselves,
-    for overfitting checks) / test, checked to be a dataset that `cli.py gen` writes."""
+    for overfitting checks) / test, checked to be a dataset that `cli.py gen` writes; for a
+    trained run (`run_dir`), in the format it was trained on, and where it is gone, the command
+    that makes it again."""
     import datasets
 
     path = Path(config.data)
     elsewhere = "or point --data (for a run: `data:` in its config.yaml) at one"
+    trained_on = recorded_options(Path(run_dir) / DATASET_CARD) if run_dir else None
     if not path.exists():
-        remake = f"make it with `python cli.py gen --out {path}` (the same options give the same rows), {elsewhere}"
-    elif (path / "card.json").is_file():  # written by `cli.py gen`, then damaged: safe to replace
-        remake = f"make it again with `python cli.py gen --out {path} --overwrite`, {elsewhere}"
+        remake = (f"make it with `{trained_on.command(path)}` (the options of the dataset {run_dir} was trained on, from its "
+                  f"{DATASET_CARD}), {elsewhere}" if trained_on else
+                  f"make it with `python cli.py gen --out {path}` and the options it was made with (the same options give "
+                  f"the same rows), {elsewhere}")
+    elif (path / "card.json").is_file():  # written by `cli.py gen`, then damaged: safe to replace, with the options it had
+        made_with = trained_on or recorded_options(path / "card.json")
+        remake = f"make it again with `{made_with.command(path) if made_with else f'python cli.py gen --out {path}'} --overwrite`, {elsewhere}"
     else:  # something else, which a hint must not tell anyone to overwrite
         remake = "point --data (for a run: `data:` in its config.yaml) at a directory made by `python cli.py gen --out DIR`"
     if not path.is_dir():
@@ -69,6 +89,12 @@ def load_splits(config: TrainConfig):
         raise
     except Exception as err:  # a damaged directory: whatever the library raises, said in one line
         raise QuadlabError(f"the dataset at {path} is damaged: it cannot be loaded ({type(err).__name__}); {remake}") from None
+    written_with = recorded_options(path / "card.json")  # None for a dataset cut with `select`: nothing to compare
+    if trained_on and written_with and written_with.format != trained_on.format:  # every grade and map would mix two formats
+        same_rows = dataclasses.replace(written_with, format=trained_on.format)
+        raise QuadlabError(f"the solutions in {path} are in the {written_with.format} format, but {run_dir} was trained on "
+                           f"{trained_on.format}; point --data (for a run: `data:` in its config.yaml) at a {trained_on.format} "
+                           f"dataset, e.g. its equations in that format: `{same_rows.command(path.with_name(path.name + '-' + trained_on.format))}`")
     if config.val_size == 0:
         return datasets.DatasetDict({"train": dd["train"], "validation": dd["train"], "test": dd["test"]})
     if config.val_size >= len(dd["train"]):
@@ -278,7 +304,8 @@ def train_run(config: TrainConfig, resume: bool = False, overwrite: bool = False
     and `deadline` stop training with a checkpoint, `evaluate_by` the test after it (engine.train)."""
     from train import engine
 
-    splits = load_splits(config)  # before the run directory: a missing dataset leaves nothing behind
+    # before the run directory: a missing dataset leaves nothing behind
+    splits = load_splits(config, config.resolved_run_dir() if resume else None)
     model = None
     if not resume:
         columns = splits["train"].select_columns(["equation", "solution"]).to_dict()
@@ -290,7 +317,13 @@ def train_run(config: TrainConfig, resume: bool = False, overwrite: bool = False
     if resume:
         tokenizer = runs.load_tokenizer(run_dir)
     else:
-        engine.on_main(lambda: tokenizer.save_pretrained(str(run_dir)))  # every process has the same one
+        def save() -> None:  # every process has the same tokenizer
+            tokenizer.save_pretrained(str(run_dir))
+            card = Path(config.data) / "card.json"
+            if recorded_options(card):  # what the run was trained on, for the analyses once the dataset is gone
+                engine.write_json(run_dir / DATASET_CARD, json.loads(card.read_text()))
+
+        engine.on_main(save)
 
     train_rows = encode(tokenizer, splits["train"])
     if model is None:
@@ -404,7 +437,7 @@ def evaluate_run(run_dir: Path, split: str = "test", limit: int = 0, batch_size:
     model, tokenizer, config = load_run(run_dir)
     if torch.cuda.is_available():
         model = model.to("cuda")
-    dataset = load_splits(config)[split]
+    dataset = load_splits(config, run_dir)[split]
     if limit:
         dataset = dataset.select(range(min(limit, len(dataset))))
     metrics, records = evaluate_rows(model, tokenizer, dataset, batch_size or config.eval_batch_size, num_beams, progress)
@@ -585,7 +618,7 @@ class Analysis:
         if split is None:  # given equations only: the run's dataset need not be here
             columns = {k: [] for k in ("equation", "solution", "num_roots", "a", "b", "c")}
         else:
-            dataset = load_splits(self.config)[split]
+            dataset = load_splits(self.config, run_dir)[split]
             columns = dataset.select(range(min(max(limit or len(dataset), eval_limit), len(dataset)))).to_dict()
         self.rows = {k: v[: limit or None] for k, v in columns.items()}
         self.eval_rows = {k: v[:eval_limit] for k, v in columns.items()}

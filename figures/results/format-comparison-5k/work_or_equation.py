@@ -186,7 +186,7 @@ def main():
         sys.exit(f"work_or_equation: {out} is a file; give a directory for the results")
     try:
         model, tokenizer, config = load_run(Path(args.run_dir), "work_or_equation")
-        test = load_splits(config)["test"]
+        test = load_splits(config, Path(args.run_dir))["test"]
     except QuadlabError as err:
         sys.exit(f"work_or_equation: {err}")
     model.eval().to("cuda" if torch.cuda.is_available() else "cpu")
