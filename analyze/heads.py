@@ -265,7 +265,7 @@ def correlations(task, points: list[dict]) -> dict:
 def analyze_heads(run_dir: Path, out_dir: Path | None = None, split: str = "test", limit: int = 1000, eval_limit: int = 300,
                   batch_size: int | None = None, clusters: int = 0, compare: list[Path] | None = None, skip_importance: bool = False,
                   progress: bool = True) -> dict:
-    from train.runs import analysis, open_run, read_config
+    from train.runs import analysis, figures_dir, open_run, read_config
 
     run_dir = Path(run_dir)
     config = open_run(run_dir, "heads")
@@ -366,7 +366,7 @@ def analyze_heads(run_dir: Path, out_dir: Path | None = None, split: str = "test
                               "no checkpoints in this run: train with --keep-checkpoints, or pass --compare RUN_DIR")
     timings["checkpoints"] = time.perf_counter() - clock
     result["seconds"] = {k: round(v, 2) for k, v in timings.items()}
-    return _write(task, result, arrays, found, run_dir, Path(out_dir or Path("figures") / run_dir.name))
+    return _write(task, result, arrays, found, run_dir, Path(out_dir or figures_dir(run_dir)))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -50,22 +50,37 @@ def example_maps(model, sides: dict, example: dict) -> dict:
 # A forward pass's attention maps, all kinds and layers, at most this many bytes on a CPU (on a GPU,
 # an eighth of its free memory): averaging holds about three copies, so a batch of 256 long
 # solutions (the reversed format's 370 labels, 32 heads) would need 13 GB; such batches go
-# through in slices.
-ATTENTION_BYTES = 1 << 30
+# through in slices. Small slices are also faster on a CPU: every large tensor is fresh memory
+# from the kernel, and at 1 GiB half the time went to page faults (BENCHMARKS.md).
+ATTENTION_BYTES = 128 << 20
 
 
 def attention_slices(batch: dict, sides: dict, layout: dict, limit: int | None = None):
-    """(inputs, roles) of `batch` in slices of rows whose attention maps take at most `limit`
-    (ATTENTION_BYTES) bytes in float32, at least one row a slice. `layout`: {kind: (layers, heads)}."""
+    """(inputs, roles) of `batch` in slices of consecutive rows whose attention maps take at most
+    `limit` (ATTENTION_BYTES) bytes in float32, at least one row a slice, each slice cut to its
+    longest row on each side: rows are padded on the right and the tasks sort them by length, so
+    the short rows of a batch do not pay for its longest (the padding's maps would be computed,
+    then masked away). `layout`: {kind: (layers, heads)}."""
     limit = limit or ATTENTION_BYTES
-    width = {side: roles.shape[1] for side, roles in batch["roles"].items()}
-    row_bytes = sum(4 * layers * heads * width[sides[kind][0]] * width[sides[kind][1]] for kind, (layers, heads) in layout.items() if kind in sides)
-    rows = len(next(iter(batch["roles"].values())))
-    step = max(1, limit // max(row_bytes, 1))
-    for start in range(0, rows, step):
-        cut = slice(start, start + step)
-        yield ({name: t[cut] for name, t in batch["inputs"].items()},
-               {side: r[cut] for side, r in batch["roles"].items()})
+    # a row's length on a side: one past its last token with a role (padding has role -1)
+    lengths = {side: ((r >= 0) * torch.arange(1, r.shape[1] + 1)).amax(dim=1).tolist() for side, r in batch["roles"].items()}
+    rows = len(next(iter(lengths.values())))
+
+    def maps_bytes(width: dict) -> int:
+        return sum(4 * layers * heads * width[sides[kind][0]] * width[sides[kind][1]] for kind, (layers, heads) in layout.items() if kind in sides)
+
+    start = 0
+    while start < rows:
+        end, width = start + 1, {side: n[start] for side, n in lengths.items()}
+        while end < rows:
+            wider = {side: max(width[side], n[end]) for side, n in lengths.items()}
+            if (end + 1 - start) * maps_bytes(wider) > limit:
+                break
+            end, width = end + 1, wider
+        side_of = lambda name: "decoder" if name.startswith("decoder_") else "encoder"  # noqa: E731 - the models' keyword names
+        yield ({name: t[start:end, : width[side_of(name)]] for name, t in batch["inputs"].items()},
+               {side: r[start:end, : width[side]] for side, r in batch["roles"].items()})
+        start = end
 
 
 def dataset_average(model, batches, sides: dict, roles: dict, progress: bool = False) -> dict:
@@ -205,12 +220,12 @@ def render_maps(run_dir: Path, out_dir: Path | None = None, split: str = "test",
     first shown example."""
     from analyze.neuron import check_neuron, render_neurons, viewer_vectors
     from analyze.report import ANALYSES, write_report
-    from train.runs import analysis
+    from train.runs import analysis, figures_dir
 
     run_dir = Path(run_dir)
     task = analysis(run_dir, "maps", split=split, limit=limit)
     check_given(task, given, run_dir)
-    out_dir = Path(out_dir or Path("figures") / run_dir.name)
+    out_dir = Path(out_dir or figures_dir(run_dir))
     heads = heads or []
     model = task.model.to("cuda") if torch.cuda.is_available() else task.model
     check_heads(heads, model)
@@ -309,7 +324,7 @@ def explain(run_dir: Path, given: dict, out_dir: Path | None = None, heads: list
     """One given example of any task: the model's answer (with what the task reports: the grader's
     verdict, the answer's score, the label's probabilities), for each layer the token attended to
     most (`task.attended`), and the per-head figures; the lines to print are under "lines"."""
-    from train.runs import analysis
+    from train.runs import analysis, figures_dir
 
     run_dir = Path(run_dir)
     task = analysis(run_dir, command, split=None)  # the given example only: the run's data need not be here
@@ -318,6 +333,6 @@ def explain(run_dir: Path, given: dict, out_dir: Path | None = None, heads: list
     check_heads(heads, task.model)
     example = example_maps(task.model, task.sides, task.example(given=given))
     result = {"input": example["input"], "output": example["output"], "answer": example["answer"], "attended": most_attended(task, example)}
-    out_dir = Path(out_dir or Path("figures") / run_dir.name / command)
+    out_dir = Path(out_dir or figures_dir(run_dir) / command)
     written = write_example(example, command, out_dir, heads)
     return {**result, "lines": task.answer_lines(result), "figures": [str(out_dir / w["file"]) for w in written]}

@@ -244,7 +244,7 @@ def layer_names(n_layers: int) -> list[str]:
 def analyze_patching(run_dir: Path, out_dir: Path | None = None, pairs: int = 200, split: str = "test", seed: int = 0,
                      batch_size: int = 256, progress: bool = True, side: str = "encoder") -> dict:
     from train import tasks
-    from train.runs import analysis, open_run
+    from train.runs import analysis, figures_dir, open_run
 
     run_dir = Path(run_dir)
     config = open_run(run_dir, "patch")
@@ -294,7 +294,7 @@ def analyze_patching(run_dir: Path, out_dir: Path | None = None, pairs: int = 20
                         "dropped_from": [name for name, (_, kept) in restored_all.items() if not kept[i]]}
                        for i, p in enumerate(made["pairs"])]
     result["seconds"] = {k: round(v, 2) for k, v in seconds.items()}
-    return _write(result, arrays, Path(out_dir or Path("figures") / run_dir.name / ("patching" if side == "encoder" else "patching-decoder")))
+    return _write(result, arrays, Path(out_dir or figures_dir(run_dir) / ("patching" if side == "encoder" else "patching-decoder")))
 
 
 def summary_lines(result: dict, top: int = 3) -> list[str]:

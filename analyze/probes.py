@@ -339,7 +339,7 @@ def run_probes(run_dir: Path, out_dir: Path | None = None, split: str = "test", 
     import torch
     from threadpoolctl import threadpool_limits
 
-    from train.runs import analysis
+    from train.runs import analysis, figures_dir
     from train.tasks import TASKS
 
     if not 0 < held_out < 1:
@@ -392,7 +392,7 @@ def run_probes(run_dir: Path, out_dir: Path | None = None, split: str = "test", 
         "control": "labels drawn from the target's label distribution, a fixed function of (seed, target, token type); "
                    "a role with a single token type has no control"},
         "targets": described, "cells": cells, "best": best, "seconds": {k: round(v, 2) for k, v in timings.items()}}
-    return _write(result, Path(out_dir) if out_dir else Path("figures") / run_dir.name / "probes")
+    return _write(result, Path(out_dir) if out_dir else figures_dir(run_dir) / "probes")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -6,7 +6,9 @@ For the same run and the same test rows (teacher-forced on the reference solutio
 - average: `analyze.maps.dataset_average` (the forward pass plus the streaming sums);
 - naive: the forward pass, every example's maps kept (cropped to its length), averaged at the end;
 - average-whole: `dataset_average` with every batch in one forward pass, as before batches were
-  sliced to ATTENTION_BYTES of maps (the baseline of the slicing).
+  sliced to ATTENTION_BYTES of maps (the baseline of the slicing);
+- average-1gib: `dataset_average` with the slicing of 2026-12-04 to 2026-12-05 (slices of 1 GiB of
+  maps, every slice as wide as its batch), the baseline of slices cut to their rows and of 128 MiB.
 Each mode runs in a fresh process, so that its peak resident memory (ru_maxrss) is its own;
 "extra memory" is that peak less the process's size once the model and data are loaded.
 
@@ -34,6 +36,21 @@ def _rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def _slices_before(batch: dict, sides: dict, layout: dict, limit: int | None = None):
+    """analyze.maps.attention_slices before 2026-12-06: as many rows a slice as fit at the batch's
+    width, every slice as wide as the batch."""
+    from analyze import maps
+
+    limit = limit or maps.ATTENTION_BYTES
+    width = {side: roles.shape[1] for side, roles in batch["roles"].items()}
+    row_bytes = sum(4 * layers * heads * width[sides[kind][0]] * width[sides[kind][1]] for kind, (layers, heads) in layout.items() if kind in sides)
+    rows = len(next(iter(batch["roles"].values())))
+    step = max(1, limit // max(row_bytes, 1))
+    for start in range(0, rows, step):
+        cut = slice(start, start + step)
+        yield ({name: t[cut] for name, t in batch["inputs"].items()}, {side: r[cut] for side, r in batch["roles"].items()})
+
+
 def measure(run: str, rows: int, mode: str, batch_size: int) -> dict:
     import numpy as np
     import torch
@@ -48,12 +65,15 @@ def measure(run: str, rows: int, mode: str, batch_size: int) -> dict:
     equations, solutions = columns["equation"], columns["solution"]
     torch.set_grad_enabled(False)
     loaded = _rss_mb()
+    kernel = resource.getrusage(resource.RUSAGE_SELF).ru_stime
     start = time.perf_counter()
     if mode.startswith("average"):
-        if mode == "average-whole":
-            from analyze import maps
+        from analyze import maps
 
+        if mode == "average-whole":
             maps.ATTENTION_BYTES = 1 << 62
+        elif mode == "average-1gib":
+            maps.ATTENTION_BYTES, maps.attention_slices = 1 << 30, _slices_before
         dataset_average(model, captured_batches(tokenizer, equations, solutions, ["?"] * len(equations), batch_size), Analysis.sides, Analysis.roles)
     else:
         order = sorted(range(len(equations)), key=lambda i: len(solutions[i]))
@@ -78,7 +98,9 @@ def measure(run: str, rows: int, mode: str, batch_size: int) -> dict:
                     queries[: m.shape[2]] += 1
                 _ = total / np.maximum(queries, 1)[None, None, :, None]
     seconds = time.perf_counter() - start
-    return {"mode": mode, "rows": len(equations), "seconds": round(seconds, 2), "extra_memory_mb": round(_rss_mb() - loaded, 1)}
+    kernel = resource.getrusage(resource.RUSAGE_SELF).ru_stime - kernel  # page faults show here
+    return {"mode": mode, "rows": len(equations), "seconds": round(seconds, 2), "kernel_seconds": round(kernel, 2),
+            "extra_memory_mb": round(_rss_mb() - loaded, 1)}
 
 
 @click.command()
@@ -86,7 +108,8 @@ def measure(run: str, rows: int, mode: str, batch_size: int) -> dict:
 @click.option("--rows", multiple=True, type=int, default=[500, 5000], show_default=True, help="Test rows (repeatable).")
 @click.option("--batch-size", default=256, show_default=True)
 @click.option("--modes", default="bare,average,naive", show_default=True,
-              help="Comma-separated: bare, average, naive, average-whole (naive keeps every map: not for long solutions).")
+              help="Comma-separated: bare, average, naive, average-whole, average-1gib (naive keeps every map: not for long "
+                   "solutions; bare and average-whole: one forward pass a batch, too large for long solutions at 256 rows).")
 @click.option("--mode", default=None, hidden=True)
 def main(run, rows, batch_size, modes, mode):
     if mode:  # one measurement, in this process
@@ -106,7 +129,7 @@ def main(run, rows, batch_size, modes, mode):
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}",
         "run": run, "results": results,
     }
-    for other, base in (("average", "bare"), ("naive", "bare"), ("average", "average-whole")):
+    for other, base in (("average", "bare"), ("naive", "bare"), ("average", "average-whole"), ("average", "average-1gib")):
         if all((m, n) in by for m in (other, base) for n in rows):
             summary[f"{other}_over_{base}_time"] = {n: round(by[other, n]["seconds"] / by[base, n]["seconds"], 2) for n in rows}
             summary[f"{other}_over_{base}_extra_memory"] = {n: round(by[other, n]["extra_memory_mb"] / max(by[base, n]["extra_memory_mb"], 1), 3) for n in rows}

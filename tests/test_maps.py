@@ -95,21 +95,37 @@ def test_streaming_average_equals_the_naive_reference(model_and_tokenizer, rows)
         np.testing.assert_allclose(averages[kind].role_mean, role, atol=1e-6)
 
 
-def test_batches_too_large_for_memory_are_averaged_in_slices_with_the_same_result(model_and_tokenizer, rows, monkeypatch):
+def test_batches_too_large_for_memory_are_averaged_in_slices_cut_to_their_rows_with_the_same_result(model_and_tokenizer, rows, monkeypatch):
     model, tokenizer = model_and_tokenizer
     equations, solutions = rows[0][:23], rows[1][:23]
     whole = _average(model, tokenizer, equations, solutions, batch_size=23)
     forwards = []
-    monkeypatch.setattr(maps, "capture", lambda model, **inputs: forwards.append(len(inputs["input_ids"])) or capture(model, **inputs))
+    monkeypatch.setattr(maps, "capture", lambda model, **inputs: forwards.append(tuple(inputs["decoder_input_ids"].shape)) or capture(model, **inputs))
     batch = next(captured_batches(tokenizer, equations, solutions, ["?"] * 23, 23))
     layout = shape(model)
     assert layout == {"encoder": (2, 2), "decoder": (3, 2), "cross": (3, 2)}
-    q, k = batch["roles"]["decoder"].shape[1], batch["roles"]["encoder"].shape[1]
-    row_bytes = 4 * (2 * 2 * k * k + 3 * 2 * q * q + 3 * 2 * q * k)  # float32 maps of one row, every kind and layer
-    monkeypatch.setattr(maps, "ATTENTION_BYTES", 5 * row_bytes + 1)  # five rows a slice
-    assert [len(r["decoder"]) for _, r in attention_slices(batch, Analysis.sides, layout)] == [5, 5, 5, 5, 3]
+    maps_bytes = lambda q, k: 4 * (2 * 2 * k * k + 3 * 2 * q * q + 3 * 2 * q * k)  # noqa: E731 - float32 maps of one row, every kind and layer
+    length = {side: [int((r >= 0).sum()) for r in batch["roles"][side]] for side in ("encoder", "decoder")}  # sorted: shortest solution first
+    limit = 5 * maps_bytes(batch["roles"]["decoder"].shape[1], batch["roles"]["encoder"].shape[1]) + 1  # five of the longest rows
+    monkeypatch.setattr(maps, "ATTENTION_BYTES", limit)
+    slices, start = list(attention_slices(batch, Analysis.sides, layout)), 0
+    for inputs, roles in slices:
+        n, (q, k) = len(roles["decoder"]), (roles["decoder"].shape[1], roles["encoder"].shape[1])
+        rows_here = range(start, start + n)
+        # cut to its longest row: no token lost, no column of padding alone
+        assert (q, k) == (max(length["decoder"][i] for i in rows_here), max(length["encoder"][i] for i in rows_here))
+        assert torch.equal(inputs["decoder_input_ids"], batch["inputs"]["decoder_input_ids"][start : start + n, :q])
+        assert torch.equal(inputs["attention_mask"], batch["inputs"]["attention_mask"][start : start + n, :k])
+        assert torch.equal(roles["encoder"], batch["roles"]["encoder"][start : start + n, :k])
+        assert n == 1 or n * maps_bytes(q, k) <= limit  # within the limit, and as many rows as fit
+        if start + n < 23:
+            more = range(start, start + n + 1)
+            assert (n + 1) * maps_bytes(max(length["decoder"][i] for i in more), max(length["encoder"][i] for i in more)) > limit
+        start += n
+    assert start == 23 and len(slices) < 5  # every row once; short rows take more to a slice than the five longest
+    assert slices[0][1]["decoder"].shape[1] < batch["roles"]["decoder"].shape[1]  # the short rows' slice is narrower
     sliced = _average(model, tokenizer, equations, solutions, batch_size=23)
-    assert forwards == [5, 5, 5, 5, 3]
+    assert forwards == [tuple(inputs["decoder_input_ids"].shape) for inputs, _ in slices]
     for kind, average in whole.items():
         assert sliced[kind].examples == 23
         np.testing.assert_allclose(sliced[kind].position_mean, average.position_mean, atol=1e-6)

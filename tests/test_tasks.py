@@ -2,6 +2,7 @@
 run, and maps, heads, explain and the captured batches must hold up on it alike."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -124,6 +125,29 @@ def test_explain_and_serve_need_none_of_the_runs_data(run, tmp_path):
     result = explain(moved, GIVEN[name], tmp_path / "explain")
     assert result["lines"] and (tmp_path / "explain" / "example-explain" / "encoder-heads.png").exists()
     assert load_runs([moved])["moved"].task.n_rows == 0
+
+
+def test_the_default_figures_folder_is_named_after_the_run(run, tmp_path, monkeypatch):
+    """figures/<run>: the directory's name, or NAME for NAME/run (gpu-job's and figures/results/' layout),
+    so that two unpacked runs do not write into one folder."""
+    import shutil
+
+    from train.runs import figures_dir
+
+    name, run_dir = run
+    unpacked = tmp_path / "results" / f"{name}-job" / "run"
+    shutil.copytree(run_dir, unpacked, ignore=shutil.ignore_patterns("checkpoint*", "step-*"))
+    monkeypatch.chdir(tmp_path)
+    assert figures_dir(Path("runs/quadratic-tiny-seed0/")) == Path("figures/quadratic-tiny-seed0")
+    assert figures_dir(Path("results") / f"{name}-job" / "run") == Path("figures") / f"{name}-job"
+    monkeypatch.chdir(unpacked.parent)
+    assert figures_dir(Path("run")) == figures_dir(Path(".").resolve() / "run") == Path("figures") / f"{name}-job"
+    monkeypatch.chdir(unpacked)
+    assert figures_dir(Path(".")) == Path("figures") / f"{name}-job"  # "." is the run's directory: named, not ""
+    monkeypatch.chdir(tmp_path)
+    explain(Path("results") / f"{name}-job" / "run", GIVEN[name])
+    assert (tmp_path / "figures" / f"{name}-job" / "explain" / "example-explain" / "encoder-heads.png").exists()
+    assert not (tmp_path / "figures" / "run").exists()
 
 
 def test_heads_on_every_task(run, tmp_path):

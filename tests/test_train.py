@@ -16,7 +16,7 @@ from gen.equations import FORMATS, Ranges
 from train.config import PRESETS, load_yaml, resolve
 from train.engine import Interrupted, LengthGroupedBatches, extend, learning_rate_schedule, read_log, steady_step_seconds, steps_in_budget
 from train.metrics import character_accuracy, judge, quadratic_metrics
-from train.quadratic import build_tokenizer, collator, encode, evaluate_run, load_run, train_run
+from train.quadratic import build_tokenizer, collator, encode, evaluate_run, load_run, load_splits, train_run
 
 SMALL_RANGES = Ranges(a_lo=-5, a_hi=5, root_lo=-20, root_hi=20)
 
@@ -492,28 +492,31 @@ def test_config_reads_plain_numbers():
     assert (config.seed, config.batch_size, config.learning_rate, config.epochs, config.max_steps) == (7, 16, 3e-4, 2.0, 5)
 
 
-def test_a_run_records_its_dataset_says_how_to_make_it_again_and_refuses_another_format(tmp_path, data_dir, run_cli):
+def test_a_run_records_its_dataset_says_how_to_make_it_again_and_refuses_another_format(tmp_path, data_dir):
+    from cli import main
     from conftest import tiny_run
+    from train.runs import read_config
 
     data = tmp_path / "reversed-data"
-    options = GenOptions(rows=200, seed=3, format="reversed", ranges=SMALL_RANGES)
+    options = GenOptions(rows=60, seed=3, format="reversed", ranges=SMALL_RANGES)
     generate(options, data, workers=1)
-    run = tiny_run("quadratic", data, tmp_path, max_steps=2, eval_every=2)
+    run = tiny_run("quadratic", data, tmp_path, max_steps=1, eval_every=1)
     assert GenOptions.from_dict(json.loads((run / "dataset-card.json").read_text())["options"]) == options
 
     first = {name: split.to_dict() for name, split in datasets.load_from_disk(str(data)).items()}
     shutil.move(data, tmp_path / "moved away")
-    gone = run_cli("eval", run, "--limit", 3)
-    assert gone.returncode == 2 and len(gone.stderr.strip().splitlines()) == 1 and "Traceback" not in gone.stderr, gone.stderr
-    command = re.search(r"make it with `([^`]*)`", gone.stderr).group(1)
-    assert "--format reversed" in command and str(data) in command, command
-    made = run_cli(*shlex.split(command)[2:], "--workers", 1)
-    assert made.returncode == 0, made.stderr
+    with pytest.raises(QuadlabError, match="does not exist") as gone:  # what eval, maps, heads, probe and patch say
+        load_splits(read_config(run), run)
+    command = re.search(r"make it with `([^`]*)`", str(gone.value)).group(1)
+    assert "--format reversed" in command and "--rows 60" in command and str(data) in command, command
+    main(shlex.split(command)[2:] + ["--workers", "1"])
     assert {name: split.to_dict() for name, split in datasets.load_from_disk(str(data)).items()} == first
-    assert run_cli("eval", run, "--limit", 3).returncode == 0
+    assert len(load_splits(read_config(run), run)["test"]) == 12
 
     config = (run / "config.yaml").read_text()
     (run / "config.yaml").write_text(config.replace(f"data: {data}", f"data: {data_dir}"))  # the published format
-    other = run_cli("eval", run, "--limit", 3)
-    assert other.returncode == 2 and "published format" in other.stderr and "trained on reversed" in other.stderr, other.stderr
-    assert "--format reversed" in other.stderr and "--rows 250" in other.stderr  # that dataset's equations, in the run's format
+    with pytest.raises(QuadlabError) as other:
+        load_splits(read_config(run), run)
+    assert "published format" in str(other.value) and "trained on reversed" in str(other.value), other.value
+    assert "--format reversed" in str(other.value) and "--rows 250" in str(other.value)  # that dataset's equations, in the run's format
+    assert len(load_splits(read_config(run))["test"]) == 50  # training a new run on it is not refused
