@@ -69,6 +69,7 @@ def attention_slices(batch: dict, sides: dict, layout: dict, limit: int | None =
     def maps_bytes(width: dict) -> int:
         return sum(4 * layers * heads * width[sides[kind][0]] * width[sides[kind][1]] for kind, (layers, heads) in layout.items() if kind in sides)
 
+    side_of = lambda name: "decoder" if name.startswith("decoder_") else "encoder"  # noqa: E731 - the models' keyword names
     start = 0
     while start < rows:
         end, width = start + 1, {side: n[start] for side, n in lengths.items()}
@@ -77,7 +78,6 @@ def attention_slices(batch: dict, sides: dict, layout: dict, limit: int | None =
             if (end + 1 - start) * maps_bytes(wider) > limit:
                 break
             end, width = end + 1, wider
-        side_of = lambda name: "decoder" if name.startswith("decoder_") else "encoder"  # noqa: E731 - the models' keyword names
         yield ({name: t[start:end, : width[side_of(name)]] for name, t in batch["inputs"].items()},
                {side: r[start:end, : width[side]] for side, r in batch["roles"].items()})
         start = end

@@ -6,6 +6,7 @@ Run directory (`runs/quadratic-<preset>-seed<seed>` by default):
     tokenizer.json, tokenizer_config.json                      the character tokenizer (AutoTokenizer)
     config.yaml        the resolved training configuration (cli.py train --config config.yaml redoes it)
     environment.json   package versions, device, command line
+    dataset-card.json  the card.json of the dataset it was trained on (the gen options, for the command that remakes it)
     log.jsonl          one line per step and per evaluation; training_curve.png
     metrics.json       validation and test metrics; predictions.jsonl, one line per test equation
     checkpoint/, best/ the state for --resume, the best model while training
