@@ -62,13 +62,14 @@ def load_splits(config: TrainConfig, run_dir: Path | None = None):
     path = Path(config.data)
     elsewhere = "or point --data (for a run: `data:` in its config.yaml) at one"
     trained_on = recorded_options(Path(run_dir) / DATASET_CARD) if run_dir else None
+    written_with = recorded_options(path / "card.json")  # None where there is none: gone, or a dataset cut with `select`
     if not path.exists():
         remake = (f"make it with `{trained_on.command(path)}` (the options of the dataset {run_dir} was trained on, from its "
                   f"{DATASET_CARD}), {elsewhere}" if trained_on else
                   f"make it with `python cli.py gen --out {path}` and the options it was made with (the same options give "
                   f"the same rows), {elsewhere}")
     elif (path / "card.json").is_file():  # written by `cli.py gen`, then damaged: safe to replace, with the options it had
-        made_with = trained_on or recorded_options(path / "card.json")
+        made_with = trained_on or written_with
         remake = f"make it again with `{made_with.command(path) if made_with else f'python cli.py gen --out {path}'} --overwrite`, {elsewhere}"
     else:  # something else, which a hint must not tell anyone to overwrite
         remake = "point --data (for a run: `data:` in its config.yaml) at a directory made by `python cli.py gen --out DIR`"
@@ -90,7 +91,6 @@ def load_splits(config: TrainConfig, run_dir: Path | None = None):
         raise
     except Exception as err:  # a damaged directory: whatever the library raises, said in one line
         raise QuadlabError(f"the dataset at {path} is damaged: it cannot be loaded ({type(err).__name__}); {remake}") from None
-    written_with = recorded_options(path / "card.json")  # None for a dataset cut with `select`: nothing to compare
     if trained_on and written_with and written_with.format != trained_on.format:  # every grade and map would mix two formats
         same_rows = dataclasses.replace(written_with, format=trained_on.format)
         raise QuadlabError(f"the solutions in {path} are in the {written_with.format} format, but {run_dir} was trained on "
