@@ -86,6 +86,54 @@ def capture(model, input_ids, attention_mask, decoder_input_ids=None, decoder_at
     return result
 
 
+# A forward pass's attention maps, all kinds and layers, at most this many bytes on a CPU (on a GPU,
+# an eighth of its free memory): averaging holds about three copies and head statistics more, so a
+# batch of 256 long solutions (the reversed format's 370 labels, 32 heads) would need 13 GB; such
+# batches go through in slices. Small slices are also faster on a CPU: every large tensor is fresh
+# memory from the kernel, and at 1 GiB half the time went to page faults (BENCHMARKS.md).
+ATTENTION_BYTES = 128 << 20
+
+
+def batch_slices(batch: dict, sides: dict, layout: dict, device=None, limit: int | None = None):
+    """A captured batch (train/tasks.py), or a batch of model inputs alone, in slices of consecutive
+    rows, each a batch of the same kind, whose attention maps take at most `limit` bytes in float32
+    (ATTENTION_BYTES on a CPU, an eighth of the free memory of `device` on a GPU), at least one row a
+    slice, each cut to its longest row on each side: rows are padded on the right and the tasks sort
+    them by length, so the short rows of a batch do not pay for its longest (the padding's maps
+    would be computed, then masked away). Tensors of one entry a row (class labels) and lists are
+    cut by rows only.
+    `layout`: {kind: (layers, heads)}."""
+    if limit is None:
+        cuda = device is not None and torch.device(device).type == "cuda"
+        limit = torch.cuda.mem_get_info(device)[0] // 8 if cuda else ATTENTION_BYTES
+    # a row's length on a side: one past its last unmasked token
+    masks = {side: batch["inputs"][name] for side, name in (("encoder", "attention_mask"), ("decoder", "decoder_attention_mask")) if name in batch["inputs"]}
+    lengths = {side: (m.bool() * torch.arange(1, m.shape[1] + 1)).amax(dim=1).tolist() for side, m in masks.items()}
+    rows = len(next(iter(lengths.values())))
+
+    def maps_bytes(width: dict) -> int:
+        return sum(4 * layers * heads * width[sides[kind][0]] * width[sides[kind][1]] for kind, (layers, heads) in layout.items() if kind in sides)
+
+    def cut(value, name: str, start: int, end: int, width: dict):
+        if isinstance(value, dict):  # {side: ...}, or the model's keyword arguments
+            return {key: cut(v, key, start, end, width) for key, v in value.items()}
+        side = "decoder" if name in ("decoder", "labels") or name.startswith("decoder_") else "encoder"
+        if isinstance(value, torch.Tensor) and value.dim() > 1:
+            return value[start:end, : width.get(side)]
+        return value[start:end]  # one entry a row: classes, row indices, unpadded tokens
+
+    start = 0
+    while start < rows:
+        end, width = start + 1, {side: n[start] for side, n in lengths.items()}
+        while end < rows:
+            wider = {side: max(width[side], n[end]) for side, n in lengths.items()}
+            if (end + 1 - start) * maps_bytes(wider) > limit:
+                break
+            end, width = end + 1, wider
+        yield {key: cut(value, key, start, end, width) for key, value in batch.items()}
+        start = end
+
+
 def layer_token_summary(attention: torch.Tensor, q_len: int, k_len: int) -> np.ndarray:
     """One example (L, H, Q, K): attention each key token receives per layer, summed over heads and
     averaged over the (valid) queries: (L, k_len)."""

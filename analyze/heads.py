@@ -31,7 +31,7 @@ import torch
 
 from analyze import figures, head_stats, interventions
 from analyze.report import METRIC_TITLES, write_report
-from analyze.attention import AttentionAverage, capture
+from analyze.attention import AttentionAverage, batch_slices, capture
 from gen import QuadlabError, swap_in
 
 
@@ -42,10 +42,12 @@ from gen import QuadlabError, swap_in
 
 def stream(task, model, batches: list[dict], progress: bool, with_attention: bool = True) -> dict:
     """One pass over the batches: per kind the per-map features, role averages, JS sums, symbol
-    shares, rollout (encoder) and the context-vector variance."""
+    shares, rollout (encoder) and the context-vector variance. Each batch runs in slices of at most
+    analyze.attention.ATTENTION_BYTES of maps (a CPU): the JS sums hold several copies of a kind's maps."""
     from tqdm import tqdm
 
     device = next(model.parameters()).device
+    layout = interventions.shape(model)
     variance = interventions.ContextVariance(model)
     found = {kind: {"features": [], "queries": [], "js": None, "js_queries": 0, "shares": {}, "baselines": {},
                     "average": AttentionAverage(task.roles[task.sides[kind][0]], task.roles[task.sides[kind][1]])} for kind in task.kinds}
@@ -53,39 +55,40 @@ def stream(task, model, batches: list[dict], progress: bool, with_attention: boo
     classes, first_example = [], None
     with variance:
         for batch in tqdm(batches, desc="heads", unit="batch", disable=None if progress else True):
-            variance.query_masks = task.query_masks(batch)
-            inputs = {k: v.to(device) for k, v in batch["inputs"].items()}
             if not with_attention:
+                variance.query_masks = task.query_masks(batch)
                 with torch.no_grad():
-                    model(**inputs)
+                    model(**{k: v.to(device) for k, v in batch["inputs"].items()})
                 continue
-            captured = capture(model, **inputs)
-            classes += batch["classes"]
-            for kind, (attention, q_mask, k_mask) in captured.items():
-                q_side, k_side = task.sides[kind]
-                q_roles, k_roles = batch["roles"][q_side].to(device), batch["roles"][k_side].to(device)
-                f = found[kind]
-                f["features"].append(head_stats.map_features(attention, q_mask, k_mask, batch["segments"][k_side].to(device),
-                                                             positional=kind != "cross", causal=kind == "decoder").permute(1, 0, 2, 3).cpu())
-                f["queries"].append(q_mask.sum(dim=1).cpu())
-                f["average"].add(attention, q_mask, k_mask, q_roles, k_roles)
-                js = head_stats.js_divergence_sums(attention, q_mask)
-                f["js"] = js if f["js"] is None else f["js"] + js
-                f["js_queries"] += int(q_mask.sum())
-                key_roles = task.roles[k_side]
-                sets = {s: [key_roles.index(s)] for s in task.symbols if s in key_roles}
-                sets["all"] = [i for v in sets.values() for i in v]
-                for name, indices in sets.items():
-                    keys = torch.isin(k_roles, torch.tensor(indices, device=device))
-                    share, baseline = head_stats.symbol_share(attention, q_mask, k_mask, keys, causal=kind == "decoder")
-                    f["shares"].setdefault(name, []).append(share.T.cpu())
-                    f["baselines"].setdefault(name, []).append(baseline.cpu())
-                if kind == "encoder":
-                    r = head_stats.rollout(attention, k_mask)
-                    rollout_average.add(r[:, :, None], q_mask, k_mask, q_roles, k_roles)
-                    if first_example is None:
-                        n = int(k_mask[0].sum())
-                        first_example = {"tokens": batch["tokens"]["encoder"][0][:n], "rollout": r[:, 0, :n, :n].cpu().numpy()}
+            for part in batch_slices(batch, task.sides, layout, device):
+                variance.query_masks = task.query_masks(part)
+                captured = capture(model, **{k: v.to(device) for k, v in part["inputs"].items()})
+                classes += part["classes"]
+                for kind, (attention, q_mask, k_mask) in captured.items():
+                    q_side, k_side = task.sides[kind]
+                    q_roles, k_roles = part["roles"][q_side].to(device), part["roles"][k_side].to(device)
+                    f = found[kind]
+                    f["features"].append(head_stats.map_features(attention, q_mask, k_mask, part["segments"][k_side].to(device),
+                                                                 positional=kind != "cross", causal=kind == "decoder").permute(1, 0, 2, 3).cpu())
+                    f["queries"].append(q_mask.sum(dim=1).cpu())
+                    f["average"].add(attention, q_mask, k_mask, q_roles, k_roles)
+                    js = head_stats.js_divergence_sums(attention, q_mask, causal=kind == "decoder")
+                    f["js"] = js if f["js"] is None else f["js"] + js
+                    f["js_queries"] += int(q_mask.sum())
+                    key_roles = task.roles[k_side]
+                    sets = {s: [key_roles.index(s)] for s in task.symbols if s in key_roles}
+                    sets["all"] = [i for v in sets.values() for i in v]
+                    for name, indices in sets.items():
+                        keys = torch.isin(k_roles, torch.tensor(indices, device=device))
+                        share, baseline = head_stats.symbol_share(attention, q_mask, k_mask, keys, causal=kind == "decoder")
+                        f["shares"].setdefault(name, []).append(share.T.cpu())
+                        f["baselines"].setdefault(name, []).append(baseline.cpu())
+                    if kind == "encoder":
+                        r = head_stats.rollout(attention, k_mask)
+                        rollout_average.add(r[:, :, None], q_mask, k_mask, q_roles, k_roles)
+                        if first_example is None:
+                            n = int(k_mask[0].sum())
+                            first_example = {"tokens": part["tokens"]["encoder"][0][:n], "rollout": r[:, 0, :n, :n].cpu().numpy()}
     if not with_attention:
         return {"variance": variance.result()}
     out = {"classes": classes, "variance": variance.result(), "rollout_average": rollout_average, "rollout_example": first_example}
@@ -105,7 +108,8 @@ def head_table(features: np.ndarray, queries: np.ndarray) -> np.ndarray:
 
 def gradient_importance(task, model, batches: list[dict], progress: bool) -> dict:
     """E|dL/dxi| per head: every row has its own gates, so one backward pass gives each example's
-    gradient (row b's loss depends only on row b's gates)."""
+    gradient (row b's loss depends only on row b's gates). Batches run in slices, as in `stream`:
+    the backward pass keeps every layer's maps."""
     from tqdm import tqdm
 
     layout = interventions.shape(model)
@@ -114,14 +118,15 @@ def gradient_importance(task, model, batches: list[dict], progress: bool) -> dic
     rows = 0
     model.eval()
     for batch in tqdm(batches, desc="gradients", unit="batch", disable=None if progress else True):
-        n = batch["inputs"]["input_ids"].shape[0]
-        gates = {kind: torch.ones(n, *shape, device=device, requires_grad=True) for kind, shape in layout.items()}
-        with interventions.gated(model, gates):
-            losses = task.row_losses(model, batch)
-        grads = torch.autograd.grad(losses.sum(), list(gates.values()))
-        for kind, g in zip(gates, grads):
-            sums[kind] += g.abs().sum(dim=0).double().cpu()
-        rows += n
+        for part in batch_slices(batch, task.sides, layout, device):
+            n = part["inputs"]["input_ids"].shape[0]
+            gates = {kind: torch.ones(n, *shape, device=device, requires_grad=True) for kind, shape in layout.items()}
+            with interventions.gated(model, gates):
+                losses = task.row_losses(model, part)
+            grads = torch.autograd.grad(losses.sum(), list(gates.values()))
+            for kind, g in zip(gates, grads):
+                sums[kind] += g.abs().sum(dim=0).double().cpu()
+            rows += n
     return {kind: (s / max(rows, 1)).numpy() for kind, s in sums.items()}
 
 

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from analyze import figures
-from analyze.attention import AttentionAverage, capture, layer_token_summary
+from analyze.attention import AttentionAverage, batch_slices, capture, layer_token_summary
 from gen import QuadlabError, swap_in
 
 
@@ -47,45 +47,9 @@ def example_maps(model, sides: dict, example: dict) -> dict:
     return out
 
 
-# A forward pass's attention maps, all kinds and layers, at most this many bytes on a CPU (on a GPU,
-# an eighth of its free memory): averaging holds about three copies, so a batch of 256 long
-# solutions (the reversed format's 370 labels, 32 heads) would need 13 GB; such batches go
-# through in slices. Small slices are also faster on a CPU: every large tensor is fresh memory
-# from the kernel, and at 1 GiB half the time went to page faults (BENCHMARKS.md).
-ATTENTION_BYTES = 128 << 20
-
-
-def attention_slices(batch: dict, sides: dict, layout: dict, limit: int | None = None):
-    """(inputs, roles) of `batch` in slices of consecutive rows whose attention maps take at most
-    `limit` (ATTENTION_BYTES) bytes in float32, at least one row a slice, each slice cut to its
-    longest row on each side: rows are padded on the right and the tasks sort them by length, so
-    the short rows of a batch do not pay for its longest (the padding's maps would be computed,
-    then masked away). `layout`: {kind: (layers, heads)}."""
-    limit = limit or ATTENTION_BYTES
-    # a row's length on a side: one past its last token with a role (padding has role -1)
-    lengths = {side: ((r >= 0) * torch.arange(1, r.shape[1] + 1)).amax(dim=1).tolist() for side, r in batch["roles"].items()}
-    rows = len(next(iter(lengths.values())))
-
-    def maps_bytes(width: dict) -> int:
-        return sum(4 * layers * heads * width[sides[kind][0]] * width[sides[kind][1]] for kind, (layers, heads) in layout.items() if kind in sides)
-
-    side_of = lambda name: "decoder" if name.startswith("decoder_") else "encoder"  # noqa: E731 - the models' keyword names
-    start = 0
-    while start < rows:
-        end, width = start + 1, {side: n[start] for side, n in lengths.items()}
-        while end < rows:
-            wider = {side: max(width[side], n[end]) for side, n in lengths.items()}
-            if (end + 1 - start) * maps_bytes(wider) > limit:
-                break
-            end, width = end + 1, wider
-        yield ({name: t[start:end, : width[side_of(name)]] for name, t in batch["inputs"].items()},
-               {side: r[start:end, : width[side]] for side, r in batch["roles"].items()})
-        start = end
-
-
 def dataset_average(model, batches, sides: dict, roles: dict, progress: bool = False) -> dict:
     """{kind: AttentionAverage} over captured batches (train/tasks.py), streamed: memory does not
-    grow with their number, nor past ATTENTION_BYTES with their size."""
+    grow with their number, nor past analyze.attention.ATTENTION_BYTES with their size."""
     from tqdm import tqdm
 
     from analyze.interventions import shape
@@ -93,14 +57,13 @@ def dataset_average(model, batches, sides: dict, roles: dict, progress: bool = F
     averages = {}
     device = next(model.parameters()).device
     layout = shape(model)
-    limit = torch.cuda.mem_get_info(device)[0] // 8 if device.type == "cuda" else None
     for batch in tqdm(batches, desc="average", unit="batch", disable=None if progress else True):
-        for inputs, batch_roles in attention_slices(batch, sides, layout, limit):
-            for kind, (attention, q_mask, k_mask) in capture(model, **_on(device, inputs)).items():
+        for part in batch_slices(batch, sides, layout, device):
+            for kind, (attention, q_mask, k_mask) in capture(model, **_on(device, part["inputs"])).items():
                 q_side, k_side = sides[kind]
                 if kind not in averages:
                     averages[kind] = AttentionAverage(roles[q_side], roles[k_side])
-                averages[kind].add(attention, q_mask, k_mask, batch_roles[q_side].to(device), batch_roles[k_side].to(device))
+                averages[kind].add(attention, q_mask, k_mask, part["roles"][q_side].to(device), part["roles"][k_side].to(device))
     return averages
 
 

@@ -6,7 +6,7 @@ For the same run and the same test rows (teacher-forced on the reference solutio
 - average: `analyze.maps.dataset_average` (the forward pass plus the streaming sums);
 - naive: the forward pass, every example's maps kept (cropped to its length), averaged at the end;
 - average-whole: `dataset_average` with every batch in one forward pass, as before batches were
-  sliced to ATTENTION_BYTES of maps (the baseline of the slicing);
+  sliced to analyze.attention.ATTENTION_BYTES of maps (the baseline of the slicing);
 - average-1gib: `dataset_average` with the slicing of 2026-12-04 to 2026-12-05 (slices of 1 GiB of
   maps, every slice as wide as its batch), the baseline of slices cut to their rows and of 128 MiB.
 Each mode runs in a fresh process, so that its peak resident memory (ru_maxrss) is its own;
@@ -36,19 +36,17 @@ def _rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _slices_before(batch: dict, sides: dict, layout: dict, limit: int | None = None):
-    """analyze.maps.attention_slices before 2026-12-06: as many rows a slice as fit at the batch's
-    width, every slice as wide as the batch."""
-    from analyze import maps
-
-    limit = limit or maps.ATTENTION_BYTES
+def _slices_before(batch: dict, sides: dict, layout: dict, device=None, limit: int | None = None):
+    """analyze.attention.batch_slices before 2026-12-06: as many rows a slice as fit at the batch's
+    width (1 GiB of maps), every slice as wide as the batch."""
+    limit = limit or 1 << 30
     width = {side: roles.shape[1] for side, roles in batch["roles"].items()}
     row_bytes = sum(4 * layers * heads * width[sides[kind][0]] * width[sides[kind][1]] for kind, (layers, heads) in layout.items() if kind in sides)
     rows = len(next(iter(batch["roles"].values())))
     step = max(1, limit // max(row_bytes, 1))
     for start in range(0, rows, step):
         cut = slice(start, start + step)
-        yield ({name: t[cut] for name, t in batch["inputs"].items()}, {side: r[cut] for side, r in batch["roles"].items()})
+        yield {"inputs": {name: t[cut] for name, t in batch["inputs"].items()}, "roles": {side: r[cut] for side, r in batch["roles"].items()}}
 
 
 def measure(run: str, rows: int, mode: str, batch_size: int) -> dict:
@@ -71,9 +69,9 @@ def measure(run: str, rows: int, mode: str, batch_size: int) -> dict:
         from analyze import maps
 
         if mode == "average-whole":
-            maps.ATTENTION_BYTES = 1 << 62
+            maps.batch_slices = lambda batch, *_: [batch]
         elif mode == "average-1gib":
-            maps.ATTENTION_BYTES, maps.attention_slices = 1 << 30, _slices_before
+            maps.batch_slices = _slices_before
         dataset_average(model, captured_batches(tokenizer, equations, solutions, ["?"] * len(equations), batch_size), Analysis.sides, Analysis.roles)
     else:
         order = sorted(range(len(equations)), key=lambda i: len(solutions[i]))

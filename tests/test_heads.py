@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from analyze import head_stats, interventions
+from analyze.attention import capture
 from analyze.head_stats import FEATURES, PATTERNS, classify, js_divergence_sums, map_features, mean_ci, pearson, rollout, symbol_share
 
 
@@ -112,6 +113,12 @@ def test_jensen_shannon_sums_equal_the_textbook_formula_with_padding():
 
     expected = torch.stack([torch.stack([(js(rows[i], rows[j]) * q_mask).sum() for j in range(8)]) for i in range(8)])
     np.testing.assert_allclose(js_divergence_sums(a, q_mask).numpy(), expected.numpy(), atol=1e-5)
+    # causal maps (0 after each query): the chunks that skip those keys give the same sums
+    causal = torch.softmax(torch.randn(2, 3, 4, 11, 11).masked_fill(~torch.ones(11, 11, dtype=torch.bool).tril(), float("-inf")), dim=-1)
+    q_mask = torch.ones(3, 11, dtype=torch.bool)
+    q_mask[2, 7:] = False
+    np.testing.assert_allclose(js_divergence_sums(causal, q_mask, causal=True).numpy(), js_divergence_sums(causal, q_mask).numpy(), atol=1e-5)
+    assert js_divergence_sums(causal, q_mask).max() > 1  # not all zeros
 
 
 def test_rollout_on_a_two_layer_hand_example():
@@ -333,7 +340,7 @@ def test_ablations_decode_fewer_copies_at_once_when_the_cache_would_not_fit(run_
     assert quadratic.cache_rows(model, input_ids.shape[1]) == 1
 
 
-def test_gradient_importance_per_row_equals_one_example_at_a_time(run_with_checkpoints):
+def test_gradient_importance_per_row_equals_one_example_at_a_time(run_with_checkpoints, monkeypatch):
     from analyze.heads import gradient_importance
     from train.runs import analysis
 
@@ -342,6 +349,47 @@ def test_gradient_importance_per_row_equals_one_example_at_a_time(run_with_check
     singles = [gradient_importance(task, task.model, [b], progress=False) for b in list(task.batches(1))]
     for kind in batched:
         np.testing.assert_allclose(batched[kind], np.mean([s[kind] for s in singles], axis=0), rtol=1e-4, atol=1e-7)
+    monkeypatch.setattr("analyze.attention.ATTENTION_BYTES", 1)  # a row a slice: the batch's six backward passes
+    losses = []
+    row_losses = task.row_losses
+    monkeypatch.setattr(task, "row_losses", lambda model, batch: losses.append(batch["labels"].shape) or row_losses(model, batch))
+    sliced = gradient_importance(task, task.model, list(task.batches(6)), progress=False)
+    assert len(losses) == 6 and all(shape[0] == 1 for shape in losses)
+    for kind in batched:
+        np.testing.assert_allclose(sliced[kind], batched[kind], rtol=1e-4, atol=1e-7)
+
+
+def test_the_statistics_pass_in_slices_equals_whole_batches(run_with_checkpoints, monkeypatch):
+    from analyze import heads
+    from train.runs import analysis
+
+    task = analysis(run_with_checkpoints, "heads", limit=12, eval_limit=1)
+    model = task.model.eval()
+    batches = list(task.batches(12))
+    forwards = []
+    monkeypatch.setattr(heads, "capture", lambda model, **inputs: forwards.append(inputs["input_ids"].shape[0]) or capture(model, **inputs))
+    whole = heads.stream(task, model, batches, progress=False)
+    assert forwards == [12]
+    layout = interventions.shape(model)
+    widths = {side: r.shape[1] for side, r in batches[0]["roles"].items()}
+    monkeypatch.setattr("analyze.attention.ATTENTION_BYTES", 3 * sum(4 * l * h * widths[task.sides[k][0]] * widths[task.sides[k][1]] for k, (l, h) in layout.items()))
+    forwards.clear()
+    sliced = heads.stream(task, model, batches, progress=False)
+    assert sum(forwards) == 12 and 3 <= len(forwards) < 12  # three of the longest rows a slice, more of the short ones
+    assert sliced["classes"] == whole["classes"]
+    for kind in task.kinds:
+        a, b = sliced[kind], whole[kind]
+        np.testing.assert_allclose(a["features"], b["features"], atol=1e-5)  # row by row, in the same order
+        np.testing.assert_array_equal(a["queries"], b["queries"])
+        np.testing.assert_allclose(a["js"], b["js"], atol=1e-6)
+        for name in b["shares"]:
+            np.testing.assert_allclose(a["shares"][name], b["shares"][name], atol=1e-6)
+            np.testing.assert_allclose(a["baselines"][name], b["baselines"][name], atol=1e-6)
+        np.testing.assert_allclose(a["average"].role_mean, b["average"].role_mean, atol=1e-6)
+        for name, value in whole["variance"][kind].items():
+            np.testing.assert_allclose(sliced["variance"][kind][name], value, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(sliced["rollout_average"].position_mean, whole["rollout_average"].position_mean, atol=1e-6)
+    np.testing.assert_allclose(sliced["rollout_example"]["rollout"], whole["rollout_example"]["rollout"], atol=1e-6)
 
 
 @pytest.fixture(scope="module")

@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 import torch
 
-from analyze.attention import AttentionAverage, AttentionUnavailable, capture
+from analyze.attention import AttentionAverage, AttentionUnavailable, batch_slices, capture
 from analyze.interventions import shape
 from analyze import maps
-from analyze.maps import attention_slices, dataset_average, example_maps, explain, render_maps
+from analyze.maps import dataset_average, example_maps, explain, render_maps
 from conftest import offline_dom
 from gen import QuadlabError
 from gen.dataset import GenOptions, build_splits, generate
@@ -107,9 +107,10 @@ def test_batches_too_large_for_memory_are_averaged_in_slices_cut_to_their_rows_w
     maps_bytes = lambda q, k: 4 * (2 * 2 * k * k + 3 * 2 * q * q + 3 * 2 * q * k)  # noqa: E731 - float32 maps of one row, every kind and layer
     length = {side: [int((r >= 0).sum()) for r in batch["roles"][side]] for side in ("encoder", "decoder")}  # sorted: shortest solution first
     limit = 5 * maps_bytes(batch["roles"]["decoder"].shape[1], batch["roles"]["encoder"].shape[1]) + 1  # five of the longest rows
-    monkeypatch.setattr(maps, "ATTENTION_BYTES", limit)
-    slices, start = list(attention_slices(batch, Analysis.sides, layout)), 0
-    for inputs, roles in slices:
+    monkeypatch.setattr("analyze.attention.ATTENTION_BYTES", limit)
+    slices, start = list(batch_slices(batch, Analysis.sides, layout)), 0
+    for part in slices:
+        inputs, roles = part["inputs"], part["roles"]
         n, (q, k) = len(roles["decoder"]), (roles["decoder"].shape[1], roles["encoder"].shape[1])
         rows_here = range(start, start + n)
         # cut to its longest row: no token lost, no column of padding alone
@@ -117,20 +118,31 @@ def test_batches_too_large_for_memory_are_averaged_in_slices_cut_to_their_rows_w
         assert torch.equal(inputs["decoder_input_ids"], batch["inputs"]["decoder_input_ids"][start : start + n, :q])
         assert torch.equal(inputs["attention_mask"], batch["inputs"]["attention_mask"][start : start + n, :k])
         assert torch.equal(roles["encoder"], batch["roles"]["encoder"][start : start + n, :k])
+        # every field of a captured batch comes along, cut alike
+        assert torch.equal(part["segments"]["decoder"], batch["segments"]["decoder"][start : start + n, :q])
+        assert torch.equal(part["labels"], batch["labels"][start : start + n, :q])
+        assert part["rows"] == batch["rows"][start : start + n] and part["classes"] == batch["classes"][start : start + n]
+        assert part["tokens"]["decoder"] == batch["tokens"]["decoder"][start : start + n]
         assert n == 1 or n * maps_bytes(q, k) <= limit  # within the limit, and as many rows as fit
         if start + n < 23:
             more = range(start, start + n + 1)
             assert (n + 1) * maps_bytes(max(length["decoder"][i] for i in more), max(length["encoder"][i] for i in more)) > limit
         start += n
     assert start == 23 and len(slices) < 5  # every row once; short rows take more to a slice than the five longest
-    assert slices[0][1]["decoder"].shape[1] < batch["roles"]["decoder"].shape[1]  # the short rows' slice is narrower
+    assert slices[0]["roles"]["decoder"].shape[1] < batch["roles"]["decoder"].shape[1]  # the short rows' slice is narrower
     sliced = _average(model, tokenizer, equations, solutions, batch_size=23)
-    assert forwards == [tuple(inputs["decoder_input_ids"].shape) for inputs, _ in slices]
+    assert forwards == [tuple(part["inputs"]["decoder_input_ids"].shape) for part in slices]
     for kind, average in whole.items():
         assert sliced[kind].examples == 23
         np.testing.assert_allclose(sliced[kind].position_mean, average.position_mean, atol=1e-6)
         np.testing.assert_allclose(sliced[kind].role_mean, average.role_mean, atol=1e-6)
-    assert len(list(attention_slices(batch, Analysis.sides, layout, limit=1))) == 23  # at least a row a slice
+    assert len(list(batch_slices(batch, Analysis.sides, layout, limit=1))) == 23  # at least a row a slice
+    # a batch of model inputs alone (an encoder task's gradient batches): widths from the masks, labels by rows
+    inputs = {"input_ids": torch.arange(12).reshape(3, 4), "attention_mask": torch.tensor([[1, 1, 0, 0], [1, 1, 1, 0], [1, 1, 1, 1]]),
+              "labels": torch.tensor([5, 6, 7])}
+    parts = list(batch_slices({"inputs": inputs}, {"encoder": ("encoder", "encoder")}, {"encoder": (1, 1)}, limit=4 * 2 * 3 * 3))
+    assert [tuple(p["inputs"]["input_ids"].shape) for p in parts] == [(2, 3), (1, 4)]
+    assert [p["inputs"]["labels"].tolist() for p in parts] == [[5, 6], [7]]
 
 
 def test_average_rows_sum_to_one_and_padding_never_leaks(model_and_tokenizer, rows):
