@@ -113,12 +113,13 @@ def js_divergence_sums(attention: torch.Tensor, q_mask: torch.Tensor, causal: bo
     valid = q_mask[None].double()
     out = torch.zeros(layers * heads, layers * heads, dtype=torch.float64, device=attention.device)
     chunks = CAUSAL_CHUNKS if causal else 1
-    edges = [q * i // chunks for i in range(chunks + 1)]
+    edges = sorted({q * i // chunks for i in range(chunks + 1)})  # no empty chunk when q < chunks
     mixed = torch.empty(rows.numel(), device=rows.device)  # the mixtures, in place: fresh memory costs page faults on a CPU
     for p in range(layers * heads):  # the upper triangle; JS is symmetric
         for lo, hi in zip(edges, edges[1:]):
             keys = hi if causal else k
-            m = torch.add(rows[p:, :, lo:hi, :keys], rows[p, :, lo:hi, :keys], out=mixed[: (layers * heads - p) * batch * (hi - lo) * keys].view(-1, batch, hi - lo, keys))
+            shape = (layers * heads - p, batch, hi - lo, keys)
+            m = torch.add(rows[p:, :, lo:hi, :keys], rows[p, :, lo:hi, :keys], out=mixed[: shape[0] * batch * (hi - lo) * keys].view(shape))
             js = -m.mul_(0.5).xlogy_(m).sum(dim=-1) - (own[p, :, lo:hi] + own[p:, :, lo:hi]) / 2
             out[p, p:] += (js.clamp(min=0).double() * valid[:, :, lo:hi]).sum(dim=(1, 2))
     return torch.triu(out, diagonal=1) + torch.triu(out).T

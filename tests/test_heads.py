@@ -119,6 +119,8 @@ def test_jensen_shannon_sums_equal_the_textbook_formula_with_padding():
     q_mask[2, 7:] = False
     np.testing.assert_allclose(js_divergence_sums(causal, q_mask, causal=True).numpy(), js_divergence_sums(causal, q_mask).numpy(), atol=1e-5)
     assert js_divergence_sums(causal, q_mask).max() > 1  # not all zeros
+    short = causal[:, :, :, :2, :2] / causal[:, :, :, :2, :2].sum(dim=-1, keepdim=True)  # fewer queries than chunks
+    np.testing.assert_allclose(js_divergence_sums(short, q_mask[:, :2], causal=True).numpy(), js_divergence_sums(short, q_mask[:, :2]).numpy(), atol=1e-6)
 
 
 def test_rollout_on_a_two_layer_hand_example():
