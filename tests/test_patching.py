@@ -193,6 +193,22 @@ def test_batched_patching_equals_one_patch_at_a_time(task):
                     assert float(batched["patched"][name][p, layer, t]) == pytest.approx(float(single[name][0]), abs=1e-8)
 
 
+def test_nothing_to_restore_says_whether_the_model_is_unsure_or_the_prefix_decides():
+    def summary(clean, corrupted, side="encoder"):
+        score = {"pairs_used": 0, "pairs_dropped": 20, "mean": [[None]], "ci": [[[None, None]]], "roles": ["a"],
+                 "clean_mean": clean, "corrupted_mean": corrupted}
+        result = {"scores": {"D digits": score}, "layers": ["embeddings"], "settings": {"tolerance_nats": patching.TOLERANCE, "side": side}}
+        return patching.summary_lines(result)[0]
+
+    # the best model on padded-d-plain: both runs write the clean D (its work is in the prefix)
+    worked = summary(-0.0009, -0.0014)
+    assert "teacher-forced prefix" in worked and "--side decoder" in worked and "-0.001 against -0.001" in worked
+    assert "train it longer" not in worked
+    assert "--side decoder" not in summary(-0.0009, -0.0014, side="decoder") and "not the decoder" in summary(-0.0009, -0.0014, side="decoder")
+    unsure = summary(-2.3, -2.35)  # a barely trained model: neither run is sure of the clean answer
+    assert "train it longer" in unsure and "prefix" not in unsure
+
+
 def test_patch_end_to_end(run, run_cli, tmp_path):
     out = tmp_path / "figs"
     done = run_cli("patch", run, "--pairs", 10, "--batch-size", 50, "--seed", 1, "--out", out, timeout=300)
