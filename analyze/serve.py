@@ -60,9 +60,10 @@ def finished_runs(root: Path = Path("runs")) -> list[Path]:
 
 
 def load_runs(run_dirs: list[Path], skip_broken: bool = False, warn=print) -> dict[str, Served]:
-    """{name: Served} for the run directories (named by their folder, made unique). A run that
-    cannot be opened is an error, or with `skip_broken` (the runs found under runs/) a warning."""
-    from train.runs import analysis
+    """{name: Served} for the run directories (named as their figures folder: the folder's name, or
+    NAME for NAME/run; made unique). A run that cannot be opened is an error, or with `skip_broken`
+    (the runs found under runs/) a warning."""
+    from train.runs import analysis, figures_dir
 
     served = {}
     for run_dir in run_dirs:
@@ -73,9 +74,10 @@ def load_runs(run_dirs: list[Path], skip_broken: bool = False, warn=print) -> di
                 raise
             warn(f"quadlab serve: skipping {run_dir}: {err}")
             continue
-        name, n = Path(run_dir).name, 2
+        base = figures_dir(run_dir).name
+        name, n = base, 2
         while name in served:
-            name, n = f"{Path(run_dir).name}-{n}", n + 1
+            name, n = f"{base}-{n}", n + 1
         served[name] = Served(name, Path(run_dir), task)
     if not served:
         raise QuadlabError("no run to serve: give run directories (e.g. `python cli.py serve runs/quadratic-tiny-seed0`) "

@@ -61,6 +61,16 @@ def test_runs_are_listed_with_their_inputs_and_limits(client):
     assert listed["quadratic"]["kinds"] == ["encoder", "decoder", "cross"] and listed["squad"]["kinds"] == ["encoder"]
 
 
+def test_runs_in_the_name_run_layout_are_served_by_their_name(run_dirs, tmp_path):
+    import shutil
+
+    for parent in ("x/alpha", "y/alpha", "beta"):  # gpu-job and figures/results/ keep a run as NAME/run
+        shutil.copytree(run_dirs["quadratic"], tmp_path / parent / "run")
+    served = load_runs([tmp_path / "x/alpha/run", tmp_path / "y/alpha/run", tmp_path / "beta/run", run_dirs["quadratic"]])
+    assert list(served) == ["alpha", "alpha-2", "beta", "quadratic"]  # as their figures folders are named; not run, run-2, ...
+    assert served["alpha-2"].run_dir == tmp_path / "y/alpha/run"
+
+
 @pytest.mark.parametrize("name", list(tasks.TASKS))
 def test_each_task_answers_with_its_attention_arrays(client, served, name):
     response = client.post(f"/api/run/{name}", json=GIVEN[name])
