@@ -312,14 +312,13 @@ def summary_lines(result: dict, top: int = 3) -> list[str]:
         best = "; ".join(f"{result['layers'][l]} {s['roles'][r]} {m:.2f} [{number(s['ci'][l][r][0]):.2f}, {number(s['ci'][l][r][1]):.2f}]"
                          for m, l, r in cells)
         tolerance = result["settings"]["tolerance_nats"]
-        if not s["pairs_used"] and s["corrupted_mean"] > CERTAIN:
-            # both runs write the clean answer almost surely: what decides it is in the prefix both read, not where patched
+        if not s["pairs_used"] and s["corrupted_mean"] <= CERTAIN:
+            best = f"nothing to restore: the model does not tell clean from corrupted by {tolerance} nats in any pair (train it longer)"
+        elif not s["pairs_used"]:  # both runs write the clean answer almost surely: the prefix both read decides it, not where patched
             side = result["settings"]["side"]
             best = (f"nothing to restore: the corrupted run writes the clean answer as surely as the clean run (mean log P "
                     f"{s['corrupted_mean']:.3f} against {s['clean_mean']:.3f}), so the teacher-forced prefix that both read decides it, "
                     f"not the {side}" + (" (a format that writes its work before the answer: patch that work with --side decoder)" if side == "encoder" else ""))
-        elif not s["pairs_used"]:
-            best = f"nothing to restore: the model does not tell clean from corrupted by {tolerance} nats in any pair (train it longer)"
         lines.append(f"{name}: {s['pairs_used']} pairs ({s['pairs_dropped']} dropped: clean and corrupted within "
                      f"{tolerance} nats); most restored: {best}")
     return lines
