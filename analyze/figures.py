@@ -223,7 +223,9 @@ def cluster_makeup(clusters: list[dict], class_name: str, title: str, path: Path
 
 def context_scatter(panels: list[dict], columns: int, title: str, path: Path) -> list[str]:
     """Mean layer context variance against a metric, one point per model, one panel per entry of
-    `panels` ({"title", "points", "kind", "metric", "correlation": {"r", "p"}}), `columns` a row."""
+    `panels` ({"title", "points", "kind", "metric", "correlation": {"r", "p"}}), `columns` a row.
+    A point is labelled with its "label" (heads.json files written before 2026-12-06 have none: the
+    last part of its "model")."""
     rows = -(-len(panels) // columns)
     fig, axes = plt.subplots(rows, columns, figsize=(3.8 * columns + 0.6, 3.2 * rows), squeeze=False, layout="constrained")
     for ax in axes.flat[len(panels):]:
@@ -234,7 +236,7 @@ def context_scatter(panels: list[dict], columns: int, title: str, path: Path) ->
         y = [p["metrics"][metric] for p in points]
         ax.scatter(x, y, s=22)
         for p, xi, yi in zip(points, x, y):
-            ax.annotate(Path(p["model"]).name, (xi, yi), fontsize=6, xytext=(2, 2), textcoords="offset points")
+            ax.annotate(p.get("label") or Path(p["model"]).name, (xi, yi), fontsize=6, xytext=(2, 2), textcoords="offset points")
         c = panel["correlation"]
         r = c.get("r")
         fit = f"r = {r:+.2f}, p = {c['p']:.2g}, n = {len(points)}" if r is not None and r == r else "r undefined"

@@ -234,21 +234,23 @@ def _checkpoint_points(task, run_dir: Path, compare: list[Path], batches: list[d
     (or, with `compare`, the final models of run_dir and the compared runs)."""
     from tqdm import tqdm
 
+    from train.runs import run_name
+
     if compare:
-        models = [(str(run_dir), run_dir)] + [(str(p), p) for p in compare]
+        models = [(str(p), run_name(p), p) for p in [run_dir] + compare]
     else:
         found = sorted((run_dir / "checkpoints").glob("step-*"), key=lambda p: int(p.name.split("-")[1]))
-        models = [(p.name, p) for p in found if (p / "model.safetensors").exists()]
+        models = [(p.name, p.name, p) for p in found if (p / "model.safetensors").exists()]
     points = []
     device = next(task.model.parameters()).device
-    for name, path in tqdm(models, desc="checkpoints", unit="model", disable=None if progress else True):
+    for name, label, path in tqdm(models, desc="checkpoints", unit="model", disable=None if progress else True):
         try:
             model = task.load_model(path).to(device)
         except Exception as err:
             raise QuadlabError(f"cannot load the model in {path}: {type(err).__name__}") from None
         model.eval()
         variance = stream(task, model, batches, False, with_attention=False)["variance"]
-        points.append({"model": name, "metrics": task.evaluate(model),
+        points.append({"model": name, "label": label, "metrics": task.evaluate(model),
                        "variance": {kind: {"layer": v["layer"].tolist(), "head": v["head"].tolist(), "mean": float(v["layer"].mean())}
                                     for kind, v in variance.items()}})
     return points
@@ -506,6 +508,8 @@ def context_figure(figure_dirs: list[Path], out: Path) -> dict:
     """The prior study's question across tasks: for each figures directory that `cli.py heads`
     wrote (a run with kept checkpoints, or with --compare), its encoder's mean layer context variance
     against the task's main metric, with Pearson r, side by side in one figure; the numbers as JSON."""
+    from train.runs import run_name
+
     panels = []
     for folder in figure_dirs:
         path = Path(folder) / "heads" / "heads.json"
@@ -517,7 +521,7 @@ def context_figure(figure_dirs: list[Path], out: Path) -> dict:
             raise QuadlabError(f"{folder} holds no context-variance points of `cli.py heads` (heads/heads.json); run "
                                f"`python cli.py heads RUN_DIR --out {folder}` on a run trained with --keep-checkpoints") from None
         kind = "encoder"
-        panels.append({"title": f"{found['task']} ({Path(found['run']).name})", "run": found["run"], "task": found["task"], "points": points,
+        panels.append({"title": f"{found['task']} ({run_name(found['run'])})", "run": found["run"], "task": found["task"], "points": points,
                        "kind": kind, "metric": metric, "correlation": head_stats.pearson([p["variance"][kind]["mean"] for p in points],
                                                                                         [p["metrics"][metric] for p in points])})
     out = Path(out)

@@ -63,7 +63,7 @@ def load_runs(run_dirs: list[Path], skip_broken: bool = False, warn=print) -> di
     """{name: Served} for the run directories (named as their figures folder: the folder's name, or
     NAME for NAME/run; made unique). A run that cannot be opened is an error, or with `skip_broken`
     (the runs found under runs/) a warning."""
-    from train.runs import analysis, figures_dir
+    from train.runs import analysis, run_name
 
     served = {}
     for run_dir in run_dirs:
@@ -74,7 +74,7 @@ def load_runs(run_dirs: list[Path], skip_broken: bool = False, warn=print) -> di
                 raise
             warn(f"quadlab serve: skipping {run_dir}: {err}")
             continue
-        base = figures_dir(run_dir).name
+        base = run_name(run_dir)
         name, n = base, 2
         while name in served:
             name, n = f"{base}-{n}", n + 1

@@ -458,6 +458,8 @@ def test_compare_correlates_across_runs(run_with_checkpoints, tmp_path):
     result = analyze_heads(run_with_checkpoints, tmp_path / "figs", limit=4, eval_limit=2, batch_size=4, compare=[run_with_checkpoints] * 2,
                            skip_importance=True, progress=False)
     assert [p["model"] for p in result["context_points"]] == [str(run_with_checkpoints)] * 3
+    # what the figure writes by each point: NAME, for a run kept as NAME/run as this one is
+    assert run_with_checkpoints.name == "run" and [p["label"] for p in result["context_points"]] == [run_with_checkpoints.parent.name] * 3
     assert result["context_correlation"]["encoder/character_accuracy"]["note"] == "one series is constant"  # the same model three times
     other = tmp_path / "other"
     other.mkdir()

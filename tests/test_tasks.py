@@ -162,7 +162,7 @@ def test_heads_on_every_task(run, tmp_path):
     for key, metrics in blocking.items():
         if key not in ("baseline", "layers"):
             assert set(metrics) == set(task.metrics) and all(0 <= v <= 1 for v in metrics.values())
-    assert [p["model"] for p in result["context_points"]] == ["step-4", "step-8"]
+    assert [(p["model"], p["label"]) for p in result["context_points"]] == [("step-4", "step-4"), ("step-8", "step-8")]
     for kind in task.kinds:
         assert np.all(np.isfinite(result["kinds"][kind]["context_variance"]["head"]))
     assert (tmp_path / "figs" / "heads" / "context-variance-accuracy.png").exists() and (tmp_path / "figs" / "index.html").exists()

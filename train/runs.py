@@ -139,12 +139,16 @@ def load_tokenizer(run_dir: Path):
         raise QuadlabError(f"{run_dir} is damaged: its tokenizer cannot be loaded ({first_line(err)}); {_damaged(run_dir)}") from None
 
 
-def figures_dir(run_dir: Path) -> Path:
-    """Where the analyses write by default: figures/<the run's name>, its directory's name or, for
-    a directory named `run` (the layout of `gpu-job` and figures/results/: NAME/run), NAME, so
-    that two such runs do not write into one folder."""
+def run_name(run_dir: Path) -> str:
+    """A run's name: its directory's name or, for a directory named `run` (the layout of `gpu-job`
+    and figures/results/: NAME/run), NAME, so that two such runs are told apart."""
     path = Path(run_dir).resolve()
-    return Path("figures") / (path.parent.name if path.name == "run" else path.name)
+    return path.parent.name if path.name == "run" else path.name
+
+
+def figures_dir(run_dir: Path) -> Path:
+    """Where the analyses write by default: figures/<the run's name>."""
+    return Path("figures") / run_name(run_dir)
 
 
 def _task_of(run_dir: Path) -> str | None:
