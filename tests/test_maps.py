@@ -221,13 +221,15 @@ def rendered(run_dir, tmp_path_factory):
     return out, result
 
 
-def test_probes_and_patching_join_the_report_and_outlive_a_new_maps(run_dir, run_cli, tmp_path):
+def test_probes_and_patching_join_the_report_and_outlive_a_new_maps(run_dir, capsys, monkeypatch, tmp_path):
+    from test_bad_inputs import quadlab  # the commands in this process: a process each spent 7 s importing and loading
+
     out = tmp_path / "figs"
     render_maps(run_dir, out, limit=20, examples=[0], batch_size=8, progress=False)
-    done = run_cli("probe", run_dir, "--split", "train", "--limit", 40, "--target", "root class", "--out", out / "probes", timeout=300)
-    assert done.returncode == 0, done.stderr
-    done = run_cli("patch", run_dir, "--split", "train", "--pairs", 4, "--out", out / "patching", timeout=300)
-    assert done.returncode == 0, done.stderr
+    status, _, err = quadlab(capsys, monkeypatch, "probe", run_dir, "--split", "train", "--limit", 40, "--target", "root class", "--out", out / "probes")
+    assert status == 0, err
+    status, _, err = quadlab(capsys, monkeypatch, "patch", run_dir, "--split", "train", "--pairs", 4, "--out", out / "patching")
+    assert status == 0, err
 
     def shown(page):
         return {"cli.py probe": "cli.py probe" in page, "probe figure": 'src="probes/probe-root-class.png"' in page,
@@ -241,7 +243,7 @@ def test_probes_and_patching_join_the_report_and_outlive_a_new_maps(run_dir, run
     assert (out / "probes" / "probes.json").exists() and (out / "patching" / "patching.json").exists()
     assert all(shown((out / "index.html").read_text()).values())
     elsewhere = tmp_path / "elsewhere"  # an analysis written outside a figures directory makes no report there
-    assert run_cli("probe", run_dir, "--split", "train", "--limit", 40, "--target", "root class", "--out", elsewhere / "probes", timeout=300).returncode == 0
+    assert quadlab(capsys, monkeypatch, "probe", run_dir, "--split", "train", "--limit", 40, "--target", "root class", "--out", elsewhere / "probes")[0] == 0
     assert not (elsewhere / "index.html").exists()
 
 

@@ -19,8 +19,8 @@ SCRIPT = Path(__file__).resolve().parents[1] / "figures/results/padded-cpu-finet
 SUBSET = SCRIPT.with_name("make_mined_subset.py")
 
 
-def mine_module():
-    spec = importlib.util.spec_from_file_location("mine_failures", SCRIPT)
+def script_module(script=SCRIPT):
+    spec = importlib.util.spec_from_file_location(script.stem, script)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -40,7 +40,7 @@ def test_failed_exactly_where_greedy_decoding_leaves_the_solution(run):
     model.double().eval()  # float64: generate's cached steps and one full pass must not split a near tie
     test = load_splits(config)["test"].select(range(24))[:]
     greedy = [c[0] for c in decode(model, tokenizer, test["equation"], batch_size=8)]
-    mine = mine_module()
+    mine = script_module()
     # its own outputs as solutions: nothing is wrong before their end; an output cut at the length
     # limit has no </s>, which the pass puts last, so there the last position may be wrong
     own = mine.first_wrong_positions(model, tokenizer, test["equation"], greedy)
@@ -87,26 +87,33 @@ def test_command_reads_the_classes_asked_for_and_writes_json(run, tmp_path):
 
 
 def test_bad_input_gives_one_line_and_writes_nothing(run, tmp_path):
+    """Every refusal is a SystemExit with a one-line message, checked in this process (a process
+    each took 3 s to import torch); one command per script checks what a shell sees."""
     data, out = run.parent / "data", tmp_path / "o.json"
     (tmp_path / "not-mined.json").write_text("{}")
+    modules = {script: script_module(script) for script in (SCRIPT, SUBSET)}
     for script, args in ((SCRIPT, (run, data, out, "--rowz", "3")), (SCRIPT, (run, data)), (SCRIPT, (run, data, out, "--rows")),
                          (SCRIPT, (tmp_path / "no-run", data, out)), (SCRIPT, (run, tmp_path / "no-data", out)),
                          (SCRIPT, (run, data, out, "--split", "val")), (SCRIPT, (run, data, out, "--rows", "ten")),
                          (SCRIPT, (run, data, out, "--check", tmp_path / "none.jsonl")), (SCRIPT, (run, data, tmp_path / "no-folder" / "o.json")),
                          (SUBSET, (data, tmp_path / "sub")), (SUBSET, (data, tmp_path / "sub", tmp_path / "none.json")),
                          (SUBSET, (data, tmp_path / "sub", tmp_path / "not-mined.json")), (SUBSET, (tmp_path / "no-data", tmp_path / "sub", out))):
+        with pytest.raises(SystemExit) as refused:
+            modules[script].main(list(map(str, args)))
+        message = str(refused.value.code)
+        assert isinstance(refused.value.code, str) and len(message.strip().splitlines()) == 1, (args, message)
+    for script, args in ((SCRIPT, (tmp_path / "no-run", data, out)), (SUBSET, (data, tmp_path / "sub", tmp_path / "not-mined.json"))):
         done = mine(*args, script=script)
-        assert done.returncode != 0, args
-        assert len(done.stderr.strip().splitlines()) == 1 and "Traceback" not in done.stderr, done.stderr
+        assert done.returncode == 1 and len(done.stderr.strip().splitlines()) == 1 and "Traceback" not in done.stderr, done.stderr
     assert [p.name for p in tmp_path.iterdir()] == ["not-mined.json"]
 
 
 def test_subset_is_the_failed_rows_and_as_many_others(run, tmp_path):
     data = run.parent / "data"
-    assert mine(run, data, tmp_path / "a.json", "--rows", "12").returncode == 0
-    assert mine(run, data, tmp_path / "b.json", "--start", "40", "--rows", "8").returncode == 0
-    done = mine(data, tmp_path / "sub", tmp_path / "a.json", tmp_path / "b.json", script=SUBSET)
-    assert done.returncode == 0, done.stderr
+    mine_failures, make_subset = script_module(SCRIPT).main, script_module(SUBSET).main  # in this process: the commands are tested above
+    mine_failures([str(run), str(data), str(tmp_path / "a.json"), "--rows", "12"])
+    mine_failures([str(run), str(data), str(tmp_path / "b.json"), "--start", "40", "--rows", "8"])
+    make_subset([str(data), str(tmp_path / "sub"), str(tmp_path / "a.json"), str(tmp_path / "b.json")])
     train = datasets.load_from_disk(str(data))["train"]
     subset = datasets.load_from_disk(str(tmp_path / "sub"))
     failed = set(json.loads((tmp_path / "a.json").read_text())["failed"] + json.loads((tmp_path / "b.json").read_text())["failed"])
@@ -116,10 +123,10 @@ def test_subset_is_the_failed_rows_and_as_many_others(run, tmp_path):
     assert rows == sorted(rows) and len(set(rows)) == 40 and failed <= set(rows)
     assert set(rows) - failed != set(range(12, 40)) - failed  # the others are drawn, not the next rows
     (tmp_path / "a.json.gz").write_bytes(gzip.compress((tmp_path / "a.json").read_bytes()))  # as the records keep them
-    alone = mine("--failed-only", data, tmp_path / "only", tmp_path / "a.json.gz", tmp_path / "b.json", script=SUBSET)
-    assert alone.returncode == 0, alone.stderr
+    make_subset(["--failed-only", str(data), str(tmp_path / "only"), str(tmp_path / "a.json.gz"), str(tmp_path / "b.json")])
     assert {by_equation[e] for e in datasets.load_from_disk(str(tmp_path / "only"))["train"]["equation"]} == failed
     # a mined test split is refused: a polish must not train on test rows
-    assert mine(run, data, tmp_path / "t.json", "--split", "test", "--rows", "4").returncode == 0
-    refused = mine(data, tmp_path / "sub2", tmp_path / "t.json", script=SUBSET)
-    assert refused.returncode != 0 and "test split" in refused.stderr and not (tmp_path / "sub2").exists()
+    mine_failures([str(run), str(data), str(tmp_path / "t.json"), "--split", "test", "--rows", "4"])
+    with pytest.raises(SystemExit, match="test split"):
+        make_subset([str(data), str(tmp_path / "sub2"), str(tmp_path / "t.json")])
+    assert not (tmp_path / "sub2").exists()
