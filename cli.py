@@ -665,6 +665,21 @@ def main(argv=None) -> None:
     except QuadlabError as err:
         click.echo(f"quadlab: error: {err}", err=True)
         sys.exit(2)
+    except RuntimeError as err:
+        torch = sys.modules.get("torch")  # imported by the command that ran out of memory, if any
+        if torch is None or not isinstance(err, torch.OutOfMemoryError):
+            raise
+        click.echo(f"quadlab: error: {out_of_memory_message(err)}", err=True)
+        sys.exit(1)
+
+
+def out_of_memory_message(err: Exception) -> str:
+    """One line for torch's out-of-memory error (a GPU's; the CPU's end is the kernel's kill, which
+    no process sees): what ran out and how to need less."""
+    said = ". ".join(str(err).strip().split("\n")[0].split(". ")[:2]).rstrip(".")  # "CUDA out of memory. Tried to allocate 20.00 GiB"
+    return (f"out of memory on the GPU ({said or 'out of memory'}); use smaller batches: --batch-size N "
+            f"(train: add --set grad_accum=K to keep the rows an optimiser step, and --set eval_batch_size=N for its evaluations; "
+            f"train again with --overwrite, as --resume keeps the run's batch size)")
 
 
 if __name__ == "__main__":

@@ -411,6 +411,26 @@ def test_explain_never_shows_a_traceback(lab, tmp_path, capsys, monkeypatch, equ
         assert out.startswith("equation: ") and (tmp_path / "explain" / "example-explain" / "maps.npz").exists()
 
 
+def test_out_of_gpu_memory_is_one_line_that_says_to_use_smaller_batches(lab, tmp_path, cwd, capsys, monkeypatch):
+    """torch's OutOfMemoryError (a GPU's; raised here by the step that would run out) ends a command
+    with one line and exit 1, writing nothing; any other RuntimeError stays a traceback (a bug)."""
+    import torch
+
+    def out_of_memory(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB. GPU 0 has a total capacity of 79.19 GiB")
+
+    monkeypatch.setattr("analyze.maps.dataset_average", out_of_memory)
+    monkeypatch.setattr("train.quadratic.evaluate_run", out_of_memory)
+    for argv in (["maps", "--run", lab / "quadratic", "--out", tmp_path / "figs"], ["eval", lab / "quadratic", "--limit", 2]):
+        status, out, err = quadlab(capsys, monkeypatch, *argv)
+        assert status == 1 and out == "" and len(err.strip().splitlines()) == 1, (argv, err)
+        assert err.startswith("quadlab: error: out of memory on the GPU (CUDA out of memory. Tried to allocate 20.00 GiB)") and "--batch-size" in err
+    assert not (tmp_path / "figs").exists() and not list(cwd.iterdir())
+    monkeypatch.setattr("train.quadratic.evaluate_run", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("a bug")))
+    with pytest.raises(RuntimeError, match="a bug"):
+        cli.main(["eval", str(lab / "quadratic"), "--limit", "2"])
+
+
 @FEW
 @given(content=st.binary(max_size=200) | st.text(max_size=200).map(str.encode))
 def test_any_bytes_as_a_run_config_are_one_line_and_exit_2(lab, tmp_path_factory, cwd, capsys, monkeypatch, content):
