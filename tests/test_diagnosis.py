@@ -88,3 +88,23 @@ def test_grader_numbers_the_false_statements():
     verdict = grade(-3, -15, 18, long.replace("18*2=36;", "18*2=37;").replace("x=1;x=-6;", "x=2;x=-6;"))
     assert verdict.false_statements == [3, len(long.split(";")) - 2] and not verdict.steps_valid
     assert grade(-3, -15, 18, long).false_statements == []
+
+
+def test_the_console_collapses_each_statements_work_steps():
+    """`train`/`eval` print a decomposed format's dozens of steps as one entry per statement and part:
+    the lowest step (and its rows), or for the first wrong statement the steps' sum and the largest."""
+    from train.quadratic import metric_lines, work_collapsed
+
+    accuracy = {"D work 1: value": 1.0, "D work 2: value": 0.9, "D work 3: value": 0.95, "D: value": 0.8, "sqrt(D) work 1: formula": 0.7, "answer": 0.5}
+    rows = {"D work 1: value": 100, "D work 2: value": 40, "D work 3: value": 10, "D: value": 100, "sqrt(D) work 1: formula": 90, "answer": 100}
+    assert work_collapsed(accuracy, rows) == [("D work 1-3: value", 0.9, " (lowest: step 2 of 40 rows)"), ("D: value", 0.8, ""),
+                                              ("sqrt(D) work 1: formula", 0.7, " (lowest: step 1 of 90 rows)"), ("answer", 0.5, "")]
+    first = {"D work 4: formula": 0.01, "D work 7: formula": 0.03, "D: value": 0.02, "none wrong": 0.94}
+    assert work_collapsed(first, total=True) == [("D work 4-7: formula", 0.04, " (most at step 7: 0.030)"), ("D: value", 0.02, ""), ("none wrong", 0.94, "")]
+    target = write_solution(-3, -15, 18, "long")  # 4*a=-12;18*1=18;18*2=36;180+36=216;15*1=15;15*5=75;150+75=225;D=...
+    records = [judge(-3, -15, 18, target, prediction) | {"a": -3, "b": -15, "c": 18, "num_roots": 2}
+               for prediction in (target, target.replace("15*5=75;150+75=225;", "15*5=76;150+76=226;"))]
+    lines = metric_lines("run", {"test": {"rows": 2, "diagnosis": diagnosis(records)}}, "test")
+    assert len(lines) == 3 and all(" work 2" not in line for line in lines), lines  # no step alone
+    assert "D work 1-6: value 0.500 (lowest: step 5 of 2 rows)" in lines[0], lines[0]
+    assert lines[2].startswith("  first statement to go wrong: ") and "D work 5: value 0.500 (most at step 5: 0.500)" in lines[2], lines[2]

@@ -353,6 +353,36 @@ def train_run(config: TrainConfig, resume: bool = False, overwrite: bool = False
     return evaluate_run(run_dir, limit=config.eval_limit, batch_size=config.eval_batch_size, num_beams=config.num_beams, progress=progress)
 
 
+WORK_STEP = re.compile(r"(.+) work (\d+)(: .+)?")  # "sqrt(D) work 3: value": a step of a decomposed format
+
+
+def work_collapsed(values: dict[str, float], counts: dict[str, int] | None = None, total: bool = False) -> list[tuple[str, float, str]]:
+    """(name, value, note) for the console: a statement's work steps ("D work 3: value", ...) as one
+    entry ("D work 1-12: value") with their lowest value, its step and (given `counts`) its rows, or
+    with `total` their sum and the step that adds most; other statements as they are. Decomposed
+    formats have dozens of steps, too many for a line; metrics.json and diagnosis.png keep each."""
+    groups: dict = {}
+    for name, value in values.items():
+        found = WORK_STEP.fullmatch(name)
+        key = (found.group(1), found.group(3) or "") if found else name
+        groups.setdefault(key, []).append((int(found.group(2)) if found else 0, value, name))
+    out = []
+    for key, steps in groups.items():
+        if isinstance(key, str):
+            out.append((key, steps[0][1], ""))
+            continue
+        first, last = min(s[0] for s in steps), max(s[0] for s in steps)
+        span = f"{key[0]} work {first}{'' if first == last else f'-{last}'}{key[1]}"
+        if total:
+            step, most, _ = max(steps, key=lambda s: s[1])
+            out.append((span, sum(s[1] for s in steps), f" (most at step {step}: {most:.3f})"))
+        else:
+            step, lowest, name = min(steps, key=lambda s: s[1])
+            rows = f" of {counts[name]} rows" if counts else ""
+            out.append((span, lowest, f" (lowest: step {step}{rows})"))
+    return out
+
+
 def metric_lines(run_dir, metrics: dict, split: str) -> list[str]:
     """What `train` and `eval` print: the metrics of each decoding, by root count, and the diagnosis."""
     found, lines = metrics[split], []
@@ -364,13 +394,18 @@ def metric_lines(run_dir, metrics: dict, split: str) -> list[str]:
             lines.append(f"  full-solution accuracy by root count: {by}")
     diagnosed = found.get("diagnosis")
     if diagnosed and diagnosed["n"]:
-        statements = ", ".join(f"{k} {v['accuracy']:.3f}" for k, v in diagnosed["statement_accuracy"].items())
+        def joined(entries):
+            return ", ".join(f"{name} {value:.3f}{note}" for name, value, note in entries)
+
+        accuracy = diagnosed["statement_accuracy"]
+        statements = joined(work_collapsed({k: v["accuracy"] for k, v in accuracy.items()}, {k: v["n"] for k, v in accuracy.items()}))
         lines.append(f"  greedy, each statement right: {statements}")
         if diagnosed.get("statement_holds"):
-            holds = ", ".join(f"{k} {v['rate']:.3f}" for k, v in diagnosed["statement_holds"].items())
+            holding = diagnosed["statement_holds"]
+            holds = joined(work_collapsed({k: v["rate"] for k, v in holding.items()}, {k: v["n"] for k, v in holding.items()}))
             lines.append(f"  each statement a true equality, whatever its operands (well-formed outputs): {holds}")
-        first = ", ".join(f"{k} {v:.3f}" for k, v in sorted(diagnosed["first_wrong"].items(), key=lambda kv: -kv[1]))
-        lines.append(f"  first statement to go wrong: {first} (diagnosis.png)")
+        first = joined(sorted(work_collapsed(diagnosed["first_wrong"], total=True), key=lambda entry: -entry[1]))
+        lines.append(f"  first statement to go wrong: {first} (diagnosis.png; each step in metrics.json)")
     return lines
 
 
