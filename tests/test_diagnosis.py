@@ -108,3 +108,14 @@ def test_the_console_collapses_each_statements_work_steps():
     assert len(lines) == 3 and all(" work 2" not in line for line in lines), lines  # no step alone
     assert "D work 1-6: value 0.500 (lowest: step 5 of 2 rows)" in lines[0], lines[0]
     assert lines[2].startswith("  first statement to go wrong: ") and "D work 5: value 0.500 (most at step 5: 0.500)" in lines[2], lines[2]
+
+
+def test_statements_keep_solution_order_when_outputs_have_different_steps():
+    """The longest output may have more steps for D and fewer for x1 than another: each step still
+    goes in its place (it went last, after `answer`)."""
+    from train.metrics import solution_order
+
+    more_d = ["D work 1", "D work 2", "D work 3", "D", "x1 work 1", "x1", "answer"]
+    more_x1 = ["D work 1", "D", "x1 work 1", "x1 work 2", "x1", "answer"]
+    assert solution_order([more_d, more_x1]) == ["D work 1", "D work 2", "D work 3", "D", "x1 work 1", "x1 work 2", "x1", "answer"]
+    assert solution_order([["b"], ["a", "b"], ["b", "c"]]) == ["a", "b", "c"]  # first name of a later output, and last

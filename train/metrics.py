@@ -141,6 +141,21 @@ def digits(n: int) -> int:
     return len(str(abs(n)))
 
 
+def solution_order(sequences) -> list[str]:
+    """Statement names in solution order across outputs whose scratch steps differ in number (one
+    has more steps for D, another for x1): a name first met in a later output goes right after
+    the name before it there."""
+    order, seen = [], set()
+    for names in sequences:
+        previous = None
+        for name in names:
+            if name not in seen:
+                order.insert(order.index(previous) + 1 if previous is not None else 0, name)
+                seen.add(name)
+            previous = name
+    return order
+
+
 def diagnosis(records: list[dict]) -> dict:
     """Per-statement accuracy, where outputs first go wrong, and accuracy by the size of the numbers
     (digits of |b|, |c|, |D|) and by root class, over records that carry `a, b, c, num_roots`,
@@ -150,9 +165,7 @@ def diagnosis(records: list[dict]) -> dict:
     n = len(records)
     if n == 0:
         return {"n": 0}
-    # in solution order: the longest outputs' names first, so that rarer scratch steps fall in place
-    longest_first = sorted(records, key=lambda r: -len(r["diagnosis"]["statements"]))
-    names = list(dict.fromkeys(name for r in longest_first for name in r["diagnosis"]["statements"]))
+    names = solution_order(r["diagnosis"]["statements"] for r in sorted(records, key=lambda r: -len(r["diagnosis"]["statements"])))
 
     def statement_accuracy(rows):
         out = {}
