@@ -677,8 +677,8 @@ def out_of_memory_message(err: Exception) -> str:
     """One line for torch's out-of-memory error (a GPU's; the CPU's end is the kernel's kill, which
     no process sees): what ran out and how to need less."""
     said = ". ".join(str(err).strip().split("\n")[0].split(". ")[:2]).rstrip(".")  # "CUDA out of memory. Tried to allocate 20.00 GiB"
-    return (f"out of memory on the GPU ({said or 'out of memory'}); use smaller batches: --batch-size N "
-            f"(train: add --set grad_accum=K to keep the rows an optimiser step, and --set eval_batch_size=N for its evaluations; "
+    return (f"out of memory on the GPU ({said or 'out of memory'}); use smaller batches: --batch-size N (gpu-job: --set batch_size=N; "
+            f"in training, --set grad_accum=K keeps the rows an optimiser step and --set eval_batch_size=N the rows an evaluation batch; "
             f"train again with --overwrite, as --resume keeps the run's batch size)")
 
 
