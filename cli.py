@@ -310,7 +310,10 @@ def train(task, model_name, init_from, train_file, eval_file, preset, config_pat
 @click.option("--limit", type=INT, default=0, show_default=True, help="Rows to decode (0: all).")
 @click.option("--batch-size", type=INT, default=None, help="Decoding batch size.  [default: the run's eval_batch_size]")
 @click.option("--num-beams", type=INT, default=0, show_default=True, help="Also decode with this many beams, reranked by the grader.")
-def eval_command(run_dir, split, limit, batch_size, num_beams):
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
+              help="Directory for metrics.json (this split's entry; others there are kept), the predictions and diagnosis.png.  "
+                   "[default: RUN_DIR, whose results for the split are replaced: a --limit check there overwrites the full test]")
+def eval_command(run_dir, split, limit, batch_size, num_beams, out_dir):
     """Evaluate a trained run. Quadratic: full-solution and character accuracy, roots accuracy and
     valid-steps rate (judged by the grader of `cli.py verify`), overall and by root count; writes
     metrics.json and predictions.jsonl. SQuAD: exact match and F1 on the evaluation set; writes
@@ -319,8 +322,10 @@ def eval_command(run_dir, split, limit, batch_size, num_beams):
 
     if limit < 0 or (batch_size is not None and batch_size <= 0) or num_beams < 0:
         raise QuadlabError("--limit, --batch-size and --num-beams must not be negative")
+    _check_out(out_dir, "--out")
     task = tasks.module(open_run(Path(run_dir), "eval").task)
-    metrics = task.evaluate_run(Path(run_dir), split=split, limit=limit, batch_size=batch_size, num_beams=num_beams)
+    metrics = task.evaluate_run(Path(run_dir), split=split, limit=limit, batch_size=batch_size, num_beams=num_beams,
+                                out_dir=Path(out_dir) if out_dir else None)
     for line in task.metric_lines(run_dir, metrics, split):
         click.echo(line)
 

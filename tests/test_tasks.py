@@ -150,6 +150,27 @@ def test_the_default_figures_folder_is_named_after_the_run(run, tmp_path, monkey
     assert not (tmp_path / "figures" / "run").exists()
 
 
+def test_eval_out_writes_elsewhere_and_leaves_the_run_as_it_was(run, tmp_path, capsys, monkeypatch):
+    """`eval --out DIR`: a quick --limit check must not replace the run's full test results."""
+    from test_bad_inputs import quadlab, snapshot
+
+    name, run_dir = run
+    before = snapshot(run_dir)
+    status, printed, err = quadlab(capsys, monkeypatch, "eval", run_dir, "--limit", 3, "--out", tmp_path / "check" / "here")
+    assert status == 0, err
+    assert snapshot(run_dir) == before
+    written = json.loads((tmp_path / "check" / "here" / "metrics.json").read_text())
+    found = written if name == "squad" else written["test"]  # SQuAD has one evaluation set, its metrics at the top
+    assert set(found) >= {"quadratic": {"rows", "greedy"}, "squad": {"f1", "exact_match"}, "classify": {"accuracy"}}[name], found
+    predictions = {"squad": "predictions.json"}.get(name, "predictions.jsonl")
+    assert (tmp_path / "check" / "here" / predictions).stat().st_size > 0 and printed
+    if name == "quadratic":
+        assert written["test"]["rows"] == 3 and (tmp_path / "check" / "here" / "diagnosis.png").exists()
+    (tmp_path / "file").write_text("")
+    status, _, err = quadlab(capsys, monkeypatch, "eval", run_dir, "--limit", 3, "--out", tmp_path / "file" / "x")
+    assert status == 2 and "--out" in err and snapshot(run_dir) == before
+
+
 def test_heads_on_every_task(run, tmp_path):
     name, run_dir = run
     task = tasks.module(name).Analysis

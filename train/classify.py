@@ -376,10 +376,11 @@ def metric_lines(run_dir, metrics: dict, split: str) -> list[str]:
             "  F1 by label: " + ", ".join(f"{name} {v['f1']:.4f} (n {v['n']})" for name, v in m["by_label"].items())]
 
 
-def evaluate_run(run_dir: Path, split: str = "test", limit: int = 0, batch_size: int | None = None, num_beams: int = 0, progress: bool = True) -> dict:
+def evaluate_run(run_dir: Path, split: str = "test", limit: int = 0, batch_size: int | None = None, num_beams: int = 0, progress: bool = True,
+                 out_dir: Path | None = None) -> dict:
     """Classify the first `limit` rows (0: all) of `split` with a run's model: metrics.json (under
-    the split) and predictions.jsonl (predictions-<split>.jsonl for other splits). `num_beams`
-    does not apply to a classifier."""
+    the split) and predictions.jsonl (predictions-<split>.jsonl for other splits) in out_dir
+    (default: the run). `num_beams` does not apply to a classifier."""
     from train import engine
 
     run_dir = Path(run_dir)
@@ -396,11 +397,12 @@ def evaluate_run(run_dir: Path, split: str = "test", limit: int = 0, batch_size:
     probabilities = predict(model, features(tokenizer, rows, config.max_length), tokenizer.pad_token_id, batch_size or config.eval_batch_size,
                             progress=progress)
     metrics, records = scored(probabilities, rows, labels, data["majority"])
-    path = run_dir / "metrics.json"
+    out = engine.output_dir(out_dir or run_dir)
+    path = out / "metrics.json"
     everything = json.loads(path.read_text()) if path.exists() else {}
     everything[split] = metrics
     engine.write_json(path, everything)
-    engine.write_jsonl(run_dir / ("predictions.jsonl" if split == "test" else f"predictions-{split}.jsonl"), records)
+    engine.write_jsonl(out / ("predictions.jsonl" if split == "test" else f"predictions-{split}.jsonl"), records)
     return everything
 
 

@@ -551,6 +551,13 @@ def environment() -> dict:
     }
 
 
+def output_dir(path: Path) -> Path:
+    """A directory that results are written into (an evaluation's --out), made if missing."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
 def write_json(path: Path, value) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(value, indent=2) + "\n")

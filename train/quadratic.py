@@ -409,7 +409,7 @@ def metric_lines(run_dir, metrics: dict, split: str) -> list[str]:
     return lines
 
 
-def plot_diagnosis(run_dir: Path, diagnosed: dict, name: str = "diagnosis.png") -> Path:
+def plot_diagnosis(run_dir: Path, diagnosed: dict, name: str = "diagnosis.png", out_dir: Path | None = None) -> Path:
     """Which step limits the model: accuracy of each statement and where outputs first go wrong;
     accuracy by the digits of |D|; and each statement's validation accuracy along training."""
     import matplotlib
@@ -452,7 +452,7 @@ def plot_diagnosis(run_dir: Path, diagnosed: dict, name: str = "diagnosis.png") 
         axes[2].set(ylim=(0, 1.02), xlabel="step", ylabel="validation accuracy", title="Each statement's value along training")
         axes[2].legend(fontsize=7, loc="upper left")
     fig.tight_layout()
-    path = Path(run_dir) / name
+    path = Path(out_dir or run_dir) / name
     tmp = path.with_suffix(".tmp.png")
     fig.savefig(tmp, dpi=110)
     plt.close(fig)
@@ -465,8 +465,10 @@ def load_run(run_dir: Path, command: str = "eval"):
     return runs.load_run(run_dir, command, task="quadratic")
 
 
-def evaluate_run(run_dir: Path, split: str = "test", limit: int = 0, batch_size: int | None = None, num_beams: int = 0, progress: bool = True) -> dict:
-    """Decode a split with the run's model; write metrics.json and predictions.jsonl."""
+def evaluate_run(run_dir: Path, split: str = "test", limit: int = 0, batch_size: int | None = None, num_beams: int = 0, progress: bool = True,
+                 out_dir: Path | None = None) -> dict:
+    """Decode a split with the run's model; write metrics.json (the split's entry), predictions.jsonl
+    and diagnosis.png into out_dir (default: the run)."""
     from train import engine
 
     run_dir = Path(run_dir)
@@ -477,13 +479,14 @@ def evaluate_run(run_dir: Path, split: str = "test", limit: int = 0, batch_size:
     if limit:
         dataset = dataset.select(range(min(limit, len(dataset))))
     metrics, records = evaluate_rows(model, tokenizer, dataset, batch_size or config.eval_batch_size, num_beams, progress)
-    metrics_path = run_dir / "metrics.json"
+    out = engine.output_dir(out_dir or run_dir)
+    metrics_path = out / "metrics.json"
     everything = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
     everything[split] = {"rows": len(dataset), "decoding": "greedy, batched, sorted by input length, key-value cache", **metrics}
     engine.write_json(metrics_path, everything)
-    engine.write_jsonl(run_dir / ("predictions.jsonl" if split == "test" else f"predictions-{split}.jsonl"), records)
+    engine.write_jsonl(out / ("predictions.jsonl" if split == "test" else f"predictions-{split}.jsonl"), records)
     if records:
-        plot_diagnosis(run_dir, metrics["diagnosis"], "diagnosis.png" if split == "test" else f"diagnosis-{split}.png")
+        plot_diagnosis(run_dir, metrics["diagnosis"], "diagnosis.png" if split == "test" else f"diagnosis-{split}.png", out)
     return everything
 
 

@@ -197,10 +197,11 @@ def metric_lines(run_dir, metrics: dict, split: str) -> list[str]:
     return [f"{run_dir}: exact match {metrics['exact_match']:.2f}, F1 {metrics['f1']:.2f} on {metrics['total']} questions"]
 
 
-def evaluate_run(run_dir: Path, split: str = "test", limit: int = 0, batch_size: int | None = None, num_beams: int = 0, progress: bool = True) -> dict:
-    """Predict the evaluation set again with a run's model: predictions.json and metrics.json (a
-    SQuAD run has one evaluation set: `split` and `num_beams` do not apply; `batch_size` windows per
-    forward pass)."""
+def evaluate_run(run_dir: Path, split: str = "test", limit: int = 0, batch_size: int | None = None, num_beams: int = 0, progress: bool = True,
+                 out_dir: Path | None = None) -> dict:
+    """Predict the evaluation set again with a run's model: predictions.json and metrics.json in
+    out_dir (default: the run; a SQuAD run has one evaluation set: `split` and `num_beams` do not
+    apply; `batch_size` windows per forward pass)."""
     from train import engine
 
     run_dir = Path(run_dir)
@@ -214,9 +215,10 @@ def evaluate_run(run_dir: Path, split: str = "test", limit: int = 0, batch_size:
     features = eval_features(tokenizer, rows, config.max_length, config.stride, config.padding)
     predictions, nbest = predict(model, tokenizer, rows, features, config, data["version_2"])
     metrics = squad_metrics(predictions, {r["id"]: r["answers"]["text"] for r in rows})
-    engine.write_json(run_dir / "predictions.json", predictions)
-    engine.write_json(run_dir / "nbest_predictions.json", nbest)
-    path = run_dir / "metrics.json"
+    out = engine.output_dir(out_dir or run_dir)
+    engine.write_json(out / "predictions.json", predictions)
+    engine.write_json(out / "nbest_predictions.json", nbest)
+    path = out / "metrics.json"
     everything = {**(json.loads(path.read_text()) if path.exists() else {}), **metrics}
     engine.write_json(path, everything)
     return everything
