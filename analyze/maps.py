@@ -278,7 +278,7 @@ def most_attended(task, example: dict) -> dict:
             continue
         received = example["maps"][kind][:, :, queries][:, :, :, keys].mean(axis=(1, 2))  # (layers, keys)
         tokens = example["tokens"][k_side]
-        out[label] = [f"{tokens[keys[int(np.argmax(r))]]} (position {keys[int(np.argmax(r))]}, {float(r.max()):.2f})" for r in received]
+        out[label] = [f"{tokens[keys[int(np.argmax(r))]]!r} (position {keys[int(np.argmax(r))]}, {float(r.max()):.2f})" for r in received]
     return out
 
 

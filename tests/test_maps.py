@@ -1,4 +1,5 @@
 import json
+import re
 import shutil
 
 import numpy as np
@@ -310,8 +311,33 @@ def test_explain_prints_solution_verdict_and_most_attended_tokens(run_dir, run_c
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert lines[0] == "equation: 1x^2-5x+6=0" and lines[1].startswith("solution: ") and lines[2].startswith("verdict:  ok ")
-    assert sum("most attended input token" in line for line in lines) == 4  # 2 encoder + 2 cross layers
+    assert lines[3].startswith("answer:   ") and lines[3].endswith(" (true: 2, 3)")
+    attended = [line for line in lines if "most attended input token" in line]
+    assert len(attended) == 4  # 2 encoder + 2 cross layers
+    assert all(re.search(r"token '[^']+' \(position \d+, [01]\.\d\d\)$", line) for line in attended), attended
     assert (tmp_path / "e" / "example-explain" / "cross-heads.png").exists()
+
+
+REVERSED_EXAMPLE = ("~4*a=82;216154*2=422309;216154*8=6982163;0422309+6982163=63154621;6553*3=86601;6553*5=08771;086601+08771=064421;"
+                    "6553*5=08771;0064421+08771=0832621;6553*6=63312;00832621+63312=63154621;D=63154621-63154621=00000000=0;sqrt(D)=0;"
+                    "2*a=41;-6553-0=-6553;53-41*2=7;57-41*5=5;65-41*4=0;x=-6553/41=-452;-6553+0=-6553;53-41*2=7;57-41*5=5;65-41*4=0;"
+                    "x=-6553/41=-452;x=-452;x=-452;")  # the best model's padded-d-plain solution of the published example
+
+
+@pytest.mark.parametrize("coefficients, solution, expected", [
+    ((7, 3556, 451612), REVERSED_EXAMPLE, "answer:   -254, -254 (true: -254)"),  # digits written reversed, read plain
+    ((7, 3556, 451612), REVERSED_EXAMPLE.replace("x=-452;x=-452;", "x=-453;x=-452;"), "answer:   -354, -254 (true: -254)"),
+    ((1, -5, 6), "D=((-5)^2-4*1*6)=1;x=(-(-5)-1)/(2*1)=2;x=(-(-5)+1)/(2*1)=3;x=2;x=3;", "answer:   2, 3 (true: 2, 3)"),
+    ((5, 3, 7), "D=(3^2-4*5*7)=-131;x=none;", "answer:   no real roots (true: no real roots)"),
+    ((1, -5, 6), "x=none;", "answer:   no real roots (true: 2, 3)"),
+    ((1, -5, 6), "D=(", "answer:   unreadable (true: 2, 3)"),
+])
+def test_explain_states_the_answer_as_the_grader_reads_it(coefficients, solution, expected):
+    from gen.grader import grade, true_roots
+
+    result = {"answer": {"equation": "e", "solution": solution, "verdict": grade(*coefficients, solution).as_dict(),
+                         "true_roots": true_roots(*coefficients)}, "attended": {}}
+    assert Analysis.answer_lines(result)[3] == expected
 
 
 def test_the_same_capture_and_average_serve_an_encoder_only_model():

@@ -256,6 +256,7 @@ def test_page_in_headless_chromium_answers_and_draws_offline(served):
             page.click("#go")
             page.wait_for_selector("body[data-drawn=yes]", timeout=60_000)
             assert "ok:" in page.inner_text("#verdict") and page.inner_text("#output")
+            assert page.inner_text("#stated-answer").startswith("stated answer: ")
             drawn = page.evaluate("""() => {
                 const c = document.getElementById('headview');
                 const pixels = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;

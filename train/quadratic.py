@@ -797,8 +797,13 @@ class Analysis:
     @staticmethod
     def answer_lines(result: dict) -> list[str]:
         answer, verdict = result["answer"], result["answer"]["verdict"]
+
+        def roots(value) -> str:  # the grader's reading, in plain digits whatever the format: a list of roots, "none" or None
+            return "unreadable" if value is None else "no real roots" if value in ("none", []) else ", ".join(value)
+
         lines = [f"equation: {answer['equation']}", f"solution: {answer['solution']}",
-                 "verdict:  " + ", ".join(f"{k} {verdict[k]}" for k in ("ok", "well_formed", "steps_valid", "substitutions_valid", "answer_correct"))]
+                 "verdict:  " + ", ".join(f"{k} {verdict[k]}" for k in ("ok", "well_formed", "steps_valid", "substitutions_valid", "answer_correct")),
+                 f"answer:   {roots(verdict['stated_answer'])} (true: {roots(answer['true_roots'])})"]
         for label, layers in result["attended"].items():
             lines += [f"{label}, layer {layer}: most attended input token {token}" for layer, token in enumerate(layers)]
         return lines

@@ -182,6 +182,13 @@ function verdict(v) {
     span.textContent = `${key.replaceAll("_", " ")}: ${v[key] ? "yes" : "no"}`;
     box.appendChild(span);
   }
+  if ("stated_answer" in v) {  // the grader's reading, in plain digits also for the formats that write them reversed
+    const stated = document.createElement("div");
+    stated.id = "stated-answer";
+    const roots = v.stated_answer;
+    stated.textContent = `stated answer: ${roots === null ? "unreadable" : roots === "none" ? "no real roots" : roots.join(", ")}`;
+    box.appendChild(stated);
+  }
   if (v.errors && v.errors.length) {
     const errors = document.createElement("div");
     errors.className = "hint";
