@@ -339,6 +339,15 @@ def test_init_from_starts_from_the_trained_weights_with_their_architecture_and_r
     assert ended.keys() == weights.keys() and all(ended[k].dtype == torch.float32 for k in ended)
     assert all(torch.allclose(ended[k], weights[k].float(), atol=1e-6) for k in ended)
     assert not torch.allclose(ended["shared.weight"], load_file(tmp_path / "trained" / "model.safetensors")["shared.weight"], atol=1e-6)
+    # the starting weights are validated at step 0, for the curves and metrics.json, and are not a candidate for the best
+    metrics = json.loads((tmp_path / "whole" / "metrics.json").read_text())
+    start, best = metrics["validation_start"], metrics["validation_best"]
+    assert metrics["training"]["start_validation"] == start["full_solution_accuracy"] and metrics["training"]["best_step"] > 0
+    assert abs(start["character_accuracy"] - best["character_accuracy"]) < 0.02  # at 1e-9 the weights barely moved
+    evals = read_log(tmp_path / "whole")[1]
+    assert evals[0]["step"] == 0 and evals[0]["best"] is False and [e["step"] for e in evals].count(0) == 1
+    untrained = json.loads((tmp_path / "trained" / "metrics.json").read_text())
+    assert "validation_start" not in untrained and "start_validation" not in untrained["training"]
     # interrupted and resumed from config.yaml alone (the source gone): the same run
     broken = _config(data_dir, tmp_path / "broken", **{**still, "learning_rate": 1e-3})
     with pytest.raises(Interrupted):
@@ -350,6 +359,48 @@ def test_init_from_starts_from_the_trained_weights_with_their_architecture_and_r
     a = load_file(tmp_path / "whole2" / "checkpoint" / "model.safetensors")
     b = load_file(tmp_path / "broken" / "checkpoint" / "model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
+    assert [e["step"] for e in read_log(tmp_path / "broken")[1]].count(0) == 1  # the resumed call validates no start again
+
+
+class _OneWeight(torch.nn.Module):
+    """A model of one weight w, pulled towards the rows' value 0: each evaluation can say which w it saw."""
+
+    def __init__(self, w: float):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.tensor([w]))
+
+    def forward(self, x):
+        return type("Output", (), {"loss": ((self.w - x) ** 2).mean()})()
+
+    def save_pretrained(self, path):
+        path.mkdir(parents=True, exist_ok=True)
+        torch.save(self.state_dict(), path / "w.pt")
+
+
+def test_a_fine_tune_validates_its_start_but_chooses_the_best_among_its_trained_steps(tmp_path):
+    from train import engine
+
+    seen = []
+
+    def evaluate(model):  # w itself as the metric: the start, w = 1, scores highest, and training lowers w
+        seen.append(float(model.w.detach()))
+        return {"full_solution_accuracy": float(model.w)}
+
+    config = resolve("tiny", None, {"run_dir": str(tmp_path / "run"), "batch_size": 4, "max_steps": 6, "eval_every": 3, "learning_rate": 0.05,
+                                    "warmup_steps": 0, "weight_decay": 0.0, "init_from": str(tmp_path / "start"), "compile": "false"})
+    (tmp_path / "run").mkdir()
+
+    def fit(config):
+        return engine.train(_OneWeight(1.0), [0.0] * 16, [1] * 16, lambda rows: {"x": torch.tensor(rows)}, evaluate, config,
+                            tmp_path / "run", progress=False)
+
+    summary = fit(config)
+    assert seen[0] == 1.0 and len(seen) == 3 and seen[1] > seen[2] and seen[1] < 0.9  # step 0, 3 and 6
+    assert summary["start_validation"] == 1.0 and summary["best_validation"] == seen[1] and summary["best_step"] == 3
+    assert [(e["step"], e["best"]) for e in read_log(tmp_path / "run")[1]] == [(0, False), (3, True), (6, False)]
+    seen.clear()
+    from_scratch = fit(replace(config, init_from=""))
+    assert len(seen) == 2 and "start_validation" not in from_scratch and read_log(tmp_path / "run")[1][0]["step"] == 3
 
 
 def test_init_from_refuses_what_it_cannot_start_from(data_dir, tmp_path, run_cli):

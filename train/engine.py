@@ -125,6 +125,7 @@ class TrainerState:
     batches_in_epoch: int = 0  # batches of `epoch` already consumed
     best_metric: float | None = None
     best_step: int = -1
+    start_metric: float | None = None  # a fine-tune's (init_from) starting weights, validated at step 0
     evals_without_improvement: int = 0
     elapsed: float = 0.0  # wall clock, evaluations included
     eval_seconds: float = 0.0
@@ -382,11 +383,19 @@ def train(
         model.train()
         return metrics
 
-    def run_evaluation():
+    def run_evaluation(candidate: bool = True):
+        """Validate the model; a candidate may become the best. Not a candidate: a fine-tune's starting
+        weights, the curves' first point, which the run's model is not chosen from (its trained weights are)."""
         eval_start = time.perf_counter()
         metrics = on_main(validate)
         state.eval_seconds += time.perf_counter() - eval_start
         value = metrics[config.metric_for_best]
+        if not candidate:
+            state.start_metric = value
+            if main:
+                _log(log_path, {"step": state.step, "eval": metrics, "best": False})
+                tqdm.write(f"train: the weights of init_from score validation {config.metric_for_best} {value:.4f} at step 0")
+            return metrics
         improved = state.best_metric is None or value >= state.best_metric  # ties: the later, more trained model
         if improved:
             state.evals_without_improvement = 0 if state.best_metric is None or value > state.best_metric else state.evals_without_improvement + 1
@@ -407,6 +416,8 @@ def train(
     model.train()
     started = time.perf_counter() - state.elapsed
     step_seconds = collections.deque(maxlen=100)  # the last steps' durations, for train_seconds
+    if config.init_from and not resume:  # in the wall clock and in eval_seconds, as every validation
+        last_eval = run_evaluation(candidate=False)
     last_step_end = time.perf_counter()
     stop = state.finished or state.step >= total_steps
     try:
@@ -527,7 +538,8 @@ def train(
     training = state.elapsed - state.eval_seconds
     return {
         "steps": state.step, "epochs_started": state.epoch + 1, "best_step": state.best_step,
-        "best_validation": state.best_metric, "wall_seconds": round(state.elapsed, 2), "eval_seconds": round(state.eval_seconds, 2),
+        "best_validation": state.best_metric, **({"start_validation": state.start_metric} if state.start_metric is not None else {}),
+        "wall_seconds": round(state.elapsed, 2), "eval_seconds": round(state.eval_seconds, 2),
         "train_seconds": round(training, 2), "train_tokens": state.tokens,
         "train_tokens_per_second": round(state.tokens / training, 1) if training > 0 else None,
         "precision": precision, "compiled": compiled, "devices": accelerator.num_processes, "device": str(accelerator.device),

@@ -349,7 +349,8 @@ def train_run(config: TrainConfig, resume: bool = False, overwrite: bool = False
     engine.plot_curve(run_dir, config.metric_for_best)
     _, evals = engine.read_log(run_dir)
     best = next((e["eval"] for e in evals if e["step"] == summary["best_step"]), None)
-    engine.write_json(run_dir / "metrics.json", {"training": summary, "validation_best": best})
+    start = next((e["eval"] for e in evals if e["step"] == 0), None)  # init_from's weights
+    engine.write_json(run_dir / "metrics.json", {"training": summary, "validation_best": best, **({"validation_start": start} if start else {})})
     return evaluate_run(run_dir, limit=config.eval_limit, batch_size=config.eval_batch_size, num_beams=config.num_beams, progress=progress)
 
 
