@@ -107,6 +107,14 @@ class Shares(click.ParamType):
             self.fail(f"{value!r} is not a list of finite numbers; write them with the digits 0-9, e.g. 0.5,0.3,0.2", param, ctx)
 
 
+# eval and the analyses that read a run's rows: its dataset from elsewhere, config.yaml untouched (train.runs.open_run)
+DATA_OPTION = click.option(
+    "--data", type=click.Path(file_okay=False), default=None,
+    help="Quadratic runs (and classification runs on equations): a dataset directory of `cli.py gen` to read instead of "
+         "the one named by `data:` in RUN_DIR's config.yaml, e.g. one made here for a run trained elsewhere; the same "
+         "options give the same rows.  [default: the run's data:]")
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 def cli():
     """quadlab: generate quadratic equations with worked solutions, train transformers on them,
@@ -313,7 +321,8 @@ def train(task, model_name, init_from, train_file, eval_file, preset, config_pat
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
               help="Directory for metrics.json (this split's entry; others there are kept), the predictions and diagnosis.png.  "
                    "[default: RUN_DIR, whose results for the split are replaced: a --limit check there overwrites the full test]")
-def eval_command(run_dir, split, limit, batch_size, num_beams, out_dir):
+@DATA_OPTION
+def eval_command(run_dir, split, limit, batch_size, num_beams, out_dir, data):
     """Evaluate a trained run. Quadratic: full-solution and character accuracy, roots accuracy and
     valid-steps rate (judged by the grader of `cli.py verify`), overall and by root count; writes
     metrics.json and predictions.jsonl. SQuAD: exact match and F1 on the evaluation set; writes
@@ -325,7 +334,7 @@ def eval_command(run_dir, split, limit, batch_size, num_beams, out_dir):
     _check_out(out_dir, "--out")
     task = tasks.module(open_run(Path(run_dir), "eval").task)
     metrics = task.evaluate_run(Path(run_dir), split=split, limit=limit, batch_size=batch_size, num_beams=num_beams,
-                                out_dir=Path(out_dir) if out_dir else None)
+                                out_dir=Path(out_dir) if out_dir else None, data=data)
     for line in task.metric_lines(run_dir, metrics, split):
         click.echo(line)
 
@@ -363,7 +372,8 @@ def _run_or_newest(run, command: str, task: str | None = None):
                    "token at position QUERY (0 is the first token; the rows of the maps), the query and key vectors, their "
                    "elementwise product, the scores, the bias added before the softmax and the attention. KIND is encoder "
                    "(the default), decoder or cross; decoder and cross queries are output tokens. E.g. 1:3:5, cross:0:2:7.")
-def maps(run_dir, split, limit, examples, equation, heads, out_dir, batch_size, bertviz, question, context, text, neurons):
+@DATA_OPTION
+def maps(run_dir, split, limit, examples, equation, heads, out_dir, batch_size, bertviz, question, context, text, neurons, data):
     """Render attention maps of a trained run (any task).
 
     For one example (its model-written answer; for a seq2seq model teacher-forced once, so that
@@ -382,7 +392,7 @@ def maps(run_dir, split, limit, examples, equation, heads, out_dir, batch_size, 
     given = {k: v for k, v in (("equation", equation), ("question", question), ("context", context), ("text", text)) if v is not None}
     result = render_maps(run, Path(out_dir) if out_dir else None, split=split, limit=limit,
                          examples=list(examples) or None, given=given or None, heads=list(heads), batch_size=batch_size, bertviz=bertviz,
-                         neurons=list(neurons))
+                         neurons=list(neurons), data=data)
     click.echo(f"wrote {len(result['figures'])} figures, maps.npz and index.html to {result['out_dir']} "
                f"(averages over {result['examples_averaged']} {result['split']} examples in {result['average_seconds']} s)")
 
@@ -404,7 +414,8 @@ def maps(run_dir, split, limit, examples, equation, heads, out_dir, batch_size, 
                    "models instead of across RUN_DIR's checkpoints.")
 @click.option("--no-importance", is_flag=True, help="Skip head ablation, gradient importance and symbol blocking (the slow part).")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None, help="Figures directory.  [default: figures/<run name>]")
-def heads(run_dir, split, limit, eval_limit, batch_size, clusters, compare, no_importance, out_dir):
+@DATA_OPTION
+def heads(run_dir, split, limit, eval_limit, batch_size, clusters, compare, no_importance, out_dir, data):
     """Head-level analysis of RUN_DIR (quadratic or SQuAD), written to <figures>/heads/ and added to
     its index.html.
 
@@ -423,7 +434,8 @@ def heads(run_dir, split, limit, eval_limit, batch_size, clusters, compare, no_i
 
     _check_out(out_dir, "--out")
     result = analyze_heads(Path(run_dir), Path(out_dir) if out_dir else None, split=split, limit=limit, eval_limit=eval_limit,
-                           batch_size=batch_size, clusters=clusters, compare=[Path(p) for p in compare], skip_importance=no_importance)
+                           batch_size=batch_size, clusters=clusters, compare=[Path(p) for p in compare], skip_importance=no_importance,
+                           data=data)
     for line in summary_lines(result):
         click.echo(line)
     seconds = ", ".join(f"{k} {v} s" for k, v in result["seconds"].items())
@@ -443,7 +455,8 @@ def heads(run_dir, split, limit, eval_limit, batch_size, clusters, compare, no_i
                    "of D's operand b^2 changed; formats that write D's operands, such as reversed).")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
               help="Output directory.  [default: figures/<run name>/patching, or patching-decoder with --side decoder]")
-def patch(run_dir, pairs, split, seed, batch_size, side, out_dir):
+@DATA_OPTION
+def patch(run_dir, pairs, split, seed, batch_size, side, out_dir, data):
     """Activation patching of RUN_DIR's encoder or decoder (a task that provides pairs: quadratic).
 
     Encoder: for pairs of equations that differ in one coefficient (same sign and number of
@@ -462,7 +475,7 @@ def patch(run_dir, pairs, split, seed, batch_size, side, out_dir):
 
     _check_out(out_dir, "--out")
     result = analyze_patching(Path(run_dir), Path(out_dir) if out_dir else None, pairs=pairs, split=split, seed=seed, batch_size=batch_size,
-                              side=side)
+                              side=side, data=data)
     refresh_report(Path(result["out_dir"]))
     for line in summary_lines(result):
         click.echo(line)
@@ -575,7 +588,8 @@ def serve(run_dirs, host, port, threads):
               help="Share of the rows that score the probes; the others fit them (split by example, never by token).")
 @click.option("--seed", type=INT, default=0, show_default=True, help="Seed of the split, the control labels and the sampled tokens.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None, help="Output directory.  [default: figures/<run name>/probes]")
-def probe(run_dir, split, limit, targets, batch_size, held_out, seed, out_dir):
+@DATA_OPTION
+def probe(run_dir, split, limit, targets, batch_size, held_out, seed, out_dir, data):
     """Linear probes on the hidden states of RUN_DIR: for every layer (0 = embeddings) of the
     encoder at every token role of the input (the mean over the role's tokens, and over the whole
     sequence) and, for seq2seq runs, of the decoder at the last `=` of each statement of the
@@ -589,7 +603,7 @@ def probe(run_dir, split, limit, targets, batch_size, held_out, seed, out_dir):
 
     _check_out(out_dir, "--out")
     result = run_probes(Path(run_dir), Path(out_dir) if out_dir else None, split=split, limit=limit, targets=list(targets),
-                        batch_size=batch_size, held_out=held_out, seed=seed)
+                        batch_size=batch_size, held_out=held_out, seed=seed, data=data)
     refresh_report(Path(result["out_dir"]))
     for line in summary_lines(result):
         click.echo(line)

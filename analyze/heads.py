@@ -271,11 +271,11 @@ def correlations(task, points: list[dict]) -> dict:
 
 def analyze_heads(run_dir: Path, out_dir: Path | None = None, split: str = "test", limit: int = 1000, eval_limit: int = 300,
                   batch_size: int | None = None, clusters: int = 0, compare: list[Path] | None = None, skip_importance: bool = False,
-                  progress: bool = True) -> dict:
+                  progress: bool = True, data: str | Path | None = None) -> dict:
     from train.runs import analysis, figures_dir, open_run, read_config
 
     run_dir = Path(run_dir)
-    config = open_run(run_dir, "heads")
+    config = open_run(run_dir, "heads", data=data)
     compare = [Path(p) for p in compare or []]
     for other in compare:
         theirs = other / "tokenizer.json"
@@ -285,7 +285,7 @@ def analyze_heads(run_dir: Path, out_dir: Path | None = None, split: str = "test
             open_run(other, "heads --compare", task=config.task)
         except QuadlabError as err:
             raise QuadlabError(f"--compare {other}: {err}") from None
-    task = analysis(run_dir, "heads", split=split, limit=limit, eval_limit=eval_limit)
+    task = analysis(run_dir, "heads", split=split, limit=limit, eval_limit=eval_limit, data=data)
     batch_size = batch_size or task.batch_size
     model = task.model
     if torch.cuda.is_available():

@@ -176,7 +176,8 @@ def render_average(averages: dict, roles: dict, out_dir: Path, arrays: dict, spl
 
 def render_maps(run_dir: Path, out_dir: Path | None = None, split: str = "test", limit: int = 0, examples: list[int] | None = None,
                 given: dict | None = None, heads: list[tuple[int, int]] | None = None, batch_size: int = 256,
-                bertviz: bool = False, progress: bool = True, neurons: list[tuple[str, int, int, int]] | None = None) -> dict:
+                bertviz: bool = False, progress: bool = True, neurons: list[tuple[str, int, int, int]] | None = None,
+                data: str | Path | None = None) -> dict:
     """The standard set for a run of any task: maps of chosen examples (rows of the split, or one
     `given` by its fields, e.g. {"equation": ...}), averages over the split by position and by
     role, the report; the neuron view of each (kind, layer, head, query token) in `neurons` for the
@@ -186,7 +187,7 @@ def render_maps(run_dir: Path, out_dir: Path | None = None, split: str = "test",
     from train.runs import analysis, figures_dir
 
     run_dir = Path(run_dir)
-    task = analysis(run_dir, "maps", split=split, limit=limit)
+    task = analysis(run_dir, "maps", split=split, limit=limit, data=data)
     check_given(task, given, run_dir)
     out_dir = Path(out_dir or figures_dir(run_dir))
     heads = heads or []

@@ -244,17 +244,17 @@ def layer_names(n_layers: int) -> list[str]:
 
 
 def analyze_patching(run_dir: Path, out_dir: Path | None = None, pairs: int = 200, split: str = "test", seed: int = 0,
-                     batch_size: int = 256, progress: bool = True, side: str = "encoder") -> dict:
+                     batch_size: int = 256, progress: bool = True, side: str = "encoder", data: str | Path | None = None) -> dict:
     from train import tasks
     from train.runs import analysis, figures_dir, open_run
 
     run_dir = Path(run_dir)
-    config = open_run(run_dir, "patch")
+    config = open_run(run_dir, "patch", data=data)
     if not hasattr(tasks.module(config.task).Analysis, "patch_pairs"):
         raise QuadlabError(f"{run_dir} is a {tasks.TASKS[config.task].title} run; patching needs a task that provides pairs of "
                            f"inputs (the quadratic task does: `{tasks.TASKS['quadratic'].train_command}`)")
     clock = time.perf_counter()
-    task = analysis(run_dir, "patch", split=split)
+    task = analysis(run_dir, "patch", split=split, data=data)
     model = task.model.eval()
     sites(model)  # another architecture fails here, before any work
     if torch.cuda.is_available():

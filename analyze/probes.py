@@ -335,7 +335,7 @@ def rows_needed(fraction: float) -> int:
 
 
 def run_probes(run_dir: Path, out_dir: Path | None = None, split: str = "test", limit: int = DEFAULT_LIMIT, targets: list[str] | None = None,
-               batch_size: int | None = None, held_out: float = 0.3, seed: int = 0, progress: bool = True) -> dict:
+               batch_size: int | None = None, held_out: float = 0.3, seed: int = 0, progress: bool = True, data: str | Path | None = None) -> dict:
     import torch
     from threadpoolctl import threadpool_limits
 
@@ -345,7 +345,7 @@ def run_probes(run_dir: Path, out_dir: Path | None = None, split: str = "test", 
     if not 0 < held_out < 1:
         raise QuadlabError(f"--held-out {held_out} is not a share of the rows; give a number between 0 and 1, e.g. 0.3")
     run_dir = Path(run_dir)
-    task = analysis(run_dir, "probe", split=split, limit=limit)
+    task = analysis(run_dir, "probe", split=split, limit=limit, data=data)
     known = task.probe_targets()
     chosen = list(dict.fromkeys(targets)) if targets else list(known)
     unknown = [t for t in chosen if t not in known]

@@ -40,7 +40,7 @@ def run(request, data, tmp_path_factory):
 @pytest.mark.parametrize("name", list(tasks.TASKS))
 def test_every_task_provides_the_interface(name):
     module = tasks.module(name)
-    assert callable(module.train_run) and callable(module.evaluate_run) and callable(module.metric_lines)
+    assert callable(module.train_run) and callable(module.evaluate_run) and callable(module.metric_lines) and callable(module.reads_data)
     task = module.Analysis
     for attribute in ("name", "kinds", "sides", "roles", "symbols", "control_roles", "control_name", "metrics", "class_name", "inputs",
                       "averaged_on", "batch_size", "attended", "batches", "example", "answer_lines", "query_masks", "gradient_batches",
@@ -125,6 +125,46 @@ def test_explain_and_serve_need_none_of_the_runs_data(run, tmp_path):
     result = explain(moved, GIVEN[name], tmp_path / "explain")
     assert result["lines"] and (tmp_path / "explain" / "example-explain" / "encoder-heads.png").exists()
     assert load_runs([moved])["moved"].task.n_rows == 0
+
+
+def test_data_gives_a_moved_run_its_rows_and_leaves_its_config_as_it_was(run, data, tmp_path, capsys, monkeypatch):
+    """--data: eval and the analyses of a run trained elsewhere (its `data:` gone) read a dataset made
+    here, without an edit of its config.yaml; a task that reads no dataset of `cli.py gen` refuses it."""
+    import shutil
+
+    import yaml
+
+    from test_bad_inputs import quadlab, snapshot
+
+    name, run_dir = run
+    moved = tmp_path / "moved"
+    shutil.copytree(run_dir, moved, ignore=shutil.ignore_patterns("checkpoint*", "step-*"))
+    config = yaml.safe_load((moved / "config.yaml").read_text())
+    if config.get("data"):
+        config["data"] = str(tmp_path / "gone")
+    (moved / "config.yaml").write_text(yaml.safe_dump(config))
+    before = snapshot(moved)
+    here = data / "quadratic"
+    if name == "squad":  # reads its SQuAD files
+        for command in (("eval", moved), ("maps", "--run", moved), ("heads", moved), ("probe", moved)):
+            status, _, err = quadlab(capsys, monkeypatch, *command, "--data", here, "--out", tmp_path / "out")
+            assert status == 2 and "--data is for runs that read a dataset of `cli.py gen`" in err and len(err.strip().splitlines()) == 1
+        assert snapshot(moved) == before and not (tmp_path / "out").exists()
+        return
+    status, _, err = quadlab(capsys, monkeypatch, "eval", moved, "--limit", 3, "--out", tmp_path / "without")
+    assert status == 2 and "gone" in err and "--data" in err
+    status, printed, err = quadlab(capsys, monkeypatch, "eval", moved, "--limit", 3, "--out", tmp_path / "with", "--data", here)
+    assert status == 0, err
+    status, _, err = quadlab(capsys, monkeypatch, "eval", run_dir, "--limit", 3, "--out", tmp_path / "original")
+    assert status == 0, err  # the same rows and answers as the run where it was trained
+    assert (tmp_path / "with" / "predictions.jsonl").read_text() == (tmp_path / "original" / "predictions.jsonl").read_text() != ""
+    task = analysis(moved, "maps", limit=4, data=here)
+    assert task.n_rows == 4 and task.config.data == str(here)
+    reference = analysis(run_dir, "maps", limit=4)  # the same rows as from the run's own data:
+    assert json.dumps(task.rows, sort_keys=True, default=str) == json.dumps(reference.rows, sort_keys=True, default=str)
+    status, _, err = quadlab(capsys, monkeypatch, "maps", "--run", moved, "--limit", 4, "--data", here, "--out", tmp_path / "maps")
+    assert status == 0 and (tmp_path / "maps" / "index.html").exists(), err
+    assert snapshot(moved) == before  # config.yaml still names the data it was trained on
 
 
 def test_the_default_figures_folder_is_named_after_the_run(run, tmp_path, monkeypatch):

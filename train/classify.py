@@ -167,8 +167,8 @@ def label_order(names) -> list[str]:
     return sorted(names, key=int if numeric else None)
 
 
-def reads_equations(config: TrainConfig) -> bool:
-    """Whether the run classifies the quadratic dataset's equations (no file or hub dataset given)."""
+def reads_data(config: TrainConfig) -> bool:
+    """Whether the run classifies the quadratic dataset's equations in config.data (no file or hub dataset given)."""
     return not config.train_file and not config.hub_dataset
 
 
@@ -176,7 +176,7 @@ def load_data(config: TrainConfig) -> dict:
     """{"train", "validation", "test": rows, "labels": names in id order, "majority": the most
     frequent training label, "pairs", "quadratic": whether the rows are the quadratic dataset's
     equations, "source"}."""
-    quadratic = reads_equations(config)
+    quadratic = reads_data(config)
     if config.train_file:
         rows = read_file(Path(config.train_file), config)
         if config.eval_file:
@@ -377,17 +377,17 @@ def metric_lines(run_dir, metrics: dict, split: str) -> list[str]:
 
 
 def evaluate_run(run_dir: Path, split: str = "test", limit: int = 0, batch_size: int | None = None, num_beams: int = 0, progress: bool = True,
-                 out_dir: Path | None = None) -> dict:
+                 out_dir: Path | None = None, data: str | Path | None = None) -> dict:
     """Classify the first `limit` rows (0: all) of `split` with a run's model: metrics.json (under
     the split) and predictions.jsonl (predictions-<split>.jsonl for other splits) in out_dir
     (default: the run). `num_beams` does not apply to a classifier."""
     from train import engine
 
     run_dir = Path(run_dir)
-    model, tokenizer, config = load_run(run_dir)
-    data = load_data(config)
+    model, tokenizer, config = load_run(run_dir, data=data)
+    loaded = load_data(config)
     labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
-    rows = data[split][: limit or None]
+    rows = loaded[split][: limit or None]
     unknown = sorted({r["label"] for r in rows} - set(labels))
     if unknown:
         raise QuadlabError(f"the {split} rows have labels that {run_dir}'s model does not know ({', '.join(map(repr, unknown[:5]))}); "
@@ -396,7 +396,7 @@ def evaluate_run(run_dir: Path, split: str = "test", limit: int = 0, batch_size:
         model = model.to("cuda")
     probabilities = predict(model, features(tokenizer, rows, config.max_length), tokenizer.pad_token_id, batch_size or config.eval_batch_size,
                             progress=progress)
-    metrics, records = scored(probabilities, rows, labels, data["majority"])
+    metrics, records = scored(probabilities, rows, labels, loaded["majority"])
     out = engine.output_dir(out_dir or run_dir)
     path = out / "metrics.json"
     everything = json.loads(path.read_text()) if path.exists() else {}
@@ -406,9 +406,9 @@ def evaluate_run(run_dir: Path, split: str = "test", limit: int = 0, batch_size:
     return everything
 
 
-def load_run(run_dir: Path, command: str = "eval"):
+def load_run(run_dir: Path, command: str = "eval", data: str | Path | None = None):
     """(model, tokenizer, config) of a finished classification run, or a one-line error (train/runs.py)."""
-    return runs.load_run(run_dir, command, task="classify")
+    return runs.load_run(run_dir, command, task="classify", data=data)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -452,21 +452,22 @@ class Analysis(EncoderAnalysis):
     averaged_on = "the split's texts (of pairs: text, then text_pair)"
     attended = [("[CLS] attends most to", "encoder", ("[CLS]",), None)]
 
-    def __init__(self, run_dir: Path, command: str, split: str | None = "test", limit: int = 0, eval_limit: int = 0):
-        self.model, self.tokenizer, self.config = load_run(run_dir, command)
+    def __init__(self, run_dir: Path, command: str, split: str | None = "test", limit: int = 0, eval_limit: int = 0,
+                 data: str | Path | None = None):
+        self.model, self.tokenizer, self.config = load_run(run_dir, command, data)
         self.labels = [self.model.config.id2label[i] for i in range(self.model.config.num_labels)]
-        if split is None and reads_equations(self.config):  # given equations only: single texts; the dataset need not be here
-            data = {"majority": None, "quadratic": True, "pairs": False}
+        if split is None and reads_data(self.config):  # given equations only: single texts; the dataset need not be here
+            loaded = {"majority": None, "quadratic": True, "pairs": False}
         else:  # a file's rows say whether the model reads pairs
-            data = load_data(self.config)
-        self.majority, self.equation = data["majority"], data["quadratic"]
+            loaded = load_data(self.config)
+        self.majority, self.equation = loaded["majority"], loaded["quadratic"]
         if self.equation:
             self.roles = {"encoder": EQUATION_TOKEN_ROLES}
             self.symbols, self.control_roles, self.control_name = ("[CLS]", "[SEP]", "x", "^", "="), ("a", "b", "c"), "digits"
             self.averaged_on = "the split's equations"
-        if not data["pairs"]:
+        if not loaded["pairs"]:
             self.inputs = ("text",)
-        rows = data[split] if split is not None else []
+        rows = loaded[split] if split is not None else []
         self.rows, self.eval_rows = rows[: limit or None], rows[:eval_limit]
         self.split, self.n_rows, self.n_eval_rows = split, len(self.rows), len(self.eval_rows)
 

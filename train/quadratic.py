@@ -60,7 +60,7 @@ def load_splits(config: TrainConfig, run_dir: Path | None = None):
     import datasets
 
     path = Path(config.data)
-    elsewhere = "or point --data (for a run: `data:` in its config.yaml) at one"
+    elsewhere = "or point --data at one (`train --resume`: the `data:` line of the run's config.yaml)"
     trained_on = recorded_options(Path(run_dir) / DATASET_CARD) if run_dir else None
     written_with = recorded_options(path / "card.json")  # None where there is none: gone, or a dataset cut with `select`
     if not path.exists():
@@ -72,7 +72,7 @@ def load_splits(config: TrainConfig, run_dir: Path | None = None):
         made_with = trained_on or written_with
         remake = f"make it again with `{made_with.command(path) if made_with else f'python cli.py gen --out {path}'} --overwrite`, {elsewhere}"
     else:  # something else, which a hint must not tell anyone to overwrite
-        remake = "point --data (for a run: `data:` in its config.yaml) at a directory made by `python cli.py gen --out DIR`"
+        remake = "point --data at a directory made by `python cli.py gen --out DIR` (`train --resume`: the `data:` line of the run's config.yaml)"
     if not path.is_dir():
         why = "it is a file" if path.exists() else "it does not exist"
         raise QuadlabError(f"no quadratic dataset at {path} ({why}); {remake}")
@@ -94,7 +94,7 @@ def load_splits(config: TrainConfig, run_dir: Path | None = None):
     if trained_on and written_with and written_with.format != trained_on.format:  # every grade and map would mix two formats
         same_rows = dataclasses.replace(written_with, format=trained_on.format)
         raise QuadlabError(f"the solutions in {path} are in the {written_with.format} format, but {run_dir} was trained on "
-                           f"{trained_on.format}; point --data (for a run: `data:` in its config.yaml) at a {trained_on.format} "
+                           f"{trained_on.format}; point --data at a {trained_on.format} "
                            f"dataset, e.g. its equations in that format: `{same_rows.command(path.with_name(path.name + '-' + trained_on.format))}`")
     if config.val_size == 0:
         return datasets.DatasetDict({"train": dd["train"], "validation": dd["train"], "test": dd["test"]})
@@ -461,19 +461,24 @@ def plot_diagnosis(run_dir: Path, diagnosed: dict, name: str = "diagnosis.png", 
     return path
 
 
-def load_run(run_dir: Path, command: str = "eval"):
+def reads_data(config: TrainConfig) -> bool:
+    """A quadratic run's rows always come from config.data (train/tasks.py)."""
+    return True
+
+
+def load_run(run_dir: Path, command: str = "eval", data: str | Path | None = None):
     """(model, tokenizer, config) of a finished quadratic run, or a one-line error (train/runs.py)."""
-    return runs.load_run(run_dir, command, task="quadratic")
+    return runs.load_run(run_dir, command, task="quadratic", data=data)
 
 
 def evaluate_run(run_dir: Path, split: str = "test", limit: int = 0, batch_size: int | None = None, num_beams: int = 0, progress: bool = True,
-                 out_dir: Path | None = None) -> dict:
+                 out_dir: Path | None = None, data: str | Path | None = None) -> dict:
     """Decode a split with the run's model; write metrics.json (the split's entry), predictions.jsonl
     and diagnosis.png into out_dir (default: the run)."""
     from train import engine
 
     run_dir = Path(run_dir)
-    model, tokenizer, config = load_run(run_dir)
+    model, tokenizer, config = load_run(run_dir, data=data)
     if torch.cuda.is_available():
         model = model.to("cuda")
     dataset = load_splits(config, run_dir)[split]
@@ -651,10 +656,11 @@ class Analysis:
     averaged_on = "the split's reference solutions, teacher-forced"
     attended = [("encoder self-attention", "encoder", None, None), ("cross-attention", "cross", None, None)]
 
-    def __init__(self, run_dir: Path, command: str, split: str | None = "test", limit: int = 0, eval_limit: int = 0):
+    def __init__(self, run_dir: Path, command: str, split: str | None = "test", limit: int = 0, eval_limit: int = 0,
+                 data: str | Path | None = None):
         from train.metrics import ROOT_CLASSES
 
-        self.model, self.tokenizer, self.config = load_run(run_dir, command)
+        self.model, self.tokenizer, self.config = load_run(run_dir, command, data)
         if split is None:  # given equations only: the run's dataset need not be here
             columns = {k: [] for k in ("equation", "solution", "num_roots", "a", "b", "c")}
         else:

@@ -50,11 +50,20 @@ def read_config(run_dir: Path) -> TrainConfig:
         raise QuadlabError(f"{path} is not a usable configuration ({err}); {_damaged(run_dir, False)}") from None
 
 
-def open_run(run_dir: Path, command: str, task: str | None = None) -> TrainConfig:
+def open_run(run_dir: Path, command: str, task: str | None = None, data: str | Path | None = None) -> TrainConfig:
     """The configuration of a finished run, checked to be of `task` (any task when None) and to
-    hold its model and tokenizer files."""
+    hold its model and tokenizer files; with `data` (--data), a dataset directory that replaces its
+    `data:` for this command (a run trained elsewhere, on a dataset made here), config.yaml untouched."""
+    import dataclasses
+
     run_dir = Path(run_dir)
     config = read_config(run_dir)
+    if data is not None:
+        if not tasks.module(config.task).reads_data(config):
+            reads = f"--train-file {config.train_file}" if config.train_file else f"hub_dataset {config.hub_dataset}"
+            raise QuadlabError(f"--data is for runs that read a dataset of `cli.py gen`; {run_dir} is a {tasks.TASKS[config.task].title} "
+                               f"run that reads {reads} (its config.yaml): drop --data")
+        config = dataclasses.replace(config, data=str(data))
     if task and config.task != task:
         raise QuadlabError(f"{run_dir} is a {tasks.TASKS[config.task].title} run; `{command}` needs a {tasks.TASKS[task].title} run "
                            f"(train one with `{tasks.TASKS[task].train_command}`)")
@@ -105,12 +114,13 @@ def check_checkpoint(run_dir: Path) -> None:
             check_whole(path, f"start {run_dir} again without --resume (with --overwrite)")
 
 
-def load_run(run_dir: Path, command: str, task: str | None = None):
-    """(model, tokenizer, config) of a finished run, with eager attention (it returns the maps)."""
+def load_run(run_dir: Path, command: str, task: str | None = None, data: str | Path | None = None):
+    """(model, tokenizer, config) of a finished run, with eager attention (it returns the maps);
+    `data` as in open_run."""
     from train.engine import quiet_libraries
 
     run_dir = Path(run_dir)
-    config = open_run(run_dir, command, task)
+    config = open_run(run_dir, command, task, data)
     quiet_libraries()
     tokenizer = load_tokenizer(run_dir)
     try:
@@ -120,11 +130,12 @@ def load_run(run_dir: Path, command: str, task: str | None = None):
     return model, tokenizer, config
 
 
-def analysis(run_dir: Path, command: str, split: str | None = "test", limit: int = 0, eval_limit: int = 0):
+def analysis(run_dir: Path, command: str, split: str | None = "test", limit: int = 0, eval_limit: int = 0,
+             data: str | Path | None = None):
     """The `Analysis` (train/tasks.py) of a finished run's task, on its rows of `split` (None: no
-    rows, for commands that read only given inputs)."""
-    config = open_run(run_dir, command)
-    return tasks.module(config.task).Analysis(Path(run_dir), command, split=split, limit=limit, eval_limit=eval_limit)
+    rows, for commands that read only given inputs), from `data` when given (open_run)."""
+    config = open_run(run_dir, command, data=data)
+    return tasks.module(config.task).Analysis(Path(run_dir), command, split=split, limit=limit, eval_limit=eval_limit, data=data)
 
 
 def load_tokenizer(run_dir: Path):

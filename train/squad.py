@@ -198,22 +198,22 @@ def metric_lines(run_dir, metrics: dict, split: str) -> list[str]:
 
 
 def evaluate_run(run_dir: Path, split: str = "test", limit: int = 0, batch_size: int | None = None, num_beams: int = 0, progress: bool = True,
-                 out_dir: Path | None = None) -> dict:
+                 out_dir: Path | None = None, data: str | Path | None = None) -> dict:
     """Predict the evaluation set again with a run's model: predictions.json and metrics.json in
     out_dir (default: the run; a SQuAD run has one evaluation set: `split` and `num_beams` do not
     apply; `batch_size` windows per forward pass)."""
     from train import engine
 
     run_dir = Path(run_dir)
-    model, tokenizer, config = load_run(run_dir)
+    model, tokenizer, config = load_run(run_dir, data=data)
     if batch_size:
         config.eval_batch_size = batch_size
     if torch.cuda.is_available():
         model = model.to("cuda")
-    data = load_data(config)
-    rows = drop_long_questions(tokenizer, data["eval"][: limit or None], config.max_length, data["skipped"])
+    loaded = load_data(config)
+    rows = drop_long_questions(tokenizer, loaded["eval"][: limit or None], config.max_length, loaded["skipped"])
     features = eval_features(tokenizer, rows, config.max_length, config.stride, config.padding)
-    predictions, nbest = predict(model, tokenizer, rows, features, config, data["version_2"])
+    predictions, nbest = predict(model, tokenizer, rows, features, config, loaded["version_2"])
     metrics = squad_metrics(predictions, {r["id"]: r["answers"]["text"] for r in rows})
     out = engine.output_dir(out_dir or run_dir)
     engine.write_json(out / "predictions.json", predictions)
@@ -224,9 +224,14 @@ def evaluate_run(run_dir: Path, split: str = "test", limit: int = 0, batch_size:
     return everything
 
 
-def load_run(run_dir: Path, command: str = "eval"):
+def reads_data(config: TrainConfig) -> bool:
+    """A SQuAD run reads its SQuAD files (or the hub), never a dataset of `cli.py gen` (train/tasks.py)."""
+    return False
+
+
+def load_run(run_dir: Path, command: str = "eval", data: str | Path | None = None):
     """(model, tokenizer, config) of a finished SQuAD run, or a one-line error (train/runs.py)."""
-    return runs.load_run(run_dir, command, task="squad")
+    return runs.load_run(run_dir, command, task="squad", data=data)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -285,15 +290,16 @@ class Analysis(EncoderAnalysis):
     averaged_on = "every window of the questions; answer = the first gold answer's tokens"
     attended = [("the answer span attends most to the question token", "encoder", ("answer",), ("question",))]
 
-    def __init__(self, run_dir: Path, command: str, split: str | None = "test", limit: int = 0, eval_limit: int = 0):
-        self.model, self.tokenizer, self.config = load_run(run_dir, command)
+    def __init__(self, run_dir: Path, command: str, split: str | None = "test", limit: int = 0, eval_limit: int = 0,
+                 data: str | Path | None = None):
+        self.model, self.tokenizer, self.config = load_run(run_dir, command, data)
         if split is None:  # given questions only: the run's SQuAD files need not be here
             self.version_2, self.rows, self.eval_rows = False, [], []
         else:
-            data = load_data(self.config)
-            self.version_2 = data["version_2"]
-            self.rows = drop_long_questions(self.tokenizer, data["eval"][: limit or None], self.config.max_length, data["skipped"])
-            self.eval_rows = drop_long_questions(self.tokenizer, data["eval"][:eval_limit], self.config.max_length, data["skipped"])
+            loaded = load_data(self.config)
+            self.version_2 = loaded["version_2"]
+            self.rows = drop_long_questions(self.tokenizer, loaded["eval"][: limit or None], self.config.max_length, loaded["skipped"])
+            self.eval_rows = drop_long_questions(self.tokenizer, loaded["eval"][:eval_limit], self.config.max_length, loaded["skipped"])
         self.split, self.n_rows, self.n_eval_rows = "evaluation", len(self.rows), len(self.eval_rows)
 
     @staticmethod

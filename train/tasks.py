@@ -9,14 +9,17 @@ A task module provides, for the engine and `cli.py train` / `cli.py eval`:
 
     train_run(config, resume=False, overwrite=False, stop_after_steps=None, progress=True, deadline=None, evaluate_by=None)
         -> metrics (None on the non-main processes of a multi-process run); the last three go to engine.train
-    evaluate_run(run_dir, split="test", limit=0, batch_size=None, num_beams=0, progress=True) -> metrics
+    evaluate_run(run_dir, split="test", limit=0, batch_size=None, num_beams=0, progress=True, out_dir=None, data=None) -> metrics
     metric_lines(run_dir, metrics, split) -> the lines `train` and `eval` print
+    reads_data(config) -> whether a run's rows come from the dataset of `cli.py gen` in config.data,
+                          which --data replaces for `eval` and the analyses (runs.open_run)
 
 and, for the analyses (`maps`, `heads`, `explain`, `ask`, `probe`, `patch`), a class `Analysis(run_dir, command,
-split="test", limit=0, eval_limit=0)` that opens a finished run (model with eager attention,
+split="test", limit=0, eval_limit=0, data=None)` that opens a finished run (model with eager attention,
 tokenizer, config) and its first `limit` rows (0: all) to analyse and `eval_limit` rows to score;
 with split=None it opens no rows and needs none of the run's data (`explain`, `ask`, `serve`
-read only given inputs):
+read only given inputs). `data`, in both: a dataset directory of `cli.py gen` to read instead of the
+run's `data:` (runs.open_run; refused for a task that does not read one):
 
     name, model, tokenizer, config, split, n_rows, n_eval_rows
     kinds           attention kinds of the model: ("encoder",) or ("encoder", "decoder", "cross")

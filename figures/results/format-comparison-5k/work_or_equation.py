@@ -178,6 +178,7 @@ def main():
     parser.add_argument("--pairs", type=at_least(1), default=300, help="pairs per kind of statement (default 300)")
     parser.add_argument("--rows", type=at_least(2), default=3000, help="test rows the pairs are drawn from (default 3000)")
     parser.add_argument("--seed", type=at_least(0), default=0)
+    parser.add_argument("--data", default=None, help="a dataset of `cli.py gen` to read instead of the run's `data:` (as `cli.py eval --data`)")
     args = parser.parse_args()
     from train.quadratic import load_run, load_splits
 
@@ -185,7 +186,7 @@ def main():
     if out.exists() and not out.is_dir():
         sys.exit(f"work_or_equation: {out} is a file; give a directory for the results")
     try:
-        model, tokenizer, config = load_run(Path(args.run_dir), "work_or_equation")
+        model, tokenizer, config = load_run(Path(args.run_dir), "work_or_equation", data=args.data)
         test = load_splits(config, Path(args.run_dir))["test"]
     except QuadlabError as err:
         sys.exit(f"work_or_equation: {err}")
