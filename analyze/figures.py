@@ -27,6 +27,7 @@ def save(fig, path_without_suffix: Path) -> list[str]:
         fig.savefig(tmp, dpi=130)
         os.replace(tmp, path)
         written.append(path.name)
+        fig.set_layout_engine("none")  # the PNG's layout holds for the SVG: constrained layout once, not once a file
     plt.close(fig)
     return written
 
