@@ -11,6 +11,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.font_manager import FontProperties  # noqa: E402
+from matplotlib.textpath import text_to_path  # noqa: E402
 
 matplotlib.rcParams["svg.fonttype"] = "none"  # text stays text in SVG: smaller, faster, searchable
 
@@ -32,6 +34,81 @@ def save(fig, path_without_suffix: Path) -> list[str]:
     return written
 
 
+# Attention maps are laid out with fixed margins measured from their labels, not by constrained
+# layout, which measured every tick label of every panel again for each figure: `maps` took 1.5-1.8
+# times as long (BENCHMARKS.md, "Writing the figures"). Lengths are in inches, font sizes in points.
+LINE = 1.3 / 72  # the height of a line of text, per point of its size
+TICKS = 0.1  # a tick and the gap to its label
+EDGE = 0.1  # blank border around the figure
+BAR_GAP, BAR_WIDTH, BAR_TEXT = 0.2, 0.15, 10  # the colour bar right of the panels; its labels' size (matplotlib's default)
+
+
+def text_inches(texts, size: float) -> float:
+    """Width of the widest line of `texts` at `size` points, measured with the font that draws it."""
+    prop = FontProperties(size=size)
+    lines = {line for text in texts for line in str(text).split("\n") if line}
+    return max((text_to_path.get_text_width_height_descent(line, prop, ismath=False)[0] for line in lines), default=0.0) / 72
+
+
+def wrapped(title: str, size: float, inches: float) -> tuple[str, int]:
+    """`title` broken at spaces into lines of at most `inches` (a single long word keeps its own
+    line), and the number of lines."""
+    lines = [""]
+    for word in title.split(" "):
+        longer = f"{lines[-1]} {word}" if lines[-1] else word
+        if lines[-1] and text_inches([longer], size) > inches:
+            lines.append(word)
+        else:
+            lines[-1] = longer
+    return "\n".join(lines), len(lines)
+
+
+def _colorbar_inches(label_lines: int = 1) -> float:
+    """The right margin a colour bar takes: the gap, the bar, its ticks and tick labels, its label."""
+    return BAR_GAP + BAR_WIDTH + TICKS + text_inches(["0.000"], BAR_TEXT) + 0.1 + label_lines * BAR_TEXT * LINE + EDGE
+
+
+def _framed(rows: int, columns: int, panel: tuple[float, float], margins: tuple[float, float, float, float], gaps=(0.0, 0.0)):
+    """A figure of rows x columns panels of `panel` (width, height), with `margins` (left, right,
+    bottom, top) and `gaps` (between columns, between rows) around and between them."""
+    (w, h), (left, right, bottom, top), (column_gap, row_gap) = panel, margins, gaps
+    width = left + columns * w + (columns - 1) * column_gap + right
+    height = bottom + rows * h + (rows - 1) * row_gap + top
+    fig, axes = plt.subplots(rows, columns, figsize=(width, height), squeeze=False,
+                             gridspec_kw={"left": left / width, "right": 1 - right / width, "bottom": bottom / height,
+                                          "top": 1 - top / height, "wspace": column_gap / w, "hspace": row_gap / h})
+    return fig, axes
+
+
+def _colorbar_axes(fig, axes, shrink: float = 1.0):
+    """Axes for a colour bar right of `axes` (an array of panels), `shrink` of their height, centred on them."""
+    width, height = fig.get_size_inches()
+    boxes = [ax.get_position() for ax in np.ravel(axes)]
+    right, bottom, top = max(b.x1 for b in boxes), min(b.y0 for b in boxes), max(b.y1 for b in boxes)
+    tall = (top - bottom) * shrink
+    return fig.add_axes((right + BAR_GAP / width, bottom + (top - bottom - tall) / 2, BAR_WIDTH / width, tall))
+
+
+def _labels(fig, axes, xlabel: str, ylabel: str, size: float) -> None:
+    """Axis labels at the figure's bottom and left edges, centred on the panels (placed, not measured
+    from the tick labels at every draw)."""
+    width, height = fig.get_size_inches()
+    boxes = [ax.get_position() for ax in np.ravel(axes)]
+    left, right, bottom, top = min(b.x0 for b in boxes), max(b.x1 for b in boxes), min(b.y0 for b in boxes), max(b.y1 for b in boxes)
+    fig.text((left + right) / 2, EDGE / height, xlabel, ha="center", va="bottom", fontsize=size)
+    fig.text(EDGE / width, (bottom + top) / 2, ylabel, ha="left", va="center", rotation=90, fontsize=size)
+
+
+def _title(fig, text: str, size: float) -> None:
+    fig.suptitle(text, y=1 - EDGE / fig.get_size_inches()[1], va="top", fontsize=size)
+
+
+def _fitting(count: int, inches: float, largest: float) -> float:
+    """The font size (points) of `count` labels side by side along `inches`: most of the space a label
+    has, at most `largest`."""
+    return min(largest, 0.8 * 72 * inches / max(count, 1))
+
+
 def _ticks(ax, labels, axis: str, size: float) -> None:
     positions = np.arange(len(labels))
     if axis == "x":
@@ -44,73 +121,101 @@ def head_grid(maps: np.ndarray, q_labels, k_labels, kind: str, title: str, path:
     """All heads of all layers: maps (L, H, Q, K), one panel per head. Token labels on the outer
     panels for short sequences; longer ones get position numbers (every token is labelled in the
     single-head figures and in the report's viewer), since laying out thousands of labels is slow."""
-    layers, heads = maps.shape[:2]
-    if max(maps.shape[2:]) > 40:
+    layers, heads, q, k = maps.shape
+    if max(q, k) > 40:
         q_labels = k_labels = None
-    side = 2.2 if max(maps.shape[2:]) < 40 else 3.2
-    fig, axes = plt.subplots(layers, heads, figsize=(side * heads + 1.2, side * layers + 0.8), squeeze=False, layout="constrained")
-    size = max(2.5, min(7.0, 260 / max(maps.shape[2], maps.shape[3], 1)))
+    side = 2.0 if max(q, k) < 40 else 3.0
+    q_size, k_size = _fitting(q, side, 7.0), _fitting(k, side, 7.0)
+    numbers = 7  # the size of position numbers
+    left = EDGE + 9 * LINE + 0.05 + TICKS + (text_inches(q_labels, q_size) if q_labels is not None else text_inches([str(q)], numbers))
+    bottom = EDGE + 9 * LINE + 0.05 + TICKS + (text_inches(k_labels, k_size) if k_labels is not None else numbers * LINE)
+    right = _colorbar_inches()
+    text, lines = wrapped(title, 11, left + heads * (side + 0.15) + right - 2 * EDGE)
+    top = EDGE + lines * 11 * LINE + 0.1 + 8 * LINE
+    fig, axes = _framed(layers, heads, (side, side), (left, right, bottom, top), (0.15, 8 * LINE + 0.12))
     image = None
     for l in range(layers):
         for h in range(heads):
             ax = axes[l, h]
             image = ax.imshow(maps[l, h], cmap="viridis", vmin=0, vmax=vmax or 1.0, aspect="auto", interpolation="nearest")
-            ax.set_title(f"layer {l} head {h}", fontsize=8)
+            ax.set_title(f"layer {l} head {h}", fontsize=8, y=1.0)
+            ax.tick_params(labelsize=numbers)
             if h == 0 and q_labels is not None:
-                _ticks(ax, q_labels, "y", size)
+                _ticks(ax, q_labels, "y", q_size)
             elif h != 0:
                 ax.set_yticks([])
             if l == layers - 1 and k_labels is not None:
-                _ticks(ax, k_labels, "x", size)
+                _ticks(ax, k_labels, "x", k_size)
             elif l != layers - 1:
                 ax.set_xticks([])
-    fig.colorbar(image, ax=axes, shrink=0.6, label="attention weight")
-    fig.suptitle(title, fontsize=11)
-    fig.supylabel(AXES[kind][0], fontsize=9)
-    fig.supxlabel(AXES[kind][1], fontsize=9)
+    fig.colorbar(image, cax=_colorbar_axes(fig, axes, shrink=0.6), label="attention weight")
+    _title(fig, text, 11)
+    _labels(fig, axes, AXES[kind][1], AXES[kind][0], 9)
     return save(fig, path)
 
 
 def single_head(matrix: np.ndarray, q_labels, k_labels, kind: str, title: str, path: Path) -> list[str]:
     q, k = matrix.shape
-    fig, ax = plt.subplots(figsize=(max(4.0, 0.14 * k + 2), max(3.5, 0.14 * q + 1.5)), layout="constrained")
+    panel = (max(2.2, 0.14 * k), max(2.2, 0.14 * q))
+    q_size, k_size = _fitting(q, panel[1], 8.0), _fitting(k, panel[0], 8.0)
+    left = EDGE + 10 * LINE + 0.05 + TICKS + text_inches(q_labels, q_size)
+    bottom = EDGE + 10 * LINE + 0.05 + TICKS + text_inches(k_labels, k_size)
+    right = _colorbar_inches()
+    text, lines = wrapped(title, 10, left + panel[0] + right - 2 * EDGE)
+    fig, axes = _framed(1, 1, panel, (left, right, bottom, EDGE + lines * 10 * LINE + 0.1))
+    ax = axes[0, 0]
     image = ax.imshow(matrix, cmap="viridis", vmin=0, vmax=1, aspect="auto", interpolation="nearest")
-    size = max(4.0, min(8.0, 500 / max(q, k)))
-    _ticks(ax, k_labels, "x", size)
-    _ticks(ax, q_labels, "y", size)
-    ax.set_ylabel(AXES[kind][0])
-    ax.set_xlabel(AXES[kind][1])
-    fig.colorbar(image, ax=ax, label="attention weight")
-    ax.set_title(title, fontsize=10)
+    _ticks(ax, k_labels, "x", k_size)
+    _ticks(ax, q_labels, "y", q_size)
+    fig.colorbar(image, cax=_colorbar_axes(fig, axes), label="attention weight")
+    _title(fig, text, 10)
+    _labels(fig, axes, AXES[kind][1], AXES[kind][0], 10)
     return save(fig, path)
 
 
 def layer_summary(summary: np.ndarray, labels, title: str, path: Path, xlabel: str) -> list[str]:
     """Layers x tokens (or roles): attention received, summed over heads, averaged over queries."""
     layers, width = summary.shape
-    fig, ax = plt.subplots(figsize=(max(5.0, 0.16 * width + 2.5), 0.5 * layers + 1.8), layout="constrained")
+    panel = (max(2.5, 0.16 * width), max(1.5, 0.5 * layers))
+    size = _fitting(width, panel[0], 9.0)
+    rows = [f"layer {l}" for l in range(layers)]
+    left = EDGE + TICKS + text_inches(rows, 8)
+    bottom = EDGE + 10 * LINE + 0.05 + TICKS + text_inches(labels, size)
+    right = _colorbar_inches(label_lines=2)
+    text, lines = wrapped(title, 10, left + panel[0] + right - 2 * EDGE)
+    fig, axes = _framed(1, 1, panel, (left, right, bottom, EDGE + lines * 10 * LINE + 0.1))
+    ax = axes[0, 0]
     image = ax.imshow(summary, cmap="magma", aspect="auto", interpolation="nearest")
-    _ticks(ax, labels, "x", max(4.0, min(9.0, 600 / max(width, 1))))
-    ax.set_yticks(np.arange(layers), [f"layer {l}" for l in range(layers)], fontsize=8)
-    ax.set_xlabel(xlabel)
-    fig.colorbar(image, ax=ax, label="attention received (sum over heads)")
-    ax.set_title(title, fontsize=10)
+    _ticks(ax, labels, "x", size)
+    ax.set_yticks(np.arange(layers), rows, fontsize=8)
+    fig.colorbar(image, cax=_colorbar_axes(fig, axes), label="attention received\n(sum over heads)")
+    _title(fig, text, 10)
+    _labels(fig, axes, xlabel, "", 10)
     return save(fig, path)
 
 
-def role_share(share: np.ndarray, roles, baseline: np.ndarray | None, title: str, path: Path) -> list[str]:
-    """One layer: heads x key roles, the share of attention each role receives (annotated)."""
+def role_share(share: np.ndarray, roles, baseline: np.ndarray, title: str, path: Path) -> list[str]:
+    """One layer: heads x key roles, the share of attention each role receives (annotated), each
+    role labelled with the share of the keys that have it."""
     import seaborn as sns
 
     heads, width = share.shape
-    fig, ax = plt.subplots(figsize=(0.62 * width + 2.5, 0.42 * heads + 1.9), layout="constrained")
-    sns.heatmap(share, ax=ax, cmap="rocket_r", vmin=0, vmax=max(0.05, float(share.max())), annot=True, fmt=".2f",
-                annot_kws={"fontsize": 6}, xticklabels=list(roles), yticklabels=[f"head {h}" for h in range(heads)],
-                cbar_kws={"label": "share of attention received"})
-    if baseline is not None:
-        ax.set_xticks(np.arange(width) + 0.5, [f"{r}\n({b:.2f})" for r, b in zip(roles, baseline)], fontsize=7)
-        ax.set_xlabel("key role (share of the keys that have it)")
-    ax.set_title(title, fontsize=10)
+    labels = [f"{r}\n({b:.2f})" for r, b in zip(roles, baseline)]
+    rows = [f"head {h}" for h in range(heads)]
+    panel = (max(3.0, 0.62 * width), max(1.2, 0.42 * heads))
+    size = min(7.0, 7.0 * 0.9 * panel[0] / width / max(text_inches(labels, 7.0), 1e-9))  # a role name fits its column
+    left = EDGE + TICKS + text_inches(rows, 9)
+    bottom = EDGE + 10 * LINE + 0.05 + TICKS + 2 * size * LINE
+    right = _colorbar_inches()
+    text, lines = wrapped(title, 10, left + panel[0] + right - 2 * EDGE)
+    fig, axes = _framed(1, 1, panel, (left, right, bottom, EDGE + lines * 10 * LINE + 0.1))
+    ax = axes[0, 0]
+    sns.heatmap(share, ax=ax, cbar_ax=_colorbar_axes(fig, axes), cmap="rocket_r", vmin=0, vmax=max(0.05, float(share.max())), annot=True,
+                fmt=".2f", annot_kws={"fontsize": 6}, xticklabels=False, yticklabels=False, cbar_kws={"label": "share of attention received"})
+    ax.set_xticks(np.arange(width) + 0.5, labels, fontsize=size, rotation=0)
+    ax.set_yticks(np.arange(heads) + 0.5, rows, fontsize=9, rotation=0)
+    _title(fig, text, 10)
+    _labels(fig, axes, "key role (share of the keys that have it)", "", 10)
     return save(fig, path)
 
 
