@@ -231,8 +231,10 @@ def layer_head_panels(panels: dict, title: str, path: Path, diverging: bool = Fa
     columns = min(3, len(names))
     rows = (len(names) + columns - 1) // columns
     width, height = 0.5 * heads + 2.2, 0.38 * layers + 1.3
-    fig, axes = plt.subplots(rows, columns, figsize=(columns * width, rows * height + 0.6), squeeze=False)
-    fig.subplots_adjust(left=0.6 / (columns * width), right=0.97, bottom=0.45 / (rows * height + 0.6), top=1 - 0.75 / (rows * height + 0.6),
+    title, lines = wrapped(title, 10, columns * width - 2 * EDGE)
+    tall = rows * height + 0.6 + (lines - 1) * 10 * LINE
+    fig, axes = plt.subplots(rows, columns, figsize=(columns * width, tall), squeeze=False)
+    fig.subplots_adjust(left=0.6 / (columns * width), right=0.97, bottom=0.45 / tall, top=1 - (0.75 + (lines - 1) * 10 * LINE) / tall,
                         wspace=0.45, hspace=0.75)
     for ax, name in zip(axes.flat, names):
         values = np.asarray(panels[name], dtype=float)
@@ -287,7 +289,7 @@ def pattern_types(types: np.ndarray, names, title: str, path: Path) -> list[str]
     right.set_xlabel("heads")
     right.set_title("count per layer", fontsize=9)
     fig.legend(handles=[Patch(color=c, label=n) for c, n in zip(PATTERN_COLOURS, names)], loc="outside lower center", ncol=len(names), fontsize=7)
-    fig.suptitle(title, fontsize=10)
+    fig.suptitle(wrapped(title, 10, fig.get_size_inches()[0] - 2 * EDGE)[0], fontsize=10)
     return save(fig, path)
 
 
@@ -304,7 +306,7 @@ def head_mds(coords: np.ndarray, labels: np.ndarray, layout: tuple[int, int], ti
         ax.set_title(f"coloured by {name} (labels: layer.head)", fontsize=9)
         ax.set_xlabel("MDS 1")
         ax.set_ylabel("MDS 2")
-    fig.suptitle(title, fontsize=10)
+    fig.suptitle(wrapped(title, 10, fig.get_size_inches()[0] - 2 * EDGE)[0], fontsize=10)
     return save(fig, path)
 
 
@@ -323,7 +325,7 @@ def cluster_makeup(clusters: list[dict], class_name: str, title: str, path: Path
         ax.invert_yaxis()
         ax.set_xlabel("share of the cluster's maps")
         ax.legend(fontsize=6, loc="lower right")
-    fig.suptitle(title, fontsize=10)
+    fig.suptitle(wrapped(title, 10, fig.get_size_inches()[0] - 2 * EDGE)[0], fontsize=10)
     return save(fig, path)
 
 
@@ -346,10 +348,10 @@ def context_scatter(panels: list[dict], columns: int, title: str, path: Path) ->
         c = panel["correlation"]
         r = c.get("r")
         fit = f"r = {r:+.2f}, p = {c['p']:.2g}, n = {len(points)}" if r is not None and r == r else "r undefined"
-        ax.set_title(f"{panel['title']}: {fit}", fontsize=8)
+        ax.set_title(wrapped(f"{panel['title']}: {fit}", 8, 3.6)[0], fontsize=8)
         ax.set_xlabel(f"mean layer context variance ({kind})", fontsize=7)
         ax.set_ylabel(metric.replace("_", " "), fontsize=7)
-    fig.suptitle(title, fontsize=10)
+    fig.suptitle(wrapped(title, 10, fig.get_size_inches()[0] - 2 * EDGE)[0], fontsize=10)
     return save(fig, path)
 
 
@@ -368,5 +370,5 @@ def symbol_shares(symbols: dict, title: str, path: Path) -> list[str]:
     ax.set_xlabel("layer")
     ax.set_ylabel("share of attention received")
     ax.legend(fontsize=7, title="keys (dotted: uniform)", title_fontsize=7)
-    ax.set_title(title, fontsize=9)
+    fig.suptitle(wrapped(title, 9, fig.get_size_inches()[0] - 2 * EDGE)[0], fontsize=9)
     return save(fig, path)
