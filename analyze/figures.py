@@ -63,44 +63,36 @@ def wrapped(title: str, size: float, inches: float) -> tuple[str, int]:
     return "\n".join(lines), len(lines)
 
 
-def _colorbar_inches(label_lines: int = 1) -> float:
-    """The right margin a colour bar takes: the gap, the bar, its ticks and tick labels, its label."""
-    return BAR_GAP + BAR_WIDTH + TICKS + text_inches(["0.000"], BAR_TEXT) + 0.1 + label_lines * BAR_TEXT * LINE + EDGE
-
-
-def _framed(rows: int, columns: int, panel: tuple[float, float], margins: tuple[float, float, float, float], gaps=(0.0, 0.0)):
-    """A figure of rows x columns panels of `panel` (width, height), with `margins` (left, right,
-    bottom, top) and `gaps` (between columns, between rows) around and between them."""
-    (w, h), (left, right, bottom, top), (column_gap, row_gap) = panel, margins, gaps
+def _framed(rows: int, columns: int, panel: tuple[float, float], ticks: tuple[float, float], title: str, labels: tuple[str, str],
+            sizes=(10, 10), gaps=(0.0, 0.0), panel_titles: float = 0.0, bar_lines: int = 1, bar_shrink: float = 1.0):
+    """A figure of rows x columns panels of `panel` (width, height) with `gaps` (between columns,
+    between rows), around them the room their tick labels take (`ticks`: the left one's width, the
+    bottom one's height), their axis labels (`labels`: x, y; "" for none), the panels' own titles
+    (`panel_titles`: their height), the figure's title, wrapped to the figure, and a colour bar on
+    the right (`bar_lines`: the lines of its label; `bar_shrink`: its share of the panels' height).
+    `sizes`: the font sizes of the title and of the axis labels. Returns the figure, the panels and
+    the colour bar's axes."""
+    (w, h), (column_gap, row_gap), (title_size, label_size) = panel, gaps, sizes
+    left = EDGE + (label_size * LINE + 0.05 if labels[1] else 0.0) + TICKS + ticks[0]
+    bottom = EDGE + (label_size * LINE + 0.05 if labels[0] else 0.0) + TICKS + ticks[1]
+    right = BAR_GAP + BAR_WIDTH + TICKS + text_inches(["0.000"], BAR_TEXT) + 0.1 + bar_lines * BAR_TEXT * LINE + EDGE
     width = left + columns * w + (columns - 1) * column_gap + right
+    title, lines = wrapped(title, title_size, width - 2 * EDGE)
+    top = EDGE + lines * title_size * LINE + 0.1 + panel_titles
     height = bottom + rows * h + (rows - 1) * row_gap + top
     fig, axes = plt.subplots(rows, columns, figsize=(width, height), squeeze=False,
                              gridspec_kw={"left": left / width, "right": 1 - right / width, "bottom": bottom / height,
                                           "top": 1 - top / height, "wspace": column_gap / w, "hspace": row_gap / h})
-    return fig, axes
-
-
-def _colorbar_axes(fig, axes, shrink: float = 1.0):
-    """Axes for a colour bar right of `axes` (an array of panels), `shrink` of their height, centred on them."""
-    width, height = fig.get_size_inches()
-    boxes = [ax.get_position() for ax in np.ravel(axes)]
-    right, bottom, top = max(b.x1 for b in boxes), min(b.y0 for b in boxes), max(b.y1 for b in boxes)
-    tall = (top - bottom) * shrink
-    return fig.add_axes((right + BAR_GAP / width, bottom + (top - bottom - tall) / 2, BAR_WIDTH / width, tall))
-
-
-def _labels(fig, axes, xlabel: str, ylabel: str, size: float) -> None:
-    """Axis labels at the figure's bottom and left edges, centred on the panels (placed, not measured
-    from the tick labels at every draw)."""
-    width, height = fig.get_size_inches()
-    boxes = [ax.get_position() for ax in np.ravel(axes)]
-    left, right, bottom, top = min(b.x0 for b in boxes), max(b.x1 for b in boxes), min(b.y0 for b in boxes), max(b.y1 for b in boxes)
-    fig.text((left + right) / 2, EDGE / height, xlabel, ha="center", va="bottom", fontsize=size)
-    fig.text(EDGE / width, (bottom + top) / 2, ylabel, ha="left", va="center", rotation=90, fontsize=size)
-
-
-def _title(fig, text: str, size: float) -> None:
-    fig.suptitle(text, y=1 - EDGE / fig.get_size_inches()[1], va="top", fontsize=size)
+    fig.suptitle(title, y=1 - EDGE / height, va="top", fontsize=title_size)
+    # axis labels placed at the edges, centred on the panels (not moved clear of the tick labels at every draw)
+    middle_x, middle_y = (left + (width - right)) / 2 / width, (bottom + (height - top)) / 2 / height
+    if labels[0]:
+        fig.text(middle_x, EDGE / height, labels[0], ha="center", va="bottom", fontsize=label_size)
+    if labels[1]:
+        fig.text(EDGE / width, middle_y, labels[1], ha="left", va="center", rotation=90, fontsize=label_size)
+    tall = (1 - (top + bottom) / height) * bar_shrink
+    bar = fig.add_axes((1 - (right - BAR_GAP) / width, middle_y - tall / 2, BAR_WIDTH / width, tall))
+    return fig, axes, bar
 
 
 def _fitting(count: int, inches: float, largest: float) -> float:
@@ -127,12 +119,10 @@ def head_grid(maps: np.ndarray, q_labels, k_labels, kind: str, title: str, path:
     side = 2.0 if max(q, k) < 40 else 3.0
     q_size, k_size = _fitting(q, side, 7.0), _fitting(k, side, 7.0)
     numbers = 7  # the size of position numbers
-    left = EDGE + 9 * LINE + 0.05 + TICKS + (text_inches(q_labels, q_size) if q_labels is not None else text_inches([str(q)], numbers))
-    bottom = EDGE + 9 * LINE + 0.05 + TICKS + (text_inches(k_labels, k_size) if k_labels is not None else numbers * LINE)
-    right = _colorbar_inches()
-    text, lines = wrapped(title, 11, left + heads * (side + 0.15) + right - 2 * EDGE)
-    top = EDGE + lines * 11 * LINE + 0.1 + 8 * LINE
-    fig, axes = _framed(layers, heads, (side, side), (left, right, bottom, top), (0.15, 8 * LINE + 0.12))
+    ticks = (text_inches(q_labels, q_size) if q_labels is not None else text_inches([str(q)], numbers),
+             text_inches(k_labels, k_size) if k_labels is not None else numbers * LINE)
+    fig, axes, bar = _framed(layers, heads, (side, side), ticks, title, AXES[kind][::-1], sizes=(11, 9), gaps=(0.15, 8 * LINE + 0.12),
+                             panel_titles=8 * LINE, bar_shrink=0.6)
     image = None
     for l in range(layers):
         for h in range(heads):
@@ -148,9 +138,7 @@ def head_grid(maps: np.ndarray, q_labels, k_labels, kind: str, title: str, path:
                 _ticks(ax, k_labels, "x", k_size)
             elif l != layers - 1:
                 ax.set_xticks([])
-    fig.colorbar(image, cax=_colorbar_axes(fig, axes, shrink=0.6), label="attention weight")
-    _title(fig, text, 11)
-    _labels(fig, axes, AXES[kind][1], AXES[kind][0], 9)
+    fig.colorbar(image, cax=bar, label="attention weight")
     return save(fig, path)
 
 
@@ -158,18 +146,12 @@ def single_head(matrix: np.ndarray, q_labels, k_labels, kind: str, title: str, p
     q, k = matrix.shape
     panel = (max(2.2, 0.14 * k), max(2.2, 0.14 * q))
     q_size, k_size = _fitting(q, panel[1], 8.0), _fitting(k, panel[0], 8.0)
-    left = EDGE + 10 * LINE + 0.05 + TICKS + text_inches(q_labels, q_size)
-    bottom = EDGE + 10 * LINE + 0.05 + TICKS + text_inches(k_labels, k_size)
-    right = _colorbar_inches()
-    text, lines = wrapped(title, 10, left + panel[0] + right - 2 * EDGE)
-    fig, axes = _framed(1, 1, panel, (left, right, bottom, EDGE + lines * 10 * LINE + 0.1))
+    fig, axes, bar = _framed(1, 1, panel, (text_inches(q_labels, q_size), text_inches(k_labels, k_size)), title, AXES[kind][::-1])
     ax = axes[0, 0]
     image = ax.imshow(matrix, cmap="viridis", vmin=0, vmax=1, aspect="auto", interpolation="nearest")
     _ticks(ax, k_labels, "x", k_size)
     _ticks(ax, q_labels, "y", q_size)
-    fig.colorbar(image, cax=_colorbar_axes(fig, axes), label="attention weight")
-    _title(fig, text, 10)
-    _labels(fig, axes, AXES[kind][1], AXES[kind][0], 10)
+    fig.colorbar(image, cax=bar, label="attention weight")
     return save(fig, path)
 
 
@@ -179,18 +161,12 @@ def layer_summary(summary: np.ndarray, labels, title: str, path: Path, xlabel: s
     panel = (max(2.5, 0.16 * width), max(1.5, 0.5 * layers))
     size = _fitting(width, panel[0], 9.0)
     rows = [f"layer {l}" for l in range(layers)]
-    left = EDGE + TICKS + text_inches(rows, 8)
-    bottom = EDGE + 10 * LINE + 0.05 + TICKS + text_inches(labels, size)
-    right = _colorbar_inches(label_lines=2)
-    text, lines = wrapped(title, 10, left + panel[0] + right - 2 * EDGE)
-    fig, axes = _framed(1, 1, panel, (left, right, bottom, EDGE + lines * 10 * LINE + 0.1))
+    fig, axes, bar = _framed(1, 1, panel, (text_inches(rows, 8), text_inches(labels, size)), title, (xlabel, ""), bar_lines=2)
     ax = axes[0, 0]
     image = ax.imshow(summary, cmap="magma", aspect="auto", interpolation="nearest")
     _ticks(ax, labels, "x", size)
     ax.set_yticks(np.arange(layers), rows, fontsize=8)
-    fig.colorbar(image, cax=_colorbar_axes(fig, axes), label="attention received\n(sum over heads)")
-    _title(fig, text, 10)
-    _labels(fig, axes, xlabel, "", 10)
+    fig.colorbar(image, cax=bar, label="attention received\n(sum over heads)")
     return save(fig, path)
 
 
@@ -204,18 +180,12 @@ def role_share(share: np.ndarray, roles, baseline: np.ndarray, title: str, path:
     rows = [f"head {h}" for h in range(heads)]
     panel = (max(3.0, 0.62 * width), max(1.2, 0.42 * heads))
     size = min(7.0, 7.0 * 0.9 * panel[0] / width / max(text_inches(labels, 7.0), 1e-9))  # a role name fits its column
-    left = EDGE + TICKS + text_inches(rows, 9)
-    bottom = EDGE + 10 * LINE + 0.05 + TICKS + 2 * size * LINE
-    right = _colorbar_inches()
-    text, lines = wrapped(title, 10, left + panel[0] + right - 2 * EDGE)
-    fig, axes = _framed(1, 1, panel, (left, right, bottom, EDGE + lines * 10 * LINE + 0.1))
+    fig, axes, bar = _framed(1, 1, panel, (text_inches(rows, 9), 2 * size * LINE), title, ("key role (share of the keys that have it)", ""))
     ax = axes[0, 0]
-    sns.heatmap(share, ax=ax, cbar_ax=_colorbar_axes(fig, axes), cmap="rocket_r", vmin=0, vmax=max(0.05, float(share.max())), annot=True,
+    sns.heatmap(share, ax=ax, cbar_ax=bar, cmap="rocket_r", vmin=0, vmax=max(0.05, float(share.max())), annot=True,
                 fmt=".2f", annot_kws={"fontsize": 6}, xticklabels=False, yticklabels=False, cbar_kws={"label": "share of attention received"})
     ax.set_xticks(np.arange(width) + 0.5, labels, fontsize=size, rotation=0)
     ax.set_yticks(np.arange(heads) + 0.5, rows, fontsize=9, rotation=0)
-    _title(fig, text, 10)
-    _labels(fig, axes, "key role (share of the keys that have it)", "", 10)
     return save(fig, path)
 
 
