@@ -52,14 +52,16 @@ def text_inches(texts, size: float) -> float:
 
 def wrapped(title: str, size: float, inches: float) -> tuple[str, int]:
     """`title` broken at spaces into lines of at most `inches` (a single long word keeps its own
-    line), and the number of lines."""
-    lines = [""]
-    for word in title.split(" "):
-        longer = f"{lines[-1]} {word}" if lines[-1] else word
-        if lines[-1] and text_inches([longer], size) > inches:
-            lines.append(word)
-        else:
-            lines[-1] = longer
+    line; line breaks already in it stay), and the number of lines."""
+    lines = []
+    for paragraph in title.split("\n"):
+        lines.append("")
+        for word in paragraph.split(" "):
+            longer = f"{lines[-1]} {word}" if lines[-1] else word
+            if lines[-1] and text_inches([longer], size) > inches:
+                lines.append(word)
+            else:
+                lines[-1] = longer
     return "\n".join(lines), len(lines)
 
 

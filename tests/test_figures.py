@@ -80,6 +80,7 @@ def test_a_long_title_is_wrapped_at_spaces_into_lines_no_wider_than_asked():
     assert all(figures.text_inches([line], 10) <= 3.0 for line in text.split("\n"))
     assert figures.wrapped("short", 10, 3.0) == ("short", 1)
     assert figures.wrapped("unbreakable" * 10, 10, 1.0) == ("unbreakable" * 10, 1)
+    assert figures.wrapped("two\nlines", 10, 3.0) == ("two\nlines", 2)
 
 
 def test_measured_text_grows_with_its_length_and_size():
