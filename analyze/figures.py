@@ -12,6 +12,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.font_manager import FontProperties  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 from matplotlib.textpath import text_to_path  # noqa: E402
 
 matplotlib.rcParams["svg.fonttype"] = "none"  # text stays text in SVG: smaller, faster, searchable
@@ -113,11 +114,12 @@ def _ticks(ax, labels, axis: str, size: float) -> None:
 
 def head_grid(maps: np.ndarray, q_labels, k_labels, kind: str, title: str, path: Path, vmax: float | None = None) -> list[str]:
     """All heads of all layers: maps (L, H, Q, K), one panel per head. Token labels on the outer
-    panels for short sequences; longer ones get position numbers (every token is labelled in the
-    single-head figures and in the report's viewer), since laying out thousands of labels is slow."""
+    panels for a side of at most 40 tokens; a longer side gets position numbers (every token is
+    labelled in the single-head figures and in the report's viewer), since laying out thousands of
+    labels is slow. (Cross-attention over a long solution keeps the equation's tokens.)"""
     layers, heads, q, k = maps.shape
-    if max(q, k) > 40:
-        q_labels = k_labels = None
+    q_labels = q_labels if q <= 40 else None
+    k_labels = k_labels if k <= 40 else None
     side = 2.0 if max(q, k) < 40 else 3.0
     q_size, k_size = _fitting(q, side, 7.0), _fitting(k, side, 7.0)
     numbers = 7  # the size of position numbers
@@ -132,6 +134,8 @@ def head_grid(maps: np.ndarray, q_labels, k_labels, kind: str, title: str, path:
             image = ax.imshow(maps[l, h], cmap="viridis", vmin=0, vmax=vmax or 1.0, aspect="auto", interpolation="nearest")
             ax.set_title(f"layer {l} head {h}", fontsize=8, y=1.0)
             ax.tick_params(labelsize=numbers)
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # positions are whole numbers
+            ax.yaxis.set_major_locator(MaxNLocator(integer=True))
             if h == 0 and q_labels is not None:
                 _ticks(ax, q_labels, "y", q_size)
             elif h != 0:

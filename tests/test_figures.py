@@ -89,3 +89,15 @@ def test_measured_text_grows_with_its_length_and_size():
     assert figures.text_inches(["xxx"], 20) == pytest.approx(2 * three, rel=0.02)
     assert figures.text_inches(["a", "xxx\nb"], 10) == pytest.approx(three)
     assert figures.text_inches([], 10) == 0
+
+
+def test_a_grid_labels_its_short_side_with_tokens_and_its_long_side_with_whole_positions(monkeypatch, tmp_path):
+    equation = list("-8x^2-2768x-239432=0") + ["</s>"]
+    (fig,) = figures_of(lambda: figures.head_grid(np.random.default_rng(0).random((2, 2, 300, len(equation))), ["<start>"] * 300, equation,
+                                                  "cross", "cross-attention", tmp_path / "grid"), monkeypatch)
+    drawn = {text for text, _ in drawn_texts(fig)}
+    bottom_left = fig.axes[2]
+    assert [t.get_text() for t in bottom_left.get_xticklabels()] == equation
+    positions = [t.get_text() for t in bottom_left.get_yticklabels() if t in drawn]
+    assert len(positions) >= 3 and all(p.isdigit() for p in positions) and "<start>" not in positions
+    matplotlib.pyplot.close(fig)
