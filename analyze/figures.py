@@ -36,7 +36,7 @@ def save(fig, path_without_suffix: Path) -> list[str]:
 
 
 # Attention maps are laid out with fixed margins measured from their labels, not by constrained
-# layout, which measured every tick label of every panel again for each figure: `maps` took 1.5-1.8
+# layout, which measured every tick label of every panel again for each figure: `maps` took 1.6
 # times as long (BENCHMARKS.md, "Writing the figures"). Lengths are in inches, font sizes in points.
 LINE = 1.3 / 72  # the height of a line of text, per point of its size
 TICKS = 0.1  # a tick and the gap to its label
@@ -132,7 +132,7 @@ def head_grid(maps: np.ndarray, q_labels, k_labels, kind: str, title: str, path:
         for h in range(heads):
             ax = axes[l, h]
             image = ax.imshow(maps[l, h], cmap="viridis", vmin=0, vmax=vmax or 1.0, aspect="auto", interpolation="nearest")
-            ax.set_title(f"layer {l} head {h}", fontsize=8, y=1.0)
+            ax.set_title(f"layer {l} head {h}", fontsize=8, y=1.0)  # placed: not measured against the ticks at each draw
             ax.tick_params(labelsize=numbers)
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # positions are whole numbers
             ax.yaxis.set_major_locator(MaxNLocator(integer=True))
