@@ -231,13 +231,14 @@ def _draw(view: dict, k_tokens: list[str], title: str, path: Path) -> list[str]:
     layout took most of the time with many keys."""
     import matplotlib.pyplot as plt
 
-    from analyze.figures import save
+    from analyze.figures import save, wrapped
 
     keys, products, masked = view["keys"], view["products"], view["masked"]
     n, d = keys.shape
-    width, height = min(30.0, 0.16 * 2 * d + 9.5), max(4.0, 0.15 * n + 2.4)
+    bar = 1.9  # inches a bar panel gets: its title (up to two lines) fits over it whatever d is
+    width, height = min(30.0, 0.16 * 2 * max(d, 4) + 3 * bar + 1.8), max(4.0, 0.15 * n + 2.4)
     fig = plt.figure(figsize=(width, height))
-    grid = fig.add_gridspec(2, 5, height_ratios=[1, max(n, 1)], width_ratios=[max(d, 4), max(d, 4), 6, 6, 6], hspace=0.9 / (height - 1.3),
+    grid = fig.add_gridspec(2, 5, height_ratios=[1, max(n, 1)], width_ratios=[0.16 * max(d, 4)] * 2 + [bar] * 3, hspace=0.9 / (height - 1.3),
                             wspace=0.12, left=1.0 / width, right=1 - 0.2 / width, top=1 - 0.75 / height, bottom=0.55 / height)
     size = max(4.0, min(8.0, 600 / max(n, 1)))
     rows = np.arange(n)
@@ -272,8 +273,9 @@ def _draw(view: dict, k_tokens: list[str], title: str, path: Path) -> list[str]:
         ax.set_ylim(n - 0.5, -0.5)
         ax.set_yticks([])
         ax.tick_params(labelsize=6)
-        ax.set_title(label, fontsize=7)
+        ax.set_title(wrapped(label, 7, bar - 0.1)[0], fontsize=7)
         if column == 2:
             ax.set_xlim(0, 1)
-    fig.suptitle(title, fontsize=9)
+    # at the top in inches: suptitle's default place, 2% of a tall figure down, fell into the panels
+    fig.suptitle(wrapped(title, 9, width - 0.2)[0], y=1 - 0.1 / height, va="top", fontsize=9)
     return save(fig, path)

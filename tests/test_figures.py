@@ -1,13 +1,13 @@
 """The attention figures are laid out with margins measured from their labels (analyze.figures), the
-head figures by constrained layout: either way every text must land inside the figure, and the
-titles and axis labels must not cover tick labels."""
+head figures by constrained layout, the neuron view by fixed panels: either way every text must land
+inside the figure, the titles and axis labels must not cover tick labels, nor panel titles each other."""
 
 import matplotlib
 import numpy as np
 import pytest
 from matplotlib.text import Text
 
-from analyze import figures
+from analyze import figures, neuron
 
 LONG_TITLE = "encoder self-attention, layer 0 head 0; example 0: What is another name to describe the science of teaching?"
 WORDPIECES = ["[CLS]", "what", "##ever", "professional", "qualifications", "[SEP]", "un", "##believably", "."]
@@ -38,6 +38,10 @@ def figures_of(draw, monkeypatch):
     return kept
 
 
+_rng = np.random.default_rng(0)
+NEURON_VIEW = {"keys": _rng.random((40, 32)), "products": _rng.random((40, 32)), "masked": np.zeros(40, bool), "query": _rng.random(32),
+               "scores": _rng.random(40), "bias": _rng.random(40), "attention": _rng.random(40), "scaling": 0.125}
+
 CASES = {
     "grid of short tokens": lambda p: figures.head_grid(np.random.default_rng(0).random((2, 4, 15, 15)), list("2x^2-24x-216=0") + ["</s>"],
                                                         list("2x^2-24x-216=0") + ["</s>"], "encoder", LONG_TITLE, p),
@@ -53,6 +57,8 @@ CASES = {
                                                                  "encoder self-attention: variance of each head's context vector", p),
     "symbol shares (heads)": lambda p: figures.symbol_shares({s: [{"layer": l, "share": 0.1 * l, "ci": [0.0, 0.2], "baseline": 0.1} for l in range(3)]
                                                               for s in ("x", "=")}, LONG_TITLE + " " + LONG_TITLE, p),
+    "neuron view, d_kv 32": lambda p: neuron._draw(NEURON_VIEW, (["<start>"] + list("D=1234;") * 6)[:40], "Neuron view: cross-attention, layer 3 "
+                                                   "head 7, query token 12 'x'; example 0", p),
 }
 
 
@@ -70,6 +76,10 @@ def test_every_text_lies_inside_the_figure_and_labels_cover_no_tick_label(case, 
     for text, box in placed:
         for tick in ticks:
             assert not box.overlaps(tick), (text.get_text(), box.bounds, tick.bounds)
+    titles = [(text, box) for text, box in texts if any(text is ax.title for ax in fig.axes)]
+    for i, (text, box) in enumerate(titles):
+        for other, other_box in titles[i + 1:]:
+            assert not box.overlaps(other_box), (text.get_text(), other.get_text())
     matplotlib.pyplot.close(fig)
 
 
