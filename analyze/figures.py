@@ -36,7 +36,7 @@ def save(fig, path_without_suffix: Path) -> list[str]:
 
 
 # Attention maps are laid out with fixed margins measured from their labels, not by constrained
-# layout, which measured every tick label of every panel again for each figure: `maps` took 1.6
+# layout, which measured every tick label of every panel again for each figure: `maps` took 1.4-1.6
 # times as long (BENCHMARKS.md, "Writing the figures"). Lengths are in inches, font sizes in points.
 LINE = 1.3 / 72  # the height of a line of text, per point of its size
 TICKS = 0.1  # a tick and the gap to its label
