@@ -242,7 +242,7 @@ def _overrides(pairs: tuple[str, ...]) -> dict:
               help="YAML file of configuration keys; applied after the preset, before the options here.")
 @click.option("--data", default=None, help="Dataset directory from `cli.py gen`.  [default: data/quadratic]")
 @click.option("--run-dir", default=None, help="Where the run goes.  [default: runs/<task>-<preset>-seed<seed>]")
-@click.option("--seed", type=INT, default=None, help="Seed for initialisation, data order and the validation split.  [default: 0]")
+@click.option("--seed", type=IntRange(min=0, max=2**32 - 1), default=None, help="Seed for initialisation, data order and the validation split.  [default: 0]")
 @click.option("--max-steps", type=INT, default=None, help="Optimiser steps (0: use --epochs). With --resume: train a finished run on to this step.")
 @click.option("--epochs", type=FLOAT, default=None, help="Epochs, when --max-steps is 0.")
 @click.option("--batch-size", type=INT, default=None, help="Rows per optimiser step (per device, before accumulation).")
@@ -315,9 +315,9 @@ def train(task, model_name, init_from, train_file, eval_file, preset, config_pat
 @cli.command(name="eval")
 @click.argument("run_dir", type=click.Path())
 @click.option("--split", type=click.Choice(["test", "validation", "train"]), default="test", show_default=True, help="Split to decode.")
-@click.option("--limit", type=INT, default=0, show_default=True, help="Rows to decode (0: all).")
-@click.option("--batch-size", type=INT, default=None, help="Decoding batch size.  [default: the run's eval_batch_size]")
-@click.option("--num-beams", type=INT, default=0, show_default=True, help="Also decode with this many beams, reranked by the grader.")
+@click.option("--limit", type=IntRange(min=0), default=0, show_default=True, help="Rows to decode (0: all).")
+@click.option("--batch-size", type=IntRange(min=1), default=None, help="Decoding batch size.  [default: the run's eval_batch_size]")
+@click.option("--num-beams", type=IntRange(min=0), default=0, show_default=True, help="Also decode with this many beams, reranked by the grader.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
               help="Directory for metrics.json (this split's entry; others there are kept), the predictions and diagnosis.png.  "
                    "[default: RUN_DIR, whose results for the split are replaced: a --limit check there overwrites the full test]")
@@ -329,8 +329,6 @@ def eval_command(run_dir, split, limit, batch_size, num_beams, out_dir, data):
     predictions.json (official format) and metrics.json."""
     from train.runs import open_run
 
-    if limit < 0 or (batch_size is not None and batch_size <= 0) or num_beams < 0:
-        raise QuadlabError("--limit, --batch-size and --num-beams must not be negative")
     _check_out(out_dir, "--out")
     task = tasks.module(open_run(Path(run_dir), "eval").task)
     metrics = task.evaluate_run(Path(run_dir), split=split, limit=limit, batch_size=batch_size, num_beams=num_beams,
@@ -586,7 +584,7 @@ def serve(run_dirs, host, port, threads):
 @click.option("--batch-size", type=IntRange(min=1), default=64, show_default=True, help="Examples (SQuAD: windows) per forward pass.")
 @click.option("--held-out", type=FLOAT, default=0.3, show_default=True,
               help="Share of the rows that score the probes; the others fit them (split by example, never by token).")
-@click.option("--seed", type=INT, default=0, show_default=True, help="Seed of the split, the control labels and the sampled tokens.")
+@click.option("--seed", type=IntRange(min=0, max=2**32 - 1), default=0, show_default=True, help="Seed of the split, the control labels and the sampled tokens.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None, help="Output directory.  [default: figures/<run name>/probes]")
 @DATA_OPTION
 def probe(run_dir, split, limit, targets, batch_size, held_out, seed, out_dir, data):

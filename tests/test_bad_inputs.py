@@ -346,6 +346,31 @@ def test_a_bad_config_file_is_one_line_and_exit_2(lab, tmp_path, cwd, capsys, mo
         line = refused(capsys, monkeypatch, cwd, "train", "--config", path, "--data", lab / "data", "--run-dir", new_run, absent=(new_run,))
         assert "config" in line or "preset" in line, (kind, line)
 
+# numbers outside what a command can use: a negative seed reached numpy (a traceback); a negative
+# --max-steps trained for epochs instead; eval's --batch-size 0 was called negative
+OUT_OF_RANGE = {
+    "train --seed -1": lambda lab, new_run: ["train", "--data", lab / "data", "--run-dir", new_run, "--seed", -1],
+    "train --set seed=-1": lambda lab, new_run: ["train", "--data", lab / "data", "--run-dir", new_run, "--set", "seed=-1"],
+    "train --set seed=2**32": lambda lab, new_run: ["train", "--data", lab / "data", "--run-dir", new_run, "--set", f"seed={2**32}"],
+    "train --max-steps -3": lambda lab, new_run: ["train", "--data", lab / "data", "--run-dir", new_run, "--max-steps", -3],
+    "train --epochs -1": lambda lab, new_run: ["train", "--data", lab / "data", "--run-dir", new_run, "--epochs", -1],
+    "train --num-beams -1": lambda lab, new_run: ["train", "--data", lab / "data", "--run-dir", new_run, "--num-beams", -1],
+    "train --set eval_batch_size=0": lambda lab, new_run: ["train", "--data", lab / "data", "--run-dir", new_run, "--set", "eval_batch_size=0"],
+    "train --set d_kv=0": lambda lab, new_run: ["train", "--data", lab / "data", "--run-dir", new_run, "--set", "d_kv=0"],
+    "eval --batch-size 0": lambda lab, new_run: ["eval", lab / "quadratic", "--batch-size", 0, "--out", new_run],
+    "eval --num-beams -1": lambda lab, new_run: ["eval", lab / "quadratic", "--num-beams", -1, "--out", new_run],
+    "probe --seed -1": lambda lab, new_run: ["probe", lab / "quadratic", "--seed", -1, "--out", new_run],
+}
+
+
+@pytest.mark.parametrize("case", OUT_OF_RANGE)
+def test_a_number_out_of_range_is_one_line_and_exit_2(lab, tmp_path, cwd, capsys, monkeypatch, case):
+    new_run = tmp_path / "out"
+    line = refused(capsys, monkeypatch, cwd, *OUT_OF_RANGE[case](lab, new_run), absent=(new_run,), untouched=(lab / "quadratic",))
+    words = case.split()
+    option = words[2].split("=")[0] if words[1] == "--set" else words[1].removeprefix("--")  # the error names it
+    assert option.replace("-", "_") in line.replace("-", "_"), line
+
 
 def test_an_output_path_blocked_by_a_file_is_one_line_and_exit_2(lab, tmp_path, cwd, capsys, monkeypatch):
     blocker = tmp_path / "a file"
