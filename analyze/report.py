@@ -195,6 +195,11 @@ METRIC_TITLES = {"full_solution_accuracy": "full-solution accuracy", "roots_accu
                  "accuracy": "accuracy", "macro_f1": "macro-F1"}
 
 
+def _signed(value: float) -> str:
+    """A change to three decimals with its sign; one that rounds to nothing is +0.000, not -0.000."""
+    return f"{round(value, 3) + 0.0:+.3f}"
+
+
 def summary_lines(result: dict, top: int = 5) -> list[str]:
     """The short summary `cli.py heads` prints."""
     lines = []
@@ -202,7 +207,7 @@ def summary_lines(result: dict, top: int = 5) -> list[str]:
         base = ", ".join(f"{METRIC_TITLES[m]} {v:.3f}" for m, v in result["baseline_metrics"].items())
         lines.append(f"baseline on {result['eval_rows']} rows: {base}")
         for item in result["importance"][:top]:
-            drops = ", ".join(f"{METRIC_TITLES[m]} {v:+.3f}" for m, v in item["drop"].items())
+            drops = ", ".join(f"{METRIC_TITLES[m]} {_signed(v)}" for m, v in item["drop"].items())
             lines.append(f"  important head: {item['kind']} layer {item['layer']} head {item['head']}: drop {drops}; gradient {item['gradient']:.3g}")
     for kind, r in result["kinds"].items():
         for layer, counts in enumerate(r["type_counts_per_layer"]):
@@ -210,14 +215,14 @@ def summary_lines(result: dict, top: int = 5) -> list[str]:
             lines.append(f"{kind} layer {layer}: {shown}")
         peak = max(r["symbols"]["all"], key=lambda row: row["excess"])
         lines.append(f"{kind}: special symbols receive {peak['share']:.3f} of the attention at their peak (layer {peak['layer']}; "
-                     f"uniform {peak['baseline']:.3f}; excess 95% CI {peak['excess_ci'][0]:+.3f}..{peak['excess_ci'][1]:+.3f})")
+                     f"uniform {peak['baseline']:.3f}; excess 95% CI {_signed(peak['excess_ci'][0])}..{_signed(peak['excess_ci'][1])})")
     blocking = result.get("symbol_blocking")
     if blocking:
         base = blocking["baseline"]
         for name, metrics in blocking.items():
             if name in ("baseline", "layers"):
                 continue
-            lines.append(f"{name}: " + ", ".join(f"{METRIC_TITLES[m]} {metrics[m] - base[m]:+.3f}" for m in metrics))
+            lines.append(f"{name}: " + ", ".join(f"{METRIC_TITLES[m]} {_signed(metrics[m] - base[m])}" for m in metrics))
     corr = result.get("context_correlation") or {}
     overall = {k: v for k, v in corr.items() if k.count("/") == 1}
     if overall:

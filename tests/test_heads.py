@@ -151,6 +151,17 @@ def test_pearson_on_known_data():
     assert math.isnan(pearson([1, 2], [1, 2])["p"])
 
 
+def test_summary_changes_that_round_to_nothing_print_as_plus_zero():
+    from analyze.report import summary_lines
+
+    base = {"full_solution_accuracy": 0.3, "character_accuracy": 0.7}
+    result = {"kinds": {}, "context_note": "no checkpoints", "symbol_blocking": {
+        "baseline": base, "layers": [0],
+        "control": {"full_solution_accuracy": 0.3 - 1e-9, "character_accuracy": 0.7 - 0.0012}}}
+    line = next(line for line in summary_lines(result) if line.startswith("control"))
+    assert line == "control: full-solution accuracy +0.000, character accuracy -0.001", line
+
+
 # ---------------------------------------------------------------------------------------------
 # Gates, blocks and context variance on real models
 
