@@ -120,6 +120,9 @@ def test_gpu_job_trains_across_calls_and_packs_the_results(tmp_path, one_thread,
     # a later job trains on from the weights that came back; resumed, it keeps their architecture,
     # not the one its keys give (d_model=48 here)
     more, start = tmp_path / "more", tmp_path / "back" / "mini" / "run"
+    with pytest.raises(SystemExit) as stop:  # a start that holds no model is refused before the data is made
+        gpu_job(recipe, more, out, "--set", f"init_from={tmp_path / 'back' / 'mini'}")
+    assert stop.value.code == 2 and "holds no trained model" in capsys.readouterr().err and not more.exists()
     gpu_job(recipe, more, out, "--budget-seconds", 0, "--set", f"init_from={start}", "--set", "d_model=48")
     assert resolve(yaml_path=str(more / "run" / "config.yaml")).d_model == 32
     gpu_job(recipe, more, out, "--budget-seconds", 600, "--set", f"init_from={start}", "--set", "d_model=48")

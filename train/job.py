@@ -88,8 +88,12 @@ def run_job(recipe: Path, text: str, make_data: Callable[[], None], overrides: d
             raise QuadlabError(f"{work} holds the job of another recipe or other --set keys ({state['recipe']}); "
                                f"give another --work, or delete {work} to start again")
     else:
-        work.mkdir(parents=True, exist_ok=True)
         state = {**job, "stages": {}, "calls": 0, "done": False}
+    if config.init_from and not state["stages"].get("train", {}).get("done"):
+        from train.quadratic import check_init_from
+
+        check_init_from(config.init_from)  # before minutes of data
+    work.mkdir(parents=True, exist_ok=True)
     state["calls"] += 1
     engine.write_json(state_path, state)
     packed = []

@@ -178,6 +178,19 @@ ARCHITECTURE = ("d_model", "d_ff", "d_kv", "num_layers", "num_decoder_layers", "
                 "relative_attention_num_buckets", "relative_attention_max_distance")  # T5Config's names too
 
 
+INIT_FROM_FIX = "give a quadratic run directory or a GPU job's unpacked run/ with model.safetensors in it"
+
+
+def check_init_from(init_from: str) -> Path:
+    """The directory `init_from` names, if it holds a model's files (a cheap check a job makes
+    before generating its data)."""
+    path = Path(init_from)
+    files = ("config.json", "model.safetensors", "tokenizer.json")
+    if not all((path / name).is_file() for name in files):
+        raise QuadlabError(f"init_from {path} holds no trained model ({', '.join(files)}); {INIT_FROM_FIX}")
+    return path
+
+
 def trained_start(config: TrainConfig, texts: list[str]):
     """(config with the architecture of the model in `config.init_from`, that model in float32,
     its tokenizer), checked to be a quadratic T5 whose tokenizer writes every character of `texts`."""
@@ -185,17 +198,13 @@ def trained_start(config: TrainConfig, texts: list[str]):
 
     from transformers import T5ForConditionalGeneration
 
-    path = Path(config.init_from)
-    fix = "give a quadratic run directory or a GPU job's unpacked run/ with model.safetensors in it"
-    files = ("config.json", "model.safetensors", "tokenizer.json")
-    if not all((path / name).is_file() for name in files):
-        raise QuadlabError(f"init_from {path} holds no trained model ({', '.join(files)}); {fix}")
+    path = check_init_from(config.init_from)
     try:
         model_type = json.loads((path / "config.json").read_text()).get("model_type")
     except (OSError, ValueError, AttributeError) as err:
-        raise QuadlabError(f"init_from {path}: its config.json cannot be read ({runs.first_line(err)}); {fix}") from None
+        raise QuadlabError(f"init_from {path}: its config.json cannot be read ({runs.first_line(err)}); {INIT_FROM_FIX}") from None
     if model_type != "t5":
-        raise QuadlabError(f"init_from {path} holds a {model_type} model, not the T5 of a quadratic run; {fix}")
+        raise QuadlabError(f"init_from {path} holds a {model_type} model, not the T5 of a quadratic run; {INIT_FROM_FIX}")
     tokenizer = runs.load_tokenizer(path)
     missing = sorted(set().union(*texts) - set(tokenizer.get_vocab()))
     if missing:
@@ -204,10 +213,10 @@ def trained_start(config: TrainConfig, texts: list[str]):
     try:  # a GPU job's weights come back in bfloat16: training goes on in float32
         model = T5ForConditionalGeneration.from_pretrained(str(path), dtype=torch.float32, dropout_rate=config.dropout_rate)
     except Exception as err:  # whatever a damaged file raises inside the library
-        raise QuadlabError(f"init_from {path}: its model cannot be loaded ({runs.first_line(err)}); {fix}") from None
+        raise QuadlabError(f"init_from {path}: its model cannot be loaded ({runs.first_line(err)}); {INIT_FROM_FIX}") from None
     if model.config.vocab_size != len(tokenizer):
         raise QuadlabError(f"init_from {path}: its model has {model.config.vocab_size} token embeddings and its tokenizer "
-                           f"{len(tokenizer)} tokens; {fix}")
+                           f"{len(tokenizer)} tokens; {INIT_FROM_FIX}")
     model.set_attn_implementation("sdpa" if torch.cuda.is_available() else "eager")  # as build_model
     return replace(config, **{key: getattr(model.config, key) for key in ARCHITECTURE}), model, tokenizer
 
