@@ -19,6 +19,7 @@ figure {{ display: inline-block; margin: 0.5em; vertical-align: top; }}
 figure img {{ max-width: 640px; border: 1px solid #ddd; }}
 figcaption {{ font-size: 0.85em; max-width: 640px; }}
 #status {{ color: #666; font-size: 0.85em; }}
+#caption, #neuron-caption {{ overflow-wrap: anywhere; }}
 code {{ background: #f4f4f4; padding: 0 0.2em; }}
 </style></head><body>
 <h1>Attention in {title}</h1>
@@ -69,23 +70,34 @@ function draw() {{
   const m = maps[$("layer").value][$("head").value];
   const qTokens = kind === "encoder" ? ex.tokens.encoder : ex.tokens.decoder;
   const kTokens = kind === "decoder" ? ex.tokens.decoder : ex.tokens.encoder;
-  const canvas = $("view"), ctx = canvas.getContext("2d"), margin = 60;
-  const cell = Math.max(4, Math.min(28, Math.floor(820 / Math.max(m.length, m[0].length))));
-  canvas.width = margin + cell * m[0].length + 10; canvas.height = margin + cell * m.length + 10;
+  // a cell size per axis, so that a long solution against a short equation stays readable; a cell
+  // of 9 pixels or more gets every token, a smaller one every few, with its position
+  const side = (n) => Math.max(3, Math.min(28, Math.floor(820 / n)));
+  const cw = side(m[0].length), ch = side(m.length);
+  const labels = (tokens, cell) => {{
+    const every = cell >= 9 ? 1 : Math.ceil(12 / cell);
+    return tokens.map((t, i) => (i % every ? null : every > 1 ? i + " " + t : t));
+  }};
+  const rowLabels = labels(qTokens, ch), colLabels = labels(kTokens, cw);
+  const fontOf = (cell) => Math.max(9, Math.min(13, cell - 1)) + "px monospace";
+  const canvas = $("view"), ctx = canvas.getContext("2d");
+  const widest = (texts, font) => {{ ctx.font = font; return Math.max(0, ...texts.filter((t) => t !== null).map((t) => ctx.measureText(t).width)); }};
+  const left = Math.ceil(widest(rowLabels, fontOf(ch))) + 10, top = Math.ceil(widest(colLabels, fontOf(cw))) + 10;
+  canvas.width = left + cw * m[0].length + 10; canvas.height = top + ch * m.length + 10;
   ctx.fillStyle = "#fff"; ctx.fillRect(0, 0, canvas.width, canvas.height);
-  ctx.font = Math.max(7, Math.min(13, cell - 1)) + "px monospace"; ctx.fillStyle = "#222";
-  for (let i = 0; i < m.length; i++) {{
-    ctx.fillText(qTokens[i], 4, margin + cell * i + cell - 2);
-    for (let j = 0; j < m[i].length; j++) {{ ctx.fillStyle = colour(m[i][j]); ctx.fillRect(margin + j * cell, margin + i * cell, cell, cell); }}
-    ctx.fillStyle = "#222";
-  }}
-  for (let j = 0; j < m[0].length; j++) {{
-    ctx.save(); ctx.translate(margin + j * cell + cell - 2, margin - 4); ctx.rotate(-Math.PI / 2); ctx.fillText(kTokens[j], 0, 0); ctx.restore();
-  }}
+  for (let i = 0; i < m.length; i++)
+    for (let j = 0; j < m[i].length; j++) {{ ctx.fillStyle = colour(m[i][j]); ctx.fillRect(left + j * cw, top + i * ch, cw, ch); }}
+  ctx.fillStyle = "#222"; ctx.textBaseline = "middle"; ctx.font = fontOf(ch);
+  rowLabels.forEach((t, i) => {{ if (t !== null) ctx.fillText(t, 4, top + ch * i + ch / 2); }});
+  ctx.font = fontOf(cw);
+  colLabels.forEach((t, j) => {{
+    if (t === null) return;
+    ctx.save(); ctx.translate(left + j * cw + cw / 2, top - 4); ctx.rotate(-Math.PI / 2); ctx.fillText(t, 0, 0); ctx.restore();
+  }});
   $("caption").textContent = kind + " attention, layer " + $("layer").value + " head " + $("head").value +
     ", example " + ex.name + ": " + ex.input + " -> " + ex.output + " (rows: queries, columns: keys)";
   canvas.dataset.drawn = kind + "/" + $("layer").value + "/" + $("head").value;
-  canvas.dataset.cell = cell; canvas.dataset.top = margin;
+  canvas.dataset.cellWidth = cw; canvas.dataset.rowHeight = ch; canvas.dataset.top = top;
   drawNeuron();
 }}
 function diverging(v) {{  // blue (negative), white (0), red (positive); v in -1..1
@@ -151,7 +163,7 @@ data.examples.forEach((ex, i) => {{ const o = document.createElement("option"); 
 ["example", "kind", "layer", "head"].forEach((id) => $(id).addEventListener("change", draw));
 $("query").addEventListener("change", drawNeuron);
 $("view").addEventListener("click", (e) => {{  // a row of the map picks the query token
-  const row = Math.floor((e.clientY - $("view").getBoundingClientRect().top - $("view").dataset.top) / $("view").dataset.cell);
+  const row = Math.floor((e.clientY - $("view").getBoundingClientRect().top - $("view").dataset.top) / $("view").dataset.rowHeight);
   if (row >= 0 && row < $("query").options.length) {{ $("query").value = row; drawNeuron(); }}
 }});
 draw();
@@ -258,6 +270,8 @@ def write_report(out_dir: Path) -> Path:
     """index.html of a figures directory, from what is there: the maps of `cli.py maps` (index.json,
     viewer.json), the head analysis of `cli.py heads` (heads/heads.json), the probes and the
     patching (ANALYSES)."""
+    from train.runs import run_name
+
     index_path, heads_path = out_dir / "index.json", out_dir / "heads" / "heads.json"
     index = json.loads(index_path.read_text()) if index_path.exists() else None
     heads = json.loads(heads_path.read_text()) if heads_path.exists() else None
@@ -287,7 +301,7 @@ def write_report(out_dir: Path) -> Path:
                        "averaged_on": "no maps yet: run `cli.py maps` for the viewer"}
     payload = json.dumps(viewer, separators=(",", ":")).replace("</", "<\\/")
     page = PAGE.format(
-        title=html.escape(Path(source["run"]).name), run=html.escape(source["run"]), n=source["examples_averaged"],
+        title=html.escape(run_name(Path(source["run"]))), run=html.escape(source["run"]), n=source["examples_averaged"],
         split=html.escape(source["split"]), averaged_on=html.escape(source["averaged_on"]), sections="\n".join(sections), data=payload,
     )
     path = out_dir / "index.html"

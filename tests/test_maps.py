@@ -1,6 +1,7 @@
 import json
 import re
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -260,7 +261,9 @@ def test_maps_writes_figures_numbers_and_report(rendered):
     assert sorted(arrays.files) == sorted(index["arrays"])
     assert arrays["example-0/cross"].shape[:2] == (2, 4)
     assert any(f["what"] == "single head" and f["layer"] == 1 and f["head"] == 2 for f in index["figures"])
-    assert "<script src" not in (out / "index.html").read_text() and "http" not in (out / "index.html").read_text()
+    page = (out / "index.html").read_text()
+    assert "<script src" not in page and "http" not in page
+    assert f"<h1>Attention in {Path(index['run']).parent.name}</h1>" in page  # a run in NAME/run is NAME, as in figures/NAME
     assert result["out_dir"] == str(out) and not list(out.parent.glob(".figs.partial*"))
 
 
@@ -272,6 +275,35 @@ def test_report_opens_offline_in_headless_chromium(rendered, tmp_path):
     shown, total = status.split("figures shown: ")[1].split(";")[0].split(" of ")
     assert int(shown) == int(total) > 0, status
     assert "viewer: encoder/0/0" in status
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="no chromium on this machine")
+def test_viewer_sizes_each_axis_by_its_tokens_and_a_click_picks_the_row(rendered):
+    """Cross-attention of a solution over its shorter equation: the key columns are as wide as the
+    equation's tokens allow (each labelled), the rows as tall as the solution's; a click on a row
+    shows that query token in the neuron view."""
+    sync_api = pytest.importorskip("playwright.sync_api", reason="needs playwright (pip install -e '.[test]')")
+    out, _ = rendered
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=shutil.which("chromium"), args=["--no-sandbox", "--disable-gpu"])
+        page = browser.new_page()
+        errors = []
+        page.on("pageerror", lambda err: errors.append(str(err)))
+        page.goto((out / "index.html").as_uri())
+        page.select_option("#kind", "cross")
+        view = page.evaluate("""() => {
+            const c = document.getElementById('view'), tokens = data.examples[0].tokens;
+            return {width: c.width, height: c.height, cell: +c.dataset.cellWidth, row: +c.dataset.rowHeight, top: +c.dataset.top,
+                    keys: tokens.encoder.length, queries: tokens.decoder.length, drawn: c.dataset.drawn};
+        }""")
+        assert view["drawn"] == "cross/0/0" and view["queries"] > 2 * view["keys"], view
+        assert view["cell"] >= 9 and view["cell"] > view["row"] and view["height"] > view["top"] + view["queries"] * view["row"], view
+        box = page.locator("#view").bounding_box()
+        row = view["queries"] // 2
+        page.mouse.click(box["x"] + box["width"] - 20, box["y"] + view["top"] + (row + 0.5) * view["row"])
+        assert page.eval_on_selector("#neuron", "c => c.dataset.drawn") == f"cross/0/0/{row}"
+        assert not errors, errors
+        browser.close()
 
 
 def test_bertviz_export_handles_different_input_and_output_lengths(rendered):
