@@ -135,7 +135,8 @@ function drawNeuron() {{
   canvas.width = xA + bar + 10; canvas.height = top + K * rh + 10;
   const ctx = canvas.getContext("2d");
   ctx.fillStyle = "#fff"; ctx.fillRect(0, 0, canvas.width, canvas.height);
-  ctx.font = Math.max(7, Math.min(12, rh - 2)) + "px monospace";
+  const every = rh >= 9 ? 1 : Math.ceil(12 / rh);  // as the map: short rows are labelled every few, with their position
+  ctx.font = (every > 1 ? 9 : Math.min(12, rh - 2)) + "px monospace";
   const text = (t, x, y) => {{ ctx.fillStyle = "#222"; ctx.fillText(t, x, y); }};
   const centred = (x, y, v, colour) => {{ ctx.fillStyle = colour; ctx.fillRect(Math.min(x + bar / 2, x + bar / 2 + v * bar / 2), y, Math.abs(v) * bar / 2, rh - 2); }};
   text("q " + qTokens[i], 2, 14 + rh - 2);
@@ -143,7 +144,7 @@ function drawNeuron() {{
   [["key vectors k", xK], ["q \u00d7 k", xP], ["score", xS], ["bias", xB], ["attention", xA]].forEach(([t, x]) => text(t, x, top - 8));
   for (let j = 0; j < K; j++) {{
     const y = top + j * rh;
-    text(kTokens[j], 2, y + rh - 2);
+    if (j % every === 0) text(every > 1 ? j + " " + kTokens[j] : kTokens[j], 2, y + rh - 2);
     for (let c = 0; c < d; c++) {{
       ctx.fillStyle = diverging(keys[j][c] / kMax); ctx.fillRect(xK + c * cw, y, cw, rh - 1);
       ctx.fillStyle = diverging(products[j][c] / pMax); ctx.fillRect(xP + c * cw, y, cw, rh - 1);
