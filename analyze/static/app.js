@@ -477,7 +477,8 @@ async function drawNeuron() {
   const ctx = canvas($("neuron"), width, top + n * ROW + 8);
   ctx.font = "12px ui-monospace, monospace";
   ctx.textBaseline = "middle";
-  const cellColour = (v, top_) => { const s = Math.min(1, Math.abs(v) / top_); return v >= 0 ? `rgb(${255 - 200 * s}, ${255 - 140 * s}, 255)` : `rgb(255, ${255 - 170 * s}, ${255 - 170 * s})`; };
+  // red positive, blue negative: as the report's viewer and the neuron figure (RdBu_r)
+  const cellColour = (v, top_) => { const s = Math.min(1, Math.abs(v) / top_); return v >= 0 ? `rgb(255, ${255 - 170 * s}, ${255 - 170 * s})` : `rgb(${255 - 200 * s}, ${255 - 140 * s}, 255)`; };
   let x = left;
   for (const [name, rows] of vectors) {
     const top_ = Math.max(...rows.flat().map(Math.abs), ...view.query.map(Math.abs), 1e-9);
@@ -501,7 +502,7 @@ async function drawNeuron() {
       const y = top + k * ROW;
       if (v === null) { ctx.fillStyle = "#999"; ctx.fillText("masked", x, y + ROW / 2); return; }
       const w = (bar / 2) * Math.abs(v) / top_;
-      ctx.fillStyle = name === "attention" ? "#55a868" : v >= 0 ? "#4c78a8" : "#e45756";
+      ctx.fillStyle = name === "attention" ? "#55a868" : v >= 0 ? "#e45756" : "#4c78a8";
       if (name === "attention") ctx.fillRect(x, y + 3, 2 * w, ROW - 6);
       else ctx.fillRect(v >= 0 ? x + bar / 2 : x + bar / 2 - w, y + 3, w, ROW - 6);
       ctx.fillStyle = "#444";
