@@ -24,7 +24,8 @@ code {{ background: #f4f4f4; padding: 0 0.2em; }}
 </style></head><body>
 <h1>Attention in {title}</h1>
 <p>Run <code>{run}</code>; averages over {n} examples of the {split} split ({averaged_on}).
-The numbers behind every figure are in <code>maps.npz</code>, described by <code>index.json</code>.</p>
+The numbers behind every figure are in <code>maps.npz</code>, described by <code>index.json</code>; a click on a
+figure opens it at full size.</p>
 <h2>Viewer</h2>
 <div class="controls">
 <label>example <select id="example"></select></label>
@@ -248,6 +249,14 @@ def summary_lines(result: dict, top: int = 5) -> list[str]:
     return lines
 
 
+def _figure(src: str, alt: str, caption_html: str) -> str:
+    """A figure shown at the page's width, a link to itself at full size (a head grid of a long
+    solution is thousands of pixels wide)."""
+    src = html.escape(src)
+    return (f'<figure><a href="{src}"><img src="{src}" alt="{html.escape(alt)}" loading="eager"></a>'
+            f"<figcaption>{caption_html}</figcaption></figure>")
+
+
 def _analysis_sections(out_dir: Path) -> list[str]:
     """The report's sections for the probes and the patching found in `out_dir`: the summary the
     command printed (its JSON keeps it, so that the report need not import the analyses), and its
@@ -261,8 +270,7 @@ def _analysis_sections(out_dir: Path) -> list[str]:
         images = [Path(f).name for f in result.get("figures", []) if f.endswith(".png")]  # (older runs wrote them as patching/NAME)
         parts = [f"<h2>{html.escape(ANALYSES[folder])}</h2>", f"<p>Numbers: <code>{folder}/{name}</code>.</p>",
                  "<pre>" + html.escape("\n".join(result.get("summary", []))) + "</pre>"]
-        parts += [f'<figure><img src="{html.escape(folder)}/{html.escape(f)}" alt="{html.escape(f)}" loading="eager">'
-                  f"<figcaption>{html.escape(f)}</figcaption></figure>" for f in images]
+        parts += [_figure(f"{folder}/{f}", f, html.escape(f)) for f in images]
         sections.append("\n".join(parts))
     return sections
 
@@ -294,8 +302,7 @@ def write_report(out_dir: Path) -> Path:
                 parts.append(f'<p><a href="{html.escape(item["file"])}">{html.escape(item["file"])}</a></p>')
             else:
                 svg = f' (<a href="{html.escape(item["svg"])}">SVG</a>)' if "svg" in item else ""
-                parts.append(f'<figure><img src="{html.escape(item["file"])}" alt="{html.escape(caption)}" loading="eager">'
-                             f"<figcaption>{html.escape(caption)}{svg}</figcaption></figure>")
+                parts.append(_figure(item["file"], caption, html.escape(caption) + svg))
         sections.append("\n".join(parts))
     sections += _analysis_sections(out_dir)
     source = index or {"run": heads["run"], "examples_averaged": heads["rows"], "split": heads["split"],

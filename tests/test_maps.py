@@ -264,6 +264,8 @@ def test_maps_writes_figures_numbers_and_report(rendered):
     page = (out / "index.html").read_text()
     assert "<script src" not in page and "http" not in page
     assert f"<h1>Attention in {Path(index['run']).parent.name}</h1>" in page  # a run in NAME/run is NAME, as in figures/NAME
+    images = re.findall(r'<img src="([^"]+)"', page)
+    assert len(images) == sum(not f["file"].endswith(".html") for f in index["figures"]) and all(f'<a href="{src}"><img src="{src}"' in page for src in images)  # full size on a click
     assert result["out_dir"] == str(out) and not list(out.parent.glob(".figs.partial*"))
 
 
