@@ -513,13 +513,16 @@ def context_figure(figure_dirs: list[Path], out: Path) -> dict:
     panels = []
     for folder in figure_dirs:
         path = Path(folder) / "heads" / "heads.json"
+        missing = QuadlabError(f"{folder} holds no context-variance points of `cli.py heads` (heads/heads.json); run "
+                               f"`python cli.py heads RUN_DIR --out {folder}` on a run trained with --keep-checkpoints")
         try:
             found = json.loads(path.read_text())
             points, metric = found["context_points"], next(iter(found["baseline_metrics"] if "baseline_metrics" in found else
                                                                  found["context_points"][0]["metrics"]))
         except (OSError, ValueError, KeyError, StopIteration, IndexError, TypeError):
-            raise QuadlabError(f"{folder} holds no context-variance points of `cli.py heads` (heads/heads.json); run "
-                               f"`python cli.py heads RUN_DIR --out {folder}` on a run trained with --keep-checkpoints") from None
+            raise missing from None
+        if not points:  # a run without kept checkpoints: heads.json says so, and there is nothing to plot
+            raise missing
         kind = "encoder"
         panels.append({"title": f"{found['task']} ({run_name(found['run'])})", "run": found["run"], "task": found["task"], "points": points,
                        "kind": kind, "metric": metric, "correlation": head_stats.pearson([p["variance"][kind]["mean"] for p in points],

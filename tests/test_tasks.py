@@ -241,3 +241,9 @@ def test_context_variance_of_two_tasks_side_by_side(data, tmp_path_factory, tmp_
     assert (tmp_path / "together" / "context-variance-tasks.png").stat().st_size > 0 and result["figures"]
     with pytest.raises(QuadlabError, match="no context-variance points"):
         context_figure([tmp_path], tmp_path / "nothing")
+    found = json.loads((tmp_path / "squad" / "heads" / "heads.json").read_text())  # a run that kept no checkpoints
+    (tmp_path / "none" / "heads").mkdir(parents=True)
+    (tmp_path / "none" / "heads" / "heads.json").write_text(json.dumps({**found, "context_points": []}))
+    with pytest.raises(QuadlabError, match="no context-variance points"):
+        context_figure([tmp_path / "squad", tmp_path / "none"], tmp_path / "nothing")
+    assert not (tmp_path / "nothing").exists()
