@@ -47,6 +47,7 @@ class Float(AsciiNumber, click.types.FloatParamType):
 
 
 INT, FLOAT = Int(), Float()
+SEED = IntRange(min=0, max=2**32 - 1)  # numpy's seeds (train/config.py checks --set seed too)
 
 
 class IntPair(click.ParamType):
@@ -242,7 +243,7 @@ def _overrides(pairs: tuple[str, ...]) -> dict:
               help="YAML file of configuration keys; applied after the preset, before the options here.")
 @click.option("--data", default=None, help="Dataset directory from `cli.py gen`.  [default: data/quadratic]")
 @click.option("--run-dir", default=None, help="Where the run goes.  [default: runs/<task>-<preset>-seed<seed>]")
-@click.option("--seed", type=IntRange(min=0, max=2**32 - 1), default=None, help="Seed for initialisation, data order and the validation split.  [default: 0]")
+@click.option("--seed", type=SEED, default=None, help="Seed for initialisation, data order and the validation split.  [default: 0]")
 @click.option("--max-steps", type=INT, default=None, help="Optimiser steps (0: use --epochs). With --resume: train a finished run on to this step.")
 @click.option("--epochs", type=FLOAT, default=None, help="Epochs, when --max-steps is 0.")
 @click.option("--batch-size", type=INT, default=None, help="Rows per optimiser step (per device, before accumulation).")
@@ -584,7 +585,7 @@ def serve(run_dirs, host, port, threads):
 @click.option("--batch-size", type=IntRange(min=1), default=64, show_default=True, help="Examples (SQuAD: windows) per forward pass.")
 @click.option("--held-out", type=FLOAT, default=0.3, show_default=True,
               help="Share of the rows that score the probes; the others fit them (split by example, never by token).")
-@click.option("--seed", type=IntRange(min=0, max=2**32 - 1), default=0, show_default=True, help="Seed of the split, the control labels and the sampled tokens.")
+@click.option("--seed", type=SEED, default=0, show_default=True, help="Seed of the split, the control labels and the sampled tokens.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None, help="Output directory.  [default: figures/<run name>/probes]")
 @DATA_OPTION
 def probe(run_dir, split, limit, targets, batch_size, held_out, seed, out_dir, data):
