@@ -214,6 +214,38 @@ def verify(equation, solution):
     sys.exit(0 if verdict.ok else 1)
 
 
+@cli.command()
+@click.argument("predictions", type=click.Path())
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default=None,
+              help="The format of the reference solutions, for rows without `target` (compact rows).  "
+                   "[default: the format in dataset-card.json beside PREDICTIONS]")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
+              help="Write the rows with their new grades (under PREDICTIONS' name), metrics.json (PREDICTIONS' entry with "
+                   "its greedy metrics and diagnosis graded again; other entries and keys kept) and diagnosis.png into this "
+                   "directory, which may be PREDICTIONS' own.  [default: write nothing]")
+@click.option("--compact", "compact_rows", is_flag=True,
+              help="With --out: write each row's equation and grades, and its output only where it is wrong, gzipped "
+                   "(how figures/results/ keeps 20,000 rows in 0.5 MB).")
+def grade(predictions, fmt, out_dir, compact_rows):
+    """Grade the outputs in PREDICTIONS again (eval's predictions.jsonl, or a .gz of it, full or
+    compact) with today's grader, print the metrics and the diagnosis, and say whether they give
+    again every grade that its rows record and the entry of metrics.json beside it that its name
+    names (predictions.jsonl: test; predictions-NAME.jsonl: NAME). Exit 0 when they do, 1 when not
+    (the first 20 differences listed), 2 on input that cannot be read; with --out, 0 once written.
+
+    Each row needs `equation` and `prediction`; a row without `prediction` and with `exact`: true
+    was right, and is graded as its reference, `target` or the solution of --format."""
+    from train.quadratic import grade_file
+
+    if compact_rows and out_dir is None:
+        raise QuadlabError("--compact says how to write the rows; give --out DIR too")
+    _check_out(out_dir, "--out")
+    lines, differences = grade_file(Path(predictions), fmt, Path(out_dir) if out_dir else None, compact_rows)
+    for line in lines:
+        click.echo(line)
+    sys.exit(1 if differences and out_dir is None else 0)
+
+
 def _overrides(pairs: tuple[str, ...]) -> dict:
     out = {}
     for pair in pairs:

@@ -1,5 +1,6 @@
 """Generating and grading quadratic equations with worked solutions."""
 
+import json
 import math
 import os
 import re
@@ -46,3 +47,20 @@ def ascii_float(text: str) -> float:
     if not isinstance(text, str) or not _DECIMAL.fullmatch(text) or not math.isfinite(value := float(text)):
         raise ValueError(f"{text!r} is not a finite number written with the digits 0-9")
     return value
+
+
+def json_objects(lines, source: str, hint: str) -> list[tuple[int, dict]]:
+    """(line number, object) of each non-blank line of JSON Lines; a line that is not a JSON object
+    is a one-line QuadlabError naming `source` and the line, ending with `hint` (how to fix it)."""
+    out = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            value = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise QuadlabError(f"{source} line {number} is not JSON ({err.msg}); {hint}") from None
+        if not isinstance(value, dict):
+            raise QuadlabError(f"{source} line {number} is not a JSON object; {hint}")
+        out.append((number, value))
+    return out

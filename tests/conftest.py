@@ -125,6 +125,30 @@ def equations(draw, ranges: Ranges = DEFAULT):
     return a, -a * s, a * p, kind
 
 
+def quadlab(capsys, monkeypatch, *argv, stdin: bytes = b""):
+    """(exit status, stdout, stderr) of `quadlab ARGV` in-process: cli.main ends in SystemExit, so any other
+    exception (a traceback) escapes and fails the test."""
+    import io
+
+    import cli
+
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(stdin)))
+    try:
+        cli.main([str(a) for a in argv])
+        status = 0
+    except SystemExit as stop:
+        status = stop.code
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+def snapshot(path: Path) -> dict:
+    """Size and modification time of a path and of everything under it (a folder's time changes
+    when an entry is added or removed)."""
+    paths = [path, *sorted(path.rglob("*"))] if path.is_dir() else [path] if path.exists() else []
+    return {str(p): (p.stat().st_size, p.stat().st_mtime_ns) for p in paths}
+
+
 @pytest.fixture(scope="session")
 def run_cli():
     """Run `python cli.py ARGS` in a subprocess; returns the CompletedProcess."""

@@ -9,10 +9,8 @@ point behaves the same.
 
 from __future__ import annotations
 
-import io
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
@@ -21,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import cli
-from conftest import SQUAD_SAMPLE, tiny_squad_encoder
+from conftest import SQUAD_SAMPLE, quadlab, snapshot, tiny_squad_encoder
 from gen.dataset import GenOptions, generate
 from gen.equations import Ranges
 from train.config import resolve
@@ -79,25 +77,6 @@ def cwd(tmp_path, monkeypatch):
     (tmp_path / "cwd").mkdir()
     monkeypatch.chdir(tmp_path / "cwd")
     return tmp_path / "cwd"
-
-
-def quadlab(capsys, monkeypatch, *argv, stdin: bytes = b""):
-    """(exit status, stdout, stderr) of `quadlab ARGV` in-process."""
-    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(stdin)))
-    try:
-        cli.main([str(a) for a in argv])
-        status = 0
-    except SystemExit as stop:
-        status = stop.code
-    out, err = capsys.readouterr()
-    return status, out, err
-
-
-def snapshot(path: Path) -> dict:
-    """Size and modification time of a path and of everything under it (a folder's time changes
-    when an entry is added or removed)."""
-    paths = [path, *sorted(path.rglob("*"))] if path.is_dir() else [path] if path.exists() else []
-    return {str(p): (p.stat().st_size, p.stat().st_mtime_ns) for p in paths}
 
 
 def refused(capsys, monkeypatch, cwd: Path, *argv, untouched: tuple[Path, ...] = (), absent: tuple[Path, ...] = (), stdin: bytes = b"") -> str:

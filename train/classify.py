@@ -35,7 +35,7 @@ from pathlib import Path
 import torch
 
 from analyze.encoder import EncoderAnalysis, special_role, window_batch
-from gen import QuadlabError
+from gen import QuadlabError, json_objects
 from train import runs
 from train.config import TrainConfig
 from train.metrics import ROOT_CLASSES, classification_metrics
@@ -108,18 +108,8 @@ def read_file(path: Path, config: TrainConfig) -> list[dict]:
         except csv.Error as err:
             raise QuadlabError(f"{path} is not valid CSV ({err})") from None
         return _rows(records, reader.fieldnames or [], config, str(path))
-    records = []
-    for number, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise QuadlabError(f"{path} line {number} is not JSON ({err.msg}); a JSONL file holds one JSON object per line") from None
-        if not isinstance(record, dict):
-            raise QuadlabError(f"{path} line {number} is not a JSON object; a JSONL file holds one object per line, e.g. "
-                               f'{{"text": "...", "label": "..."}}')
-        records.append((f"line {number}", record))
+    records = [(f"line {number}", record) for number, record in
+               json_objects(text.splitlines(), str(path), 'a JSONL file holds one JSON object per line, e.g. {"text": "...", "label": "..."}')]
     return _rows(records, list(dict.fromkeys(k for _, r in records for k in r)), config, str(path))
 
 

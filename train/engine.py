@@ -643,13 +643,16 @@ def _truncate_log(path: Path, step: int) -> None:
 
 
 def read_log(run_dir: Path) -> tuple[list[dict], list[dict]]:
-    """(step records, evaluation records) of a run."""
+    """(step records, evaluation records) of a run; its log.jsonl, or log.jsonl.gz as figures/results/ keeps it."""
+    import gzip
+
     steps, evals = [], []
     path = Path(run_dir) / LOG
-    if path.exists():
-        for line in path.read_text().splitlines():
-            record = json.loads(line)
-            (evals if "eval" in record else steps).append(record)
+    packed = path.with_name(LOG + ".gz")
+    text = path.read_text() if path.exists() else gzip.decompress(packed.read_bytes()).decode() if packed.exists() else ""
+    for line in text.splitlines():
+        record = json.loads(line)
+        (evals if "eval" in record else steps).append(record)
     return steps, evals
 
 

@@ -168,12 +168,13 @@ def diagnosis(records: list[dict]) -> dict:
     names = solution_order(r["diagnosis"]["statements"] for r in sorted(records, key=lambda r: -len(r["diagnosis"]["statements"])))
 
     def statement_accuracy(rows):
-        out = {}
-        for name in names:
-            having = [r["diagnosis"]["statements"][name] for r in rows if name in r["diagnosis"]["statements"]]
-            if having:
-                out[name] = {"n": len(having), "accuracy": sum(having) / len(having)}
-        return out
+        counts = {}  # name: [rows having it, rows right]; one pass (long formats have hundreds of names)
+        for r in rows:
+            for name, right in r["diagnosis"]["statements"].items():
+                count = counts.setdefault(name, [0, 0])
+                count[0] += 1
+                count[1] += right
+        return {name: {"n": counts[name][0], "accuracy": counts[name][1] / counts[name][0]} for name in names if name in counts}
 
     def group(key):
         groups = {}

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from analyze.attention import padded, segments
-from gen import QuadlabError
+from gen import QuadlabError, json_objects
 from train import runs
 from train.config import TrainConfig
 from train.metrics import diagnosis, judge, quadratic_metrics, statement_names
@@ -279,6 +279,11 @@ def rerank_with_grader(rows, candidates: list[list[str]]) -> list[str]:
     return chosen
 
 
+def graded_metrics(records: list[dict]) -> dict:
+    """The greedy metrics and the diagnosis of judged records (evaluate_rows, regrade)."""
+    return {"greedy": quadratic_metrics(records, [r["num_roots"] for r in records]), "diagnosis": diagnosis(records)}
+
+
 def evaluate_rows(model, tokenizer, dataset, batch_size: int, num_beams: int = 0, progress: bool = False) -> tuple[dict, list[dict]]:
     """Metrics and one record per row; with num_beams > 1 also the grader-reranked beams."""
     start = time.perf_counter()
@@ -289,8 +294,8 @@ def evaluate_rows(model, tokenizer, dataset, batch_size: int, num_beams: int = 0
     for (a, b, c), eq, target, pred, k in zip(coefficients, columns["equation"], columns["solution"], greedy, columns["num_roots"]):
         records.append({"equation": eq, "a": a, "b": b, "c": c, "target": target, "prediction": pred, "num_roots": k,
                         **judge(a, b, c, target, pred)})
-    metrics = {"greedy": quadratic_metrics(records, columns["num_roots"]), "greedy_seconds": round(time.perf_counter() - start, 2),
-               "diagnosis": diagnosis(records)}
+    greedy_seconds = round(time.perf_counter() - start, 2)
+    metrics = {**graded_metrics(records), "greedy_seconds": greedy_seconds}
     if num_beams > 1:
         start = time.perf_counter()
         reranked = rerank_with_grader(coefficients, decode(model, tokenizer, columns["equation"], batch_size, num_beams, progress))
@@ -503,6 +508,179 @@ def evaluate_run(run_dir: Path, split: str = "test", limit: int = 0, batch_size:
     if records:
         plot_diagnosis(run_dir, metrics["diagnosis"], "diagnosis.png" if split == "test" else f"diagnosis-{split}.png", out)
     return everything
+
+
+# ---------------------------------------------------------------------------------------------
+# Grading saved outputs again (`cli.py grade`)
+
+GRADES = ("num_roots", "exact", "char_accuracy", "roots_correct", "steps_valid")  # what a row of predictions.jsonl records
+TOLERANCE = 1e-9  # a mean recomputed in another order differs in the last bits
+
+
+def read_predictions(path: Path) -> list[dict]:
+    """The rows of eval's predictions.jsonl, gzipped when the name ends `.gz`, or a one-line error."""
+    import gzip
+
+    path = Path(path)
+    opener = gzip.open if path.name.endswith(".gz") else open
+    try:
+        with opener(path, "rt", encoding="utf-8") as lines:
+            rows = [row for _, row in json_objects(lines, str(path), "give eval's predictions.jsonl")]
+    except FileNotFoundError:
+        raise QuadlabError(f"{path} does not exist; give eval's predictions.jsonl (or .jsonl.gz)") from None
+    except IsADirectoryError:
+        raise QuadlabError(f"{path} is a directory; give the predictions.jsonl in it") from None
+    except (OSError, EOFError, UnicodeDecodeError) as err:  # gzip's BadGzipFile is an OSError
+        raise QuadlabError(f"{path} cannot be read ({type(err).__name__}); give eval's predictions.jsonl, or a .gz of it") from None
+    if not rows:
+        raise QuadlabError(f"{path} has no rows; give eval's predictions.jsonl")
+    return rows
+
+
+def regrade(rows: list[dict], fmt: str | None, source: str) -> list[dict]:
+    """Judge each row's output again: `prediction`, or in a compact row (`exact` true, no output)
+    the reference. The reference is the row's `target`, else the solution of `fmt` for its equation."""
+    from tqdm import tqdm
+
+    from gen.equations import write_solution
+    from gen.grader import MAX_SOLUTION_CHARS, GradeError, parse_equation, real_root_count
+
+    records = []
+    for number, row in enumerate(tqdm(rows, desc="grade", unit="row", disable=None), 1):
+        where = f"{source} line {number}"
+        try:
+            a, b, c = parse_equation(row.get("equation") if isinstance(row.get("equation"), str) else "")
+        except GradeError as err:
+            raise QuadlabError(f"{where}: no equation that can be read ({err}); each row needs `equation`, e.g. 2x^2-3x+1=0") from None
+        target = row.get("target")
+        if target is None:
+            if fmt is None:
+                raise QuadlabError(f"{where} has no `target`; give the format its references are written in: --format NAME")
+            target = write_solution(a, b, c, fmt)
+        prediction = row.get("prediction")
+        if prediction is None and row.get("exact") is True:  # compact: the output only where it is wrong
+            prediction = target
+        for name, text in (("target", target), ("prediction", prediction)):
+            if not isinstance(text, str) or len(text) > MAX_SOLUTION_CHARS:
+                raise QuadlabError(f"{where}: `{name}` is not a solution of at most {MAX_SOLUTION_CHARS} characters "
+                                   f"(a row without `prediction` needs `exact`: true)")
+        records.append({"equation": row["equation"], "a": a, "b": b, "c": c, "num_roots": real_root_count(a, b, c),
+                        **judge(a, b, c, target, prediction)})
+    return records
+
+
+def _differences(recorded, graded, where: str) -> list[str]:
+    """Where two metrics (nested dicts of numbers) disagree beyond TOLERANCE."""
+    if isinstance(recorded, dict) and isinstance(graded, dict):
+        out = []
+        for key in dict.fromkeys([*recorded, *graded]):
+            if key not in graded or key not in recorded:
+                out.append(f"{where}.{key}: {'recorded' if key in recorded else 'graded'} only")
+            else:
+                out += _differences(recorded[key], graded[key], f"{where}.{key}")
+        return out
+    numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (recorded, graded))
+    if recorded == graded or numbers and abs(recorded - graded) <= TOLERANCE:
+        return []
+    return [f"{where}: recorded {recorded}, graded {graded}"]
+
+
+def row_differences(rows: list[dict], records: list[dict]) -> list[str]:
+    """The grades recorded in the rows that the records do not give again."""
+    out = []
+    for number, (row, record) in enumerate(zip(rows, records), 1):
+        for key in GRADES:
+            if key in row and _differences(row[key], record[key], key):
+                out.append(f"line {number} ({row['equation']}): {key} recorded {json.dumps(row[key])}, graded {json.dumps(record[key])}")
+    return out
+
+
+def metrics_differences(recorded: dict, graded: dict, entry: str) -> list[str]:
+    """The metrics.json entry's greedy metrics and diagnosis against those graded again."""
+    return [line for key in ("greedy", "diagnosis") if key in recorded for line in _differences(recorded[key], graded[key], f"{entry}.{key}")]
+
+
+def compact(row: dict, record: dict) -> dict:
+    """A row as tracked results keep it: the equation and its grades, the output only where it is wrong."""
+    return {"equation": row["equation"], **{k: record[k] for k in GRADES},
+            **({} if record["exact"] else {"prediction": row["prediction"]})}
+
+
+def _json_object(path: Path) -> dict:
+    """A JSON object file beside the predictions (metrics.json, dataset-card.json), {} when absent."""
+    if not path.exists():
+        return {}
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise QuadlabError(f"{path} cannot be read as JSON ({type(err).__name__}); repair it or move it aside") from None
+    if not isinstance(value, dict) or not all(isinstance(v, dict) for v in value.values() if path.name == "metrics.json"):
+        raise QuadlabError(f"{path} is not what eval and gen write (a JSON object{' of entries' if path.name == 'metrics.json' else ''}); "
+                           f"repair it or move it aside")
+    return value
+
+
+def _write_rows(path: Path, rows: list[dict]) -> None:
+    """JSON lines, gzipped when the name ends `.gz` (with no time stamp: the same rows give the same bytes)."""
+    import gzip
+
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as raw:
+        with (gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) if path.name.endswith(".gz") else raw) as out:
+            out.write("".join(json.dumps(row) + "\n" for row in rows).encode())
+    os.replace(tmp, path)
+
+
+def grade_file(path: Path, fmt: str | None = None, out_dir: Path | None = None, compact_rows: bool = False) -> tuple[list[str], list[str]]:
+    """`cli.py grade`: the outputs in eval's predictions file graded again, compared with the grades
+    its rows record and with the entry of metrics.json beside it that its name names
+    (predictions.jsonl: test, predictions-NAME.jsonl: NAME); with `out_dir`, the rows and that entry
+    rewritten there with the new grades. (report lines, differences)."""
+    from train import engine
+
+    path = Path(path)
+    rows = read_predictions(path)
+    stem = path.name.removesuffix(".gz").removesuffix(".jsonl")
+    entry = "test" if stem == "predictions" else stem.removeprefix("predictions-")
+    if fmt is None:
+        from gen.equations import FORMATS
+
+        fmt = _json_object(path.parent / DATASET_CARD).get("format")
+        if fmt is not None and fmt not in FORMATS:
+            raise QuadlabError(f"{path.parent / DATASET_CARD} names no format this lab writes ({fmt!r}); give --format NAME")
+    everything = _json_object(Path(out_dir) / "metrics.json") if out_dir is not None else {}  # refused before anything is written
+    records = regrade(rows, fmt, str(path))
+    graded = graded_metrics(records)
+    lines = metric_lines(path, {entry: {"rows": len(rows), **graded}}, entry)
+    differences = row_differences(rows, records)
+    metrics_path = path.parent / "metrics.json"
+    recorded = _json_object(metrics_path).get(entry)
+    if recorded is None:
+        lines.append(f"  (no entry {entry!r} in a metrics.json beside it: only the grades in its rows were compared)")
+    else:
+        differences += metrics_differences(recorded, graded, f"metrics.json {entry}")
+    if differences:
+        lines.append(f"  graded again, it disagrees with what it records in {len(differences)} places:")
+        lines += [f"    {line}" for line in differences[:20]] + ([f"    ... and {len(differences) - 20} more"] if len(differences) > 20 else [])
+    else:
+        lines.append(f"  graded again, every grade recorded in its {len(rows)} rows"
+                     f"{'' if recorded is None else f' and in metrics.json {entry!r}'} is given again")
+    if out_dir is not None:
+        out = engine.output_dir(out_dir)
+        if compact_rows:
+            written = [compact(row, record) for row, record in zip(rows, records)]
+        else:
+            written = [{**row, **{k: record[k] for k in GRADES}, **({"diagnosis": record["diagnosis"]} if "diagnosis" in row else {})}
+                       for row, record in zip(rows, records)]
+        name = path.name if path.name.endswith(".gz") or not compact_rows else path.name + ".gz"
+        _write_rows(out / name, written)
+        out_metrics = out / "metrics.json"
+        everything[entry] = {**(recorded or {"rows": len(rows)}), **graded,
+                             "graded": f"grades and diagnosis recomputed by `cli.py grade` from the outputs in {name}"}
+        engine.write_json(out_metrics, everything)
+        figure = plot_diagnosis(path.parent, graded["diagnosis"], "diagnosis.png" if entry == "test" else f"diagnosis-{entry}.png", out)
+        lines.append(f"  wrote {out / name}, {out_metrics} ({entry!r}) and {figure} with the new grades")
+    return lines, differences
 
 
 # ---------------------------------------------------------------------------------------------
