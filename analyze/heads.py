@@ -234,7 +234,7 @@ def _checkpoint_points(task, run_dir: Path, compare: list[Path], batches: list[d
     (or, with `compare`, the final models of run_dir and the compared runs)."""
     from tqdm import tqdm
 
-    from train.runs import run_name
+    from train.config import run_name
 
     if compare:
         models = [(str(p), run_name(p), p) for p in [run_dir] + compare]
@@ -508,7 +508,7 @@ def context_figure(figure_dirs: list[Path], out: Path) -> dict:
     """The prior study's question across tasks: for each figures directory that `cli.py heads`
     wrote (a run with kept checkpoints, or with --compare), its encoder's mean layer context variance
     against the task's main metric, with Pearson r, side by side in one figure; the numbers as JSON."""
-    from train.runs import run_name
+    from train.config import run_name
 
     panels = []
     for folder in figure_dirs:

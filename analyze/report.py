@@ -279,7 +279,7 @@ def write_report(out_dir: Path) -> Path:
     """index.html of a figures directory, from what is there: the maps of `cli.py maps` (index.json,
     viewer.json), the head analysis of `cli.py heads` (heads/heads.json), the probes and the
     patching (ANALYSES)."""
-    from train.runs import run_name
+    from train.config import run_name
 
     index_path, heads_path = out_dir / "index.json", out_dir / "heads" / "heads.json"
     index = json.loads(index_path.read_text()) if index_path.exists() else None

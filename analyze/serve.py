@@ -63,7 +63,8 @@ def load_runs(run_dirs: list[Path], skip_broken: bool = False, warn=print) -> di
     """{name: Served} for the run directories (named as their figures folder: the folder's name, or
     NAME for NAME/run; made unique). A run that cannot be opened is an error, or with `skip_broken`
     (the runs found under runs/) a warning."""
-    from train.runs import analysis, run_name
+    from train.config import run_name
+    from train.runs import analysis
 
     served = {}
     for run_dir in run_dirs:

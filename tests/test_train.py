@@ -571,3 +571,26 @@ def test_a_run_records_its_dataset_says_how_to_make_it_again_and_refuses_another
     assert "published format" in str(other.value) and "trained on reversed" in str(other.value), other.value
     assert "--format reversed" in str(other.value) and "--rows 250" in str(other.value)  # that dataset's equations, in the run's format
     assert len(load_splits(read_config(run))["test"]) == 50  # training a new run on it is not refused
+
+
+def test_a_gzipped_log_is_read_and_a_run_in_name_run_is_titled_name(tmp_path, monkeypatch):
+    """figures/results/ keeps logs as log.jsonl.gz and runs as NAME/run: the curve reads the one and
+    is titled by the other (it said "run")."""
+    import gzip
+
+    import matplotlib.axes
+
+    from train.engine import plot_curve
+
+    run = tmp_path / "padded-best" / "run"
+    run.mkdir(parents=True)
+    records = [{"step": 1, "loss": 2.0}, {"step": 2, "loss": 1.0}, {"step": 2, "eval": {"full_solution_accuracy": 0.25}}]
+    (run / "log.jsonl.gz").write_bytes(gzip.compress("".join(json.dumps(r) + "\n" for r in records).encode()))
+    steps, evals = read_log(run)
+    assert [r["loss"] for r in steps] == [2.0, 1.0] and evals[0]["eval"]["full_solution_accuracy"] == 0.25
+    titles = []
+    original = matplotlib.axes.Axes.set_title
+    monkeypatch.setattr(matplotlib.axes.Axes, "set_title", lambda ax, text, *a, **k: titles.append(text) or original(ax, text, *a, **k))
+    assert plot_curve(run, "full_solution_accuracy").stat().st_size > 5_000
+    assert titles == ["padded-best: training curve"]
+    assert read_log(tmp_path) == ([], [])  # a directory without a log has no records

@@ -123,6 +123,13 @@ class TrainConfig:
         return Path(self.run_dir or f"runs/{self.task}-{self.preset}-seed{self.seed}")
 
 
+def run_name(run_dir: Path) -> str:
+    """A run's name: its directory's name or, for a directory named `run` (the layout of `gpu-job`
+    and figures/results/: NAME/run), NAME, so that two such runs are told apart."""
+    path = Path(run_dir).resolve()
+    return path.parent.name if path.name == "run" else path.name
+
+
 PRESETS: dict[str, dict] = {
     # sequence classification; by default a 2-layer BERT of the tiny sizes from scratch on the
     # quadratic dataset (CPU, minutes). 3e-3 collapses it to the majority class; 3e-4 learns slowly

@@ -40,7 +40,7 @@ from typing import Callable, Sequence, TypeVar
 import torch
 
 from gen import QuadlabError, swap_in
-from train.config import TrainConfig, pad_width_rungs, rewarm_steps, save_yaml, validate
+from train.config import TrainConfig, pad_width_rungs, rewarm_steps, run_name, save_yaml, validate
 
 CHECKPOINT, BEST, KEPT, LOG, STATE = "checkpoint", "best", "checkpoints", "log.jsonl", "trainer_state.json"
 STOP_AFTER_STEPS = "QUADLAB_STOP_AFTER_STEPS"  # tests of launched runs: `stop_after_steps` (Interrupted, with a checkpoint)
@@ -674,7 +674,7 @@ def plot_curve(run_dir: Path, metric: str) -> Path:
         metric_ax.plot([r["step"] for r in evals], [r["eval"][metric] for r in evals], "o-", color="tab:red", label=metric)
         metric_ax.set_ylabel(f"validation {metric.replace('_', ' ')}", color="tab:red")
         metric_ax.set_ylim(0, 1.02)
-    loss_ax.set_title(f"{Path(run_dir).name}: training curve")
+    loss_ax.set_title(f"{run_name(run_dir)}: training curve")
     fig.tight_layout()
     out = Path(run_dir) / "training_curve.png"
     tmp = out.with_suffix(".tmp.png")

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from gen import QuadlabError
 from train import tasks
-from train.config import TrainConfig, load_yaml
+from train.config import TrainConfig, load_yaml, run_name
 
 def first_line(err: Exception) -> str:
     """An exception from a library as one short line, for a QuadlabError."""
@@ -148,13 +148,6 @@ def load_tokenizer(run_dir: Path):
         return AutoTokenizer.from_pretrained(str(run_dir))
     except Exception as err:  # whatever a damaged file raises inside the library
         raise QuadlabError(f"{run_dir} is damaged: its tokenizer cannot be loaded ({first_line(err)}); {_damaged(run_dir)}") from None
-
-
-def run_name(run_dir: Path) -> str:
-    """A run's name: its directory's name or, for a directory named `run` (the layout of `gpu-job`
-    and figures/results/: NAME/run), NAME, so that two such runs are told apart."""
-    path = Path(run_dir).resolve()
-    return path.parent.name if path.name == "run" else path.name
 
 
 def figures_dir(run_dir: Path) -> Path:
