@@ -171,15 +171,17 @@ def test_bad_paths_and_options_are_one_line_errors(tmp_path, capsys, monkeypatch
         assert snapshot(tmp_path) == before
 
 
-@pytest.mark.parametrize("damage, says", [
-    ("metrics.json", "metrics.json cannot be read as JSON (JSONDecodeError); repair it or move it aside"),
-    ("dataset-card.json", "dataset-card.json cannot be read as JSON"),
-    ("out/metrics.json", "out/metrics.json cannot be read as JSON"),
+@pytest.mark.parametrize("damage, content, says", [
+    ("metrics.json", '{"test": ', "metrics.json cannot be read as JSON (JSONDecodeError); repair it or move it aside"),
+    ("metrics.json", '{"test": 5}', "metrics.json is not what eval and gen write (a JSON object of entries)"),
+    ("dataset-card.json", '{"format": ', "dataset-card.json cannot be read as JSON"),
+    ("dataset-card.json", '["steps"]', "dataset-card.json is not what eval and gen write (a JSON object)"),
+    ("out/metrics.json", '{"test": ', "out/metrics.json cannot be read as JSON"),
 ])
-def test_a_damaged_file_beside_is_a_one_line_error_and_nothing_is_written(tmp_path, capsys, monkeypatch, damage, says):
+def test_a_damaged_file_beside_is_a_one_line_error_and_nothing_is_written(tmp_path, capsys, monkeypatch, damage, content, says):
     path = write_run(tmp_path / "run", eval_rows())
     (tmp_path / "run" / "out").mkdir()
-    (tmp_path / "run" / damage).write_text('{"test": ')
+    (tmp_path / "run" / damage).write_text(content)
     before = snapshot(tmp_path)
     status, out, err = quadlab(capsys, monkeypatch, "grade", path, "--out", tmp_path / "run" / "out")
     assert status == 2 and out == "" and err.count("\n") == 1 and says in err, err

@@ -614,9 +614,9 @@ def _json_object(path: Path) -> dict:
         value = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as err:
         raise QuadlabError(f"{path} cannot be read as JSON ({type(err).__name__}); repair it or move it aside") from None
-    if not isinstance(value, dict) or not all(isinstance(v, dict) for v in value.values() if path.name == "metrics.json"):
-        raise QuadlabError(f"{path} is not what eval and gen write (a JSON object{' of entries' if path.name == 'metrics.json' else ''}); "
-                           f"repair it or move it aside")
+    metrics = path.name == "metrics.json"  # an object of entries, one per split
+    if not isinstance(value, dict) or metrics and not all(isinstance(v, dict) for v in value.values()):
+        raise QuadlabError(f"{path} is not what eval and gen write (a JSON object{' of entries' if metrics else ''}); repair it or move it aside")
     return value
 
 
