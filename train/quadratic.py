@@ -648,13 +648,14 @@ def grade_file(path: Path, fmt: str | None = None, out_dir: Path | None = None, 
         fmt = _json_object(path.parent / DATASET_CARD).get("format")
         if fmt is not None and fmt not in FORMATS:
             raise QuadlabError(f"{path.parent / DATASET_CARD} names no format this lab writes ({fmt!r}); give --format NAME")
-    everything = _json_object(Path(out_dir) / "metrics.json") if out_dir is not None else {}  # refused before anything is written
+    # the files beside and in out_dir are read first: a damaged one is refused before minutes of grading
+    metrics_path = path.parent / "metrics.json"
+    recorded = _json_object(metrics_path).get(entry)
+    everything = _json_object(Path(out_dir) / "metrics.json") if out_dir is not None else {}
     records = regrade(rows, fmt, str(path))
     graded = graded_metrics(records)
     lines = metric_lines(path, {entry: {"rows": len(rows), **graded}}, entry)
     differences = row_differences(rows, records)
-    metrics_path = path.parent / "metrics.json"
-    recorded = _json_object(metrics_path).get(entry)
     if recorded is None:
         lines.append(f"  (no entry {entry!r} in a metrics.json beside it: only the grades in its rows were compared)")
     else:
