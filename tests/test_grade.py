@@ -12,7 +12,7 @@ import pytest
 
 from conftest import ROOT, quadlab, snapshot
 from gen.equations import write_equation, write_solution
-from train.quadratic import GRADES, grade_file, graded_metrics, regrade
+from train.quadratic import GRADES, beam_metrics, grade_file, graded_metrics, regrade
 
 EQUATIONS = [(-3, -15, 18), (7, 3556, 451612), (5, 3, 7), (1, -3, 2), (2, 0, -8)]  # two roots, one, none, two, two
 
@@ -40,8 +40,10 @@ def write_run(folder: Path, rows: list[dict], name: str = "predictions.jsonl") -
     text = "".join(json.dumps(r) + "\n" for r in rows)
     path.write_bytes(gzip.compress(text.encode()) if name.endswith(".gz") else text.encode())
     entry = "test" if name.startswith("predictions.") else name.split(".")[0].removeprefix("predictions-")
+    records = regrade(rows, None, "rows")
+    beams = beam_metrics(records, [r["beams"] for r in records])[0] if "beams" in rows[0] else {}
     metrics = {"validation_best": {"full_solution_accuracy": 0.5},
-               entry: {"rows": len(rows), "decoding": "greedy", "greedy_seconds": 1.0, **graded_metrics(regrade(rows, None, "rows"))}}
+               entry: {"rows": len(rows), "decoding": "greedy", "greedy_seconds": 1.0, **graded_metrics(records), **beams}}
     (folder / "metrics.json").write_text(json.dumps(metrics))
     return path
 
@@ -124,6 +126,49 @@ def test_compact_rows_keep_the_output_only_where_it_is_wrong(tmp_path, capsys, m
     assert status == 1 and "char_accuracy recorded" in out
 
 
+def beam_rows() -> list[dict]:
+    """eval --num-beams 3 rows: the beams are the greedy output, the reference and `x=none;`, so
+    the grader's choice is the greedy output where it accepts it, else the reference."""
+    rows = eval_rows()
+    for row in rows:
+        row["beams"] = [row["prediction"], row["target"], "x=none;"]
+    for row, record in zip(rows, regrade(rows, None, "rows")):
+        row["prediction_beam_reranked"] = beam_metrics([record], [row["beams"]])[1][0]
+    return rows
+
+
+def test_beams_are_graded_again_most_likely_and_reranked(tmp_path, capsys, monkeypatch):
+    rows = beam_rows()
+    assert [r["prediction_beam_reranked"] == r["prediction"] for r in rows] == [True, False, True, True, False]
+    path = write_run(tmp_path / "run", rows)
+    status, out, err = quadlab(capsys, monkeypatch, "grade", path)
+    assert (status, err) == (0, "")
+    assert "(5 rows, beam3_most_likely): full solution accuracy 0.4000" in out  # the greedy outputs
+    assert "(5 rows, beam3_grader_reranked): full solution accuracy 0.8000" in out  # the reordered answer is accepted, not exact
+    assert "in metrics.json 'test' is given again" in out
+
+    # a recorded beam metric or choice that the beams do not give again
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    metrics["test"]["beam3_grader_reranked"]["full_solution_accuracy"] = 0.9
+    (tmp_path / "run" / "metrics.json").write_text(json.dumps(metrics))
+    rows[4]["prediction_beam_reranked"] = "x=none;"
+    write_run(tmp_path / "tampered", rows)
+    (tmp_path / "tampered" / "metrics.json").write_text(json.dumps(metrics))
+    status, out, _ = quadlab(capsys, monkeypatch, "grade", tmp_path / "tampered" / "predictions.jsonl")
+    assert status == 1 and "disagrees with what it records in 2 places" in out
+    assert f"line 5 ({write_equation(*EQUATIONS[4])}): prediction_beam_reranked is not the beam the grader accepts first" in out
+    assert "metrics.json test.beam3_grader_reranked.full_solution_accuracy: recorded 0.9, graded 0.8" in out
+
+    # --out puts the grader's choice back; compact rows keep the beams, and are checked from them
+    assert quadlab(capsys, monkeypatch, "grade", tmp_path / "tampered" / "predictions.jsonl", "--out", tmp_path / "tampered")[0] == 0
+    assert [json.loads(line) for line in (tmp_path / "tampered" / "predictions.jsonl").read_text().splitlines()] == beam_rows()
+    assert quadlab(capsys, monkeypatch, "grade", path, "--out", tmp_path / "out", "--compact")[0] == 0
+    compact = [json.loads(line) for line in gzip.decompress((tmp_path / "out" / "predictions.jsonl.gz").read_bytes()).decode().splitlines()]
+    assert [r["beams"] for r in compact] == [r["beams"] for r in rows] and all("prediction_beam_reranked" not in r for r in compact)
+    status, out, _ = quadlab(capsys, monkeypatch, "grade", tmp_path / "out" / "predictions.jsonl.gz", "--format", "steps")
+    assert status == 0 and "(5 rows, beam3_grader_reranked): full solution accuracy 0.8000" in out
+
+
 def test_a_file_without_a_metrics_entry_is_compared_row_by_row(tmp_path, capsys, monkeypatch):
     folder = tmp_path / "pieces"
     folder.mkdir()
@@ -141,6 +186,11 @@ def test_a_file_without_a_metrics_entry_is_compared_row_by_row(tmp_path, capsys,
     (b'{"equation": "x^2-1=0", "target": "x=1;x=-1;", "exact": false}\n', "`prediction` is not a solution of at most"),
     (b'{"equation": "x^2-1=0", "target": "x=1;x=-1;", "prediction": 5}\n', "`prediction` is not a solution of at most"),
     (b'{"equation": "x^2-1=0", "target": "x=1;x=-1;", "prediction": "' + b"1" * 3000 + b'"}\n', "is not a solution of at most 2000"),
+    (b'{"equation": "x^2-1=0", "target": "x=1;x=-1;", "prediction": "x=1;x=-1;", "beams": "x=1;x=-1;"}\n', "`beams` is not a list of two or more solutions"),
+    (b'{"equation": "x^2-1=0", "target": "x=1;x=-1;", "prediction": "x=1;x=-1;", "beams": ["x=1;x=-1;"]}\n', "`beams` is not a list of two or more"),
+    (b'{"equation": "x^2-1=0", "prediction": "x=1;", "target": "x=1;", "beams": ["x=1;", 2]}\n', "`beams` is not a solution of at most"),
+    (b'{"equation": "x^2-1=0", "prediction": "x=1;", "target": "x=1;", "beams": ["x=1;", "x=2;"]}\n'
+     b'{"equation": "x^2-1=0", "prediction": "x=1;", "target": "x=1;"}\n', "line 2 has 0 beams, line 1 2; every row of one evaluation"),
     (b"", "has no rows"),
     (b"\xff\xfe\n", "cannot be read (UnicodeDecodeError)"),
 ])

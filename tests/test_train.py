@@ -507,8 +507,11 @@ def test_beam_search_reranked_by_the_grader_is_reported_separately(data_dir, tmp
     model, tokenizer, _ = load_run(tmp_path / "run")
     rows = datasets.load_from_disk(str(data_dir))["test"].select(range(6))
     metrics, records = evaluate_rows(model, tokenizer, rows, batch_size=8, num_beams=3)
-    assert metrics["greedy"]["n"] == 6 and metrics["beam3_grader_reranked"]["n"] == 6
-    assert all("prediction_beam_reranked" in r for r in records)
+    assert metrics["greedy"]["n"] == metrics["beam3_most_likely"]["n"] == metrics["beam3_grader_reranked"]["n"] == 6
+    assert all(len(r["beams"]) == 3 and r["prediction_beam_reranked"] in r["beams"] for r in records)
+    # the grader's choice solves at least every row the most likely beam solves
+    most_likely, reranked = metrics["beam3_most_likely"], metrics["beam3_grader_reranked"]
+    assert reranked["roots_accuracy"] >= most_likely["roots_accuracy"] and reranked["valid_steps_rate"] >= most_likely["valid_steps_rate"]
 
 
 def test_grader_reranking_picks_the_most_likely_beam_the_grader_accepts():

@@ -279,13 +279,28 @@ def rerank_with_grader(rows, candidates: list[list[str]]) -> list[str]:
     return chosen
 
 
+def beam_metrics(records: list[dict], candidates: list[list[str]]) -> tuple[dict, list[str]]:
+    """The metrics of K beams per row (records: a, b, c, target, num_roots): of the most likely
+    beam, and of the beam the grader reranks first; and that beam's text for each row."""
+    coefficients = [(r["a"], r["b"], r["c"]) for r in records]
+    reranked = rerank_with_grader(coefficients, candidates)
+    num_roots = [r["num_roots"] for r in records]
+
+    def metrics(texts: list[str]) -> dict:
+        return quadratic_metrics([judge(a, b, c, r["target"], t) for (a, b, c), r, t in zip(coefficients, records, texts)], num_roots)
+
+    k = len(candidates[0])
+    return {f"beam{k}_most_likely": metrics([beams[0] for beams in candidates]), f"beam{k}_grader_reranked": metrics(reranked)}, reranked
+
+
 def graded_metrics(records: list[dict]) -> dict:
     """The greedy metrics and the diagnosis of judged records (evaluate_rows, regrade)."""
     return {"greedy": quadratic_metrics(records, [r["num_roots"] for r in records]), "diagnosis": diagnosis(records)}
 
 
 def evaluate_rows(model, tokenizer, dataset, batch_size: int, num_beams: int = 0, progress: bool = False) -> tuple[dict, list[dict]]:
-    """Metrics and one record per row; with num_beams > 1 also the grader-reranked beams."""
+    """Metrics and one record per row; with num_beams > 1 also the beams, the most likely first,
+    and the metrics of the most likely beam and of the beams reranked by the grader."""
     start = time.perf_counter()
     columns = dataset.to_dict()
     greedy = [c[0] for c in decode(model, tokenizer, columns["equation"], batch_size, 1, progress)]
@@ -298,13 +313,11 @@ def evaluate_rows(model, tokenizer, dataset, batch_size: int, num_beams: int = 0
     metrics = {**graded_metrics(records), "greedy_seconds": greedy_seconds}
     if num_beams > 1:
         start = time.perf_counter()
-        reranked = rerank_with_grader(coefficients, decode(model, tokenizer, columns["equation"], batch_size, num_beams, progress))
-        judged = []
-        for record, (a, b, c), text in zip(records, coefficients, reranked):
-            record["prediction_beam_reranked"] = text
-            judged.append(judge(a, b, c, record["target"], text))
-        metrics[f"beam{num_beams}_grader_reranked"] = quadratic_metrics(judged, columns["num_roots"])
-        metrics["beam_seconds"] = round(time.perf_counter() - start, 2)
+        candidates = decode(model, tokenizer, columns["equation"], batch_size, num_beams, progress)
+        found, reranked = beam_metrics(records, candidates)
+        for record, beams, text in zip(records, candidates, reranked):
+            record["beams"], record["prediction_beam_reranked"] = beams, text
+        metrics.update(found, beam_seconds=round(time.perf_counter() - start, 2))
     return metrics, records
 
 
@@ -539,7 +552,10 @@ def read_predictions(path: Path) -> list[dict]:
 
 def regrade(rows: list[dict], fmt: str | None, source: str) -> list[dict]:
     """Judge each row's output again: `prediction`, or in a compact row (`exact` true, no output)
-    the reference. The reference is the row's `target`, else the solution of `fmt` for its equation."""
+    the reference. The reference is the row's `target`, else the solution of `fmt` for its equation.
+    Each record has the row's coefficients, reference and output (a compact row made whole again:
+    the scripts of figures/results/ read tracked predictions through it), and the row's K `beams`
+    if `eval --num-beams K` wrote it."""
     from tqdm import tqdm
 
     from gen.equations import write_solution
@@ -560,12 +576,18 @@ def regrade(rows: list[dict], fmt: str | None, source: str) -> list[dict]:
         prediction = row.get("prediction")
         if prediction is None and row.get("exact") is True:  # compact: the output only where it is wrong
             prediction = target
-        for name, text in (("target", target), ("prediction", prediction)):
+        beams = row.get("beams", [])
+        if not isinstance(beams, list) or len(beams) == 1:
+            raise QuadlabError(f"{where}: `beams` is not a list of two or more solutions (what eval --num-beams K writes)")
+        for name, text in (("target", target), ("prediction", prediction), *(("beams", beam) for beam in beams)):
             if not isinstance(text, str) or len(text) > MAX_SOLUTION_CHARS:
                 raise QuadlabError(f"{where}: `{name}` is not a solution of at most {MAX_SOLUTION_CHARS} characters "
                                    f"(a row without `prediction` needs `exact`: true)")
-        records.append({"equation": row["equation"], "a": a, "b": b, "c": c, "num_roots": real_root_count(a, b, c),
-                        **judge(a, b, c, target, prediction)})
+        if records and len(beams) != len(records[0].get("beams", [])):
+            raise QuadlabError(f"{where} has {len(beams)} beams, line 1 {len(records[0].get('beams', []))}; "
+                               f"every row of one evaluation has the same number")
+        records.append({"equation": row["equation"], "a": a, "b": b, "c": c, "target": target, "prediction": prediction,
+                        "num_roots": real_root_count(a, b, c), **judge(a, b, c, target, prediction), **({"beams": beams} if beams else {})})
     return records
 
 
@@ -596,14 +618,15 @@ def row_differences(rows: list[dict], records: list[dict]) -> list[str]:
 
 
 def metrics_differences(recorded: dict, graded: dict, entry: str) -> list[str]:
-    """The metrics.json entry's greedy metrics and diagnosis against those graded again."""
-    return [line for key in ("greedy", "diagnosis") if key in recorded for line in _differences(recorded[key], graded[key], f"{entry}.{key}")]
+    """The metrics.json entry's metrics (greedy, beams) and diagnosis against those graded again."""
+    return [line for key in graded if key in recorded for line in _differences(recorded[key], graded[key], f"{entry}.{key}")]
 
 
 def compact(row: dict, record: dict) -> dict:
-    """A row as tracked results keep it: the equation and its grades, the output only where it is wrong."""
+    """A row as tracked results keep it: the equation and its grades, the output only where it is
+    wrong, and the beams (from which the grader's choice among them follows)."""
     return {"equation": row["equation"], **{k: record[k] for k in GRADES},
-            **({} if record["exact"] else {"prediction": row["prediction"]})}
+            **({} if record["exact"] else {"prediction": row["prediction"]}), **({"beams": record["beams"]} if "beams" in record else {})}
 
 
 def _json_object(path: Path) -> dict:
@@ -654,8 +677,15 @@ def grade_file(path: Path, fmt: str | None = None, out_dir: Path | None = None, 
     everything = _json_object(Path(out_dir) / "metrics.json") if out_dir is not None else {}
     records = regrade(rows, fmt, str(path))
     graded = graded_metrics(records)
-    lines = metric_lines(path, {entry: {"rows": len(rows), **graded}}, entry)
     differences = row_differences(rows, records)
+    if "beams" in records[0]:
+        found, reranked = beam_metrics(records, [record["beams"] for record in records])
+        graded.update(found)
+        for number, (row, record, text) in enumerate(zip(rows, records, reranked), 1):
+            record["prediction_beam_reranked"] = text
+            if row.get("prediction_beam_reranked", text) != text:
+                differences.append(f"line {number} ({row['equation']}): prediction_beam_reranked is not the beam the grader accepts first")
+    lines = metric_lines(path, {entry: {"rows": len(rows), **graded}}, entry)
     if recorded is None:
         lines.append(f"  (no entry {entry!r} in a metrics.json beside it: only the grades in its rows were compared)")
     else:
@@ -671,7 +701,7 @@ def grade_file(path: Path, fmt: str | None = None, out_dir: Path | None = None, 
         if compact_rows:
             written = [compact(row, record) for row, record in zip(rows, records)]
         else:
-            written = [{**row, **{k: record[k] for k in GRADES}, **({"diagnosis": record["diagnosis"]} if "diagnosis" in row else {})}
+            written = [{**row, **{k: record[k] for k in (*GRADES, "diagnosis", "prediction_beam_reranked") if k in row or k in GRADES}}
                        for row, record in zip(rows, records)]
         name = path.name if path.name.endswith(".gz") or not compact_rows else path.name + ".gz"
         _write_rows(out / name, written)
