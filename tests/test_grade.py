@@ -263,3 +263,16 @@ def test_every_tracked_result_gives_its_recorded_grades_again(path):
 def test_the_tracked_results_are_found():
     assert len(TRACKED) >= 40
     assert any(p.parent.name == "run" and p.parent.parent.name == "padded-d-plain-cpu-iterated" for p in TRACKED)
+
+
+def test_the_square_root_table_comes_again_from_the_compact_predictions(tmp_path):
+    """sqrt_errors.py ("After D, the square root" in RESULTS.md) reads the 0.891 model's compact
+    predictions: each right row's output is written again from the format in the card beside it."""
+    import subprocess
+    import sys
+
+    folder = ROOT / "figures" / "results" / "reversed-small-more"
+    done = subprocess.run([sys.executable, folder / "sqrt_errors.py", folder / "run" / "predictions.jsonl.gz", tmp_path / "out.json"],
+                          capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert json.loads((tmp_path / "out.json").read_text()) == json.loads((folder / "sqrt_errors.json").read_text())
