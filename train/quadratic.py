@@ -701,7 +701,7 @@ def grade_file(path: Path, fmt: str | None = None, out_dir: Path | None = None, 
         if compact_rows:
             written = [compact(row, record) for row, record in zip(rows, records)]
         else:
-            written = [{**row, **{k: record[k] for k in (*GRADES, "diagnosis", "prediction_beam_reranked") if k in row or k in GRADES}}
+            written = [{**row, **{k: record[k] for k in GRADES}, **{k: record[k] for k in ("diagnosis", "prediction_beam_reranked") if k in row}}
                        for row, record in zip(rows, records)]
         name = path.name if path.name.endswith(".gz") or not compact_rows else path.name + ".gz"
         _write_rows(out / name, written)
