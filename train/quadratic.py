@@ -15,6 +15,7 @@ Run directory (`runs/quadratic-<preset>-seed<seed>` by default):
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
 import os
 import re
@@ -244,6 +245,8 @@ def decode(model, tokenizer, equations: list[str], batch_size: int, num_beams: i
     input length, with the key-value cache."""
     from tqdm import tqdm
 
+    from train.beam_cache import beam_search_cache
+
     model.eval()
     device = next(model.parameters()).device
     encoded = tokenizer(equations)["input_ids"]
@@ -251,6 +254,8 @@ def decode(model, tokenizer, equations: list[str], batch_size: int, num_beams: i
     out: list[list[str]] = [[] for _ in equations]
     per_row = max(1, num_beams)
     step = max(1, batch_size // per_row)
+    # transformers 5.25 renamed generate's past_key_values to cache (the GPU machine has 5.17)
+    cache_name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
     for start in tqdm(range(0, len(order), step), desc="decode", unit="batch", disable=None if progress else True, leave=False):
         idx = order[start : start + step]
         width = max(len(encoded[i]) for i in idx)
@@ -261,7 +266,7 @@ def decode(model, tokenizer, equations: list[str], batch_size: int, num_beams: i
         generated = model.generate(
             input_ids=input_ids, attention_mask=(input_ids != tokenizer.pad_token_id).long(),
             do_sample=False, num_beams=per_row, num_return_sequences=per_row,
-            cache_implementation="static" if per_row == 1 else None,
+            **({"cache_implementation": "static"} if per_row == 1 else {cache_name: beam_search_cache()}),
         )
         texts = tokenizer.batch_decode(generated, skip_special_tokens=True)
         for row, i in enumerate(idx):
