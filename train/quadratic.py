@@ -245,7 +245,7 @@ def decode(model, tokenizer, equations: list[str], batch_size: int, num_beams: i
     input length, with the key-value cache."""
     from tqdm import tqdm
 
-    from train.beam_cache import beam_search_cache
+    from train.kv_cache import decoding_cache
 
     model.eval()
     device = next(model.parameters()).device
@@ -256,6 +256,9 @@ def decode(model, tokenizer, equations: list[str], batch_size: int, num_beams: i
     step = max(1, batch_size // per_row)
     # transformers 5.25 renamed generate's past_key_values to cache (the GPU machine has 5.17)
     cache_name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    # greedy on a GPU: the static cache, as timed there (BENCHMARKS.md); elsewhere the lab's, 1.6x
+    # (greedy) and 2x (beams) faster on a CPU with the same outputs (bench/bench_decode.py)
+    static = per_row == 1 and device.type == "cuda"
     for start in tqdm(range(0, len(order), step), desc="decode", unit="batch", disable=None if progress else True, leave=False):
         idx = order[start : start + step]
         width = max(len(encoded[i]) for i in idx)
@@ -266,7 +269,7 @@ def decode(model, tokenizer, equations: list[str], batch_size: int, num_beams: i
         generated = model.generate(
             input_ids=input_ids, attention_mask=(input_ids != tokenizer.pad_token_id).long(),
             do_sample=False, num_beams=per_row, num_return_sequences=per_row,
-            **({"cache_implementation": "static"} if per_row == 1 else {cache_name: beam_search_cache()}),
+            **({"cache_implementation": "static"} if static else {cache_name: decoding_cache()}),
         )
         texts = tokenizer.batch_decode(generated, skip_special_tokens=True)
         for row, i in enumerate(idx):

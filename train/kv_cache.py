@@ -1,8 +1,10 @@
-"""A key-value cache for beam search with an encoder-decoder (`decode` in train/quadratic.py).
+"""The key-value cache of an encoder-decoder's decoding on the CPU, greedy or beam search (`decode`
+in train/quadratic.py; bench/bench_decode.py times it).
 
-The library's cache concatenates the whole self-attention cache at every token and copies all of it,
-and the cross-attention cache, at every reorder of the beams: on a CPU that was two thirds of beam
-search's time (bench/bench_beams.py). This one writes in place and copies only the beams that changed.
+transformers' dynamic cache concatenates the whole self-attention cache at every token and, in beam
+search, copies all of it and the cross-attention cache at every reorder of the beams: two thirds of
+beam search's time on a CPU. Its static cache attends over the whole token budget at every step.
+This one writes each token in place, attends over the tokens so far, and copies only moved beams.
 """
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ import torch
 from transformers.cache_utils import Cache, DynamicLayer, EncoderDecoderCache
 
 
-class BeamSelfAttentionLayer(DynamicLayer):
+class InPlaceSelfAttentionLayer(DynamicLayer):
     """The decoder's self-attention cache: it grows in place (capacity doubled when full) and, at
     each reorder, copies only the beams whose parent is another beam."""
 
@@ -57,6 +59,6 @@ class CrossAttentionLayer(DynamicLayer):
         pass
 
 
-def beam_search_cache() -> EncoderDecoderCache:
-    """An empty cache for one `generate(..., num_beams=K)` call."""
-    return EncoderDecoderCache(Cache(layer_class_to_replicate=BeamSelfAttentionLayer), Cache(layer_class_to_replicate=CrossAttentionLayer))
+def decoding_cache() -> EncoderDecoderCache:
+    """An empty cache for one `generate` call (greedy or beam search)."""
+    return EncoderDecoderCache(Cache(layer_class_to_replicate=InPlaceSelfAttentionLayer), Cache(layer_class_to_replicate=CrossAttentionLayer))

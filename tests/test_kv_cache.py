@@ -1,14 +1,14 @@
 import torch
 from transformers.cache_utils import DynamicLayer
 
-from train.beam_cache import BeamSelfAttentionLayer
+from train.kv_cache import InPlaceSelfAttentionLayer
 
 
 def test_self_attention_layer_holds_what_the_library_layer_holds_through_growth_and_reorders():
     """Copies only, so equal to the bit: 3 inputs x 4 beams, 150 tokens (the 64-token buffer
     doubles twice), a reorder within each input's beams after every token, some of them none."""
     generator = torch.Generator().manual_seed(0)
-    lab, library = BeamSelfAttentionLayer(), DynamicLayer()
+    lab, library = InPlaceSelfAttentionLayer(), DynamicLayer()
     rows, beams, heads, width = 3, 4, 2, 5
     moved_any = False
     for step in range(150):
@@ -28,12 +28,12 @@ def test_self_attention_layer_holds_what_the_library_layer_holds_through_growth_
     assert moved_any and lab.buffers[0].shape[-2] == 256
 
 
-def test_decode_with_the_lab_cache_gives_the_library_beams(monkeypatch):
-    """A random model, whose beams overtake each other all the time: every row's beams, in order,
-    are the ones transformers' own cache gives, and the self-attention cache did copy moved beams."""
+def test_decode_with_the_lab_cache_gives_the_library_outputs(monkeypatch):
+    """A random model, whose beams overtake each other all the time: greedy outputs and every row's
+    beams, in order, are the ones transformers' own cache gives, and moved beams were copied."""
     from gen.dataset import GenOptions, build_splits
     from gen.equations import Ranges
-    from train import beam_cache
+    from train import kv_cache
     from train.config import resolve
     from train.quadratic import build_model, build_tokenizer, decode
 
@@ -42,15 +42,15 @@ def test_decode_with_the_lab_cache_gives_the_library_beams(monkeypatch):
     model = build_model(resolve("tiny", None, {"num_layers": 2, "num_decoder_layers": 2, "num_heads": 2, "d_kv": 8, "d_model": 16, "d_ff": 32}), tokenizer)
     model.generation_config.max_new_tokens = 40
     moves = []
-    reorder = BeamSelfAttentionLayer.reorder_cache
+    reorder = InPlaceSelfAttentionLayer.reorder_cache
 
     def counted(layer, beam_idx):
         moves.append(int((beam_idx != torch.arange(len(beam_idx))).sum()))
         reorder(layer, beam_idx)
 
-    monkeypatch.setattr(BeamSelfAttentionLayer, "reorder_cache", counted)
-    lab = decode(model, tokenizer, columns["equation"], batch_size=12, num_beams=3)
-    monkeypatch.setattr(beam_cache, "beam_search_cache", lambda: None)  # decode passes no cache: generate makes its own
-    library = decode(model, tokenizer, columns["equation"], batch_size=12, num_beams=3)
-    assert lab == library and len(lab) == 8 and all(len(beams) == 3 for beams in lab)
+    monkeypatch.setattr(InPlaceSelfAttentionLayer, "reorder_cache", counted)
+    lab = [decode(model, tokenizer, columns["equation"], batch_size=12, num_beams=k) for k in (1, 3)]
+    monkeypatch.setattr(kv_cache, "decoding_cache", lambda: None)  # decode passes no cache: generate makes its own
+    library = [decode(model, tokenizer, columns["equation"], batch_size=12, num_beams=k) for k in (1, 3)]
+    assert lab == library and len(lab[1]) == 8 and all(len(beams) == 3 for beams in lab[1])
     assert sum(moves) > 0
