@@ -5,27 +5,28 @@ from train.kv_cache import InPlaceSelfAttentionLayer
 
 
 def test_self_attention_layer_holds_what_the_library_layer_holds_through_growth_and_reorders():
-    """Copies only, so equal to the bit: 3 inputs x 4 beams, 150 tokens (the 64-token buffer
+    """Copies only, so equal to the bit: 3 inputs x 4 beams, 152 tokens (the 64-token buffer
     doubles twice), a reorder within each input's beams after every token, some of them none."""
     generator = torch.Generator().manual_seed(0)
-    lab, library = InPlaceSelfAttentionLayer(), DynamicLayer()
+    lab, library, bounded = InPlaceSelfAttentionLayer(), DynamicLayer(), InPlaceSelfAttentionLayer(most=152)
     rows, beams, heads, width = 3, 4, 2, 5
     moved_any = False
     for step in range(150):
         tokens = 3 if step == 0 else 1  # a prompt of several tokens first, as a decoder prefix would be
         keys, values = (torch.randn(rows * beams, heads, tokens, width, generator=generator) for _ in range(2))
-        got, expected = lab.update(keys, values), library.update(keys, values)
-        for a, b in zip(got, expected):
-            assert torch.equal(a, b)
+        got, expected, got_bounded = lab.update(keys, values), library.update(keys, values), bounded.update(keys, values)
+        for a, b, c in zip(got, expected, got_bounded):
+            assert torch.equal(a, b) and torch.equal(c, b)
         assert lab.get_seq_length() == library.get_seq_length() == got[0].shape[-2]
         parents = torch.stack([torch.randint(0, beams, (beams,), generator=generator) + beams * row for row in range(rows)]).flatten()
         if step % 3 == 0:
             parents = torch.arange(rows * beams)  # no beam moved: nothing to copy
         moved_any |= bool((parents != torch.arange(rows * beams)).any())
-        lab.reorder_cache(parents)
-        library.reorder_cache(parents)
-        assert torch.equal(lab.keys, library.keys) and torch.equal(lab.values, library.values)
-    assert moved_any and lab.buffers[0].shape[-2] == 256
+        for layer in (lab, library, bounded):
+            layer.reorder_cache(parents)
+        assert torch.equal(lab.keys, library.keys) and torch.equal(lab.values, library.values) and torch.equal(bounded.values, library.values)
+    # 152 tokens: doubled from 64 to 256, or to the bound (a static cache's size) and no further
+    assert moved_any and lab.buffers[0].shape[-2] == 256 and bounded.buffers[0].shape[-2] == 152
 
 
 def test_decode_with_the_lab_cache_gives_the_library_outputs(monkeypatch):
@@ -50,7 +51,7 @@ def test_decode_with_the_lab_cache_gives_the_library_outputs(monkeypatch):
 
     monkeypatch.setattr(InPlaceSelfAttentionLayer, "reorder_cache", counted)
     lab = [decode(model, tokenizer, columns["equation"], batch_size=12, num_beams=k) for k in (1, 3)]
-    monkeypatch.setattr(kv_cache, "decoding_cache", lambda: None)  # decode passes no cache: generate makes its own
+    monkeypatch.setattr(kv_cache, "cache_arguments", lambda model, greedy: {})  # generate makes its own cache
     library = [decode(model, tokenizer, columns["equation"], batch_size=12, num_beams=k) for k in (1, 3)]
     assert lab == library and len(lab[1]) == 8 and all(len(beams) == 3 for beams in lab[1])
     assert sum(moves) > 0

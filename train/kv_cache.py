@@ -8,18 +8,26 @@ This one writes each token in place, attends over the tokens so far, and copies 
 """
 from __future__ import annotations
 
+import inspect
+
 import torch
 from transformers.cache_utils import Cache, DynamicLayer, EncoderDecoderCache
 
 
 class InPlaceSelfAttentionLayer(DynamicLayer):
-    """The decoder's self-attention cache: it grows in place (capacity doubled when full) and, at
-    each reorder, copies only the beams whose parent is another beam."""
+    """The decoder's self-attention cache: it grows in place (capacity doubled when full, up to
+    `most` tokens when given: it then never holds more than a static cache) and, at each reorder,
+    copies only the beams whose parent is another beam."""
+
+    def __init__(self, most: int | None = None):
+        super().__init__()
+        self.most = most
 
     def lazy_initialization(self, key_states, value_states):
         self.device = key_states.device
         rows, heads, _, width = key_states.shape
-        self.buffers = [torch.empty(rows, heads, 64, width, dtype=key_states.dtype, device=self.device) for _ in range(2)]
+        start = min(64, self.most) if self.most else 64
+        self.buffers = [torch.empty(rows, heads, start, width, dtype=key_states.dtype, device=self.device) for _ in range(2)]
         self.length = 0
         self.is_initialized = True
 
@@ -28,7 +36,9 @@ class InPlaceSelfAttentionLayer(DynamicLayer):
             self.lazy_initialization(key_states, value_states)
         end = self.length + key_states.shape[-2]
         if end > self.buffers[0].shape[-2]:
-            grown = [buffer.new_empty(*buffer.shape[:2], max(end, 2 * buffer.shape[-2]), buffer.shape[-1]) for buffer in self.buffers]
+            capacity = 2 * self.buffers[0].shape[-2]
+            capacity = max(end, min(capacity, self.most) if self.most else capacity)
+            grown = [buffer.new_empty(*buffer.shape[:2], capacity, buffer.shape[-1]) for buffer in self.buffers]
             for new, old in zip(grown, self.buffers):
                 new[:, :, : self.length] = old[:, :, : self.length]
             self.buffers = grown
@@ -59,6 +69,23 @@ class CrossAttentionLayer(DynamicLayer):
         pass
 
 
-def decoding_cache() -> EncoderDecoderCache:
-    """An empty cache for one `generate` call (greedy or beam search)."""
-    return EncoderDecoderCache(Cache(layer_class_to_replicate=InPlaceSelfAttentionLayer), Cache(layer_class_to_replicate=CrossAttentionLayer))
+def decoding_cache(model) -> EncoderDecoderCache:
+    """An empty cache for one `generate` call of `model` (greedy or beam search), each layer holding
+    at most the decoder start and the generation config's max_new_tokens."""
+    most = model.generation_config.max_new_tokens
+    layers = [InPlaceSelfAttentionLayer(most + 1 if most else None) for _ in range(model.config.num_decoder_layers)]
+    return EncoderDecoderCache(Cache(layers=layers), Cache(layer_class_to_replicate=CrossAttentionLayer))
+
+
+def cache_arguments(model, greedy: bool) -> dict:
+    """generate()'s cache arguments: greedy decoding on a GPU keeps the library's static cache, as
+    timed there (BENCHMARKS.md, "Training on an H100"); everything else gets the lab's cache."""
+    if greedy and model.device.type == "cuda":
+        return {"cache_implementation": "static"}
+    return lab_cache_arguments(model)
+
+
+def lab_cache_arguments(model) -> dict:
+    # transformers 5.25 renamed generate's past_key_values to cache (the GPU machine has 5.17)
+    name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    return {name: decoding_cache(model)}

@@ -15,7 +15,6 @@ Run directory (`runs/quadratic-<preset>-seed<seed>` by default):
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import json
 import os
 import re
@@ -245,7 +244,7 @@ def decode(model, tokenizer, equations: list[str], batch_size: int, num_beams: i
     input length, with the key-value cache."""
     from tqdm import tqdm
 
-    from train.kv_cache import decoding_cache
+    from train.kv_cache import cache_arguments
 
     model.eval()
     device = next(model.parameters()).device
@@ -254,11 +253,6 @@ def decode(model, tokenizer, equations: list[str], batch_size: int, num_beams: i
     out: list[list[str]] = [[] for _ in equations]
     per_row = max(1, num_beams)
     step = max(1, batch_size // per_row)
-    # transformers 5.25 renamed generate's past_key_values to cache (the GPU machine has 5.17)
-    cache_name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
-    # greedy on a GPU: the static cache, as timed there (BENCHMARKS.md); elsewhere the lab's, 1.6x
-    # (greedy) and 2x (beams) faster on a CPU with the same outputs (bench/bench_decode.py)
-    static = per_row == 1 and device.type == "cuda"
     for start in tqdm(range(0, len(order), step), desc="decode", unit="batch", disable=None if progress else True, leave=False):
         idx = order[start : start + step]
         width = max(len(encoded[i]) for i in idx)
@@ -269,7 +263,7 @@ def decode(model, tokenizer, equations: list[str], batch_size: int, num_beams: i
         generated = model.generate(
             input_ids=input_ids, attention_mask=(input_ids != tokenizer.pad_token_id).long(),
             do_sample=False, num_beams=per_row, num_return_sequences=per_row,
-            **({"cache_implementation": "static"} if static else {cache_name: decoding_cache()}),
+            **cache_arguments(model, greedy=per_row == 1),
         )
         texts = tokenizer.batch_decode(generated, skip_special_tokens=True)
         for row, i in enumerate(idx):
@@ -812,15 +806,15 @@ def captured_batches(tokenizer, equations: list[str], solutions: list[str], clas
         yield {**batch, "classes": [classes[i] for i in idx], "rows": idx}
 
 
-# The static key-value cache of one generate call on a CPU, at most this many bytes (on a GPU, a
+# The key-value cache of one generate call on a CPU, at most this many bytes (on a GPU, a
 # quarter of its free memory): ablations decode many copies of the rows at once, and 2,400 rows of
 # the reversed format (640 new tokens) took 14 GB
 CACHE_BYTES = 2 << 30
 
 
 def cache_rows(model, input_width: int) -> int:
-    """Rows whose static decoding cache (self-attention over max_new_tokens, cross-attention over
-    the input) fits in CACHE_BYTES; at least 1."""
+    """Rows whose decoding cache, at its largest (self-attention over max_new_tokens, cross-attention
+    over the input; train/kv_cache.py grows no further), fits in CACHE_BYTES; at least 1."""
     c, g = model.config, model.generation_config
     steps = g.max_new_tokens or g.max_length
     parameter = next(model.parameters())
@@ -1069,6 +1063,7 @@ class Analysis:
         from transformers.modeling_outputs import BaseModelOutput
 
         from analyze import interventions
+        from train.kv_cache import cache_arguments
 
         device = next(model.parameters()).device
         ids, mask = input_ids.repeat(repeat, 1).to(device), mask.repeat(repeat, 1).to(device)
@@ -1083,7 +1078,7 @@ class Analysis:
         with interventions.gated(model, {k: v for k, v in gates.items() if k != "encoder"}), \
                 interventions.blocked(model, {k: v for k, v in block_layers.items() if k != "encoder"}, block_keys):
             generated = model.generate(encoder_outputs=BaseModelOutput(last_hidden_state=encoder_hidden), attention_mask=mask,
-                                       do_sample=False, num_beams=1, cache_implementation="static")
+                                       do_sample=False, num_beams=1, **cache_arguments(model, greedy=True))
         return self.tokenizer.batch_decode(generated, skip_special_tokens=True)
 
     def scores(self, predictions: list[str]) -> dict:
