@@ -1,5 +1,5 @@
-"""The key-value cache of an encoder-decoder's decoding on the CPU, greedy or beam search (`decode`
-in train/quadratic.py; bench/bench_decode.py times it).
+"""The key-value cache of an encoder-decoder's decoding (`decode` and `Analysis.generate` in
+train/quadratic.py): greedy decoding on a CPU and beam search everywhere (bench/bench_decode.py).
 
 transformers' dynamic cache concatenates the whole self-attention cache at every token and, in beam
 search, copies all of it and the cross-attention cache at every reorder of the beams: two thirds of
