@@ -350,7 +350,7 @@ def train(task, model_name, init_from, train_file, eval_file, preset, config_pat
 @click.option("--split", type=click.Choice(["test", "validation", "train"]), default="test", show_default=True, help="Split to decode.")
 @click.option("--limit", type=IntRange(min=0), default=0, show_default=True, help="Rows to decode (0: all).")
 @click.option("--batch-size", type=IntRange(min=1), default=None, help="Decoding batch size.  [default: the run's eval_batch_size]")
-@click.option("--num-beams", type=IntRange(min=0), default=0, show_default=True, help="Also decode with this many beams, reranked by the grader.")
+@click.option("--num-beams", type=IntRange(min=0), default=0, show_default=True, help="Also decode with this many beams (0 or 1: greedy only): reports the most likely beam and the first the grader accepts; each row keeps its beams.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
               help="Directory for metrics.json (this split's entry; others there are kept), the predictions and diagnosis.png.  "
                    "[default: RUN_DIR, whose results for the split are replaced: a --limit check there overwrites the full test]")
