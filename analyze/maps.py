@@ -174,6 +174,21 @@ def render_average(averages: dict, roles: dict, out_dir: Path, arrays: dict, spl
     return written
 
 
+# The report's viewer gets each map in integer thousandths (maps.npz keeps the floats): with each
+# row cut after its last non-zero entry, a fifth of the page that 3-decimal floats made
+VIEWER_SCALE = 1000
+
+
+def viewer_rows(maps: np.ndarray) -> list:
+    """(layers, heads, queries, keys) attention as nested lists of integer thousandths, each query's
+    row cut after its last non-zero one (a causal map's masked half); the viewer reads zeros there."""
+    scaled = np.rint(maps.astype(np.float64) * VIEWER_SCALE).astype(np.int64)
+    nonzero = scaled != 0
+    ends = np.where(nonzero.any(-1), scaled.shape[-1] - np.argmax(nonzero[..., ::-1], axis=-1), 0)
+    return [[[row[:end].tolist() for row, end in zip(head, head_ends)] for head, head_ends in zip(layer, layer_ends)]
+            for layer, layer_ends in zip(scaled, ends)]
+
+
 def render_maps(run_dir: Path, out_dir: Path | None = None, split: str = "test", limit: int = 0, examples: list[int] | None = None,
                 given: dict | None = None, heads: list[tuple[int, int]] | None = None, batch_size: int = 256,
                 bertviz: bool = False, progress: bool = True, neurons: list[tuple[str, int, int, int]] | None = None,
@@ -218,7 +233,7 @@ def render_maps(run_dir: Path, out_dir: Path | None = None, split: str = "test",
         for example in shown:
             written += render_example(example, example["name"], tmp, heads, arrays)
             viewed.append({k: example[k] for k in ("name", "input", "output", "tokens")} |
-                          {"maps": {k: np.round(v.astype(np.float64), 3).tolist() for k, v in example["maps"].items()}, "neuron": viewer_vectors(model, example)})
+                          {"maps": {k: viewer_rows(v) for k, v in example["maps"].items()}, "neuron": viewer_vectors(model, example)})
         if neurons:
             written += render_neurons(model, shown[0], neurons, tmp, arrays)
         written += render_average(averages, roles, tmp, arrays, material["split"])
@@ -233,7 +248,7 @@ def render_maps(run_dir: Path, out_dir: Path | None = None, split: str = "test",
             "figures": written, "arrays": {name: list(a.shape) for name, a in arrays.items()},
         }
         (tmp / "index.json").write_text(json.dumps(index, indent=2) + "\n")
-        (tmp / "viewer.json").write_text(json.dumps({"examples": viewed}, separators=(",", ":")))
+        (tmp / "viewer.json").write_text(json.dumps({"map_scale": VIEWER_SCALE, "examples": viewed}, separators=(",", ":")))
         for folder in ANALYSES:  # what `cli.py heads`, `probe` and `patch` wrote stays, and stays in the report
             if (out_dir / folder).is_dir():
                 shutil.copytree(out_dir / folder, tmp / folder)  # a copy: a failure below leaves the old folder whole

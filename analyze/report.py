@@ -74,7 +74,7 @@ function draw() {{
   // a cell size per axis, so that a long solution against a short equation stays readable; a cell
   // of 9 pixels or more gets every token, a smaller one every few, with its position
   const side = (n) => Math.max(3, Math.min(28, Math.floor(820 / n)));
-  const cw = side(m[0].length), ch = side(m.length);
+  const cw = side(kTokens.length), ch = side(m.length);
   const labels = (tokens, cell) => {{
     const every = cell >= 9 ? 1 : Math.ceil(12 / cell);
     return tokens.map((t, i) => (i % every ? null : every > 1 ? i + " " + t : t));
@@ -84,10 +84,12 @@ function draw() {{
   const canvas = $("view"), ctx = canvas.getContext("2d");
   const widest = (texts, font) => {{ ctx.font = font; return Math.max(0, ...texts.filter((t) => t !== null).map((t) => ctx.measureText(t).width)); }};
   const left = Math.ceil(widest(rowLabels, fontOf(ch))) + 10, top = Math.ceil(widest(colLabels, fontOf(cw))) + 10;
-  canvas.width = left + cw * m[0].length + 10; canvas.height = top + ch * m.length + 10;
+  canvas.width = left + cw * kTokens.length + 10; canvas.height = top + ch * m.length + 10;
   ctx.fillStyle = "#fff"; ctx.fillRect(0, 0, canvas.width, canvas.height);
+  // rows in thousandths (map_scale), each cut after its last non-zero entry (analyze/maps.py, viewer_rows)
+  const scale = data.map_scale || 1;
   for (let i = 0; i < m.length; i++)
-    for (let j = 0; j < m[i].length; j++) {{ ctx.fillStyle = colour(m[i][j]); ctx.fillRect(left + j * cw, top + i * ch, cw, ch); }}
+    for (let j = 0; j < kTokens.length; j++) {{ ctx.fillStyle = colour((m[i][j] || 0) / scale); ctx.fillRect(left + j * cw, top + i * ch, cw, ch); }}
   ctx.fillStyle = "#222"; ctx.textBaseline = "middle"; ctx.font = fontOf(ch);
   rowLabels.forEach((t, i) => {{ if (t !== null) ctx.fillText(t, 4, top + ch * i + ch / 2); }});
   ctx.font = fontOf(cw);

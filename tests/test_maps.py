@@ -269,6 +269,23 @@ def test_maps_writes_figures_numbers_and_report(rendered):
     assert result["out_dir"] == str(out) and not list(out.parent.glob(".figs.partial*"))
 
 
+def test_viewer_maps_are_the_saved_maps_in_thousandths_with_the_trailing_zeros_cut(rendered):
+    out, _ = rendered
+    viewer, arrays = json.loads((out / "viewer.json").read_text()), np.load(out / "maps.npz")
+    assert viewer["map_scale"] == 1000
+    for example in viewer["examples"]:
+        for kind, layers in example["maps"].items():
+            saved = arrays[f"example-{example['name']}/{kind}"]
+            full = np.zeros(saved.shape)
+            for index in np.ndindex(saved.shape[:3]):
+                row = layers[index[0]][index[1]][index[2]]
+                assert all(isinstance(v, int) for v in row) and (not row or row[-1] != 0)
+                full[index][: len(row)] = row
+            assert np.abs(full / 1000 - saved).max() <= 0.0005 + 1e-6, kind
+    rows = viewer["examples"][0]["maps"]["decoder"][0][0]
+    assert len(rows[0]) == 1 and len(rows[-1]) > len(rows[0])  # causal: the first token sees only itself
+
+
 @pytest.mark.skipif(shutil.which("chromium") is None, reason="no chromium on this machine")
 def test_report_opens_offline_in_headless_chromium(rendered, tmp_path):
     out, _ = rendered
@@ -304,6 +321,16 @@ def test_viewer_sizes_each_axis_by_its_tokens_and_a_click_picks_the_row(rendered
         row = view["queries"] // 2
         page.mouse.click(box["x"] + box["width"] - 20, box["y"] + view["top"] + (row + 0.5) * view["row"])
         assert page.eval_on_selector("#neuron", "c => c.dataset.drawn") == f"cross/0/0/{row}"
+        # decoder self-attention: the first token sees only itself (1.000, the scale's top colour);
+        # the rest of its row is cut from the page's data and drawn as 0 (the bottom colour)
+        page.select_option("#kind", "decoder")
+        pixels = page.evaluate("""() => {
+            const c = document.getElementById('view'), ctx = c.getContext('2d'), cw = +c.dataset.cellWidth, rh = +c.dataset.rowHeight;
+            const left = c.width - 10 - cw * data.examples[0].tokens.decoder.length, top = +c.dataset.top;
+            const at = (i, j) => Array.from(ctx.getImageData(left + j * cw + cw / 2, top + i * rh + rh / 2, 1, 1).data.slice(0, 3));
+            return {first: at(0, 0), cut: at(0, data.examples[0].tokens.decoder.length - 1), drawn: c.dataset.drawn};
+        }""")
+        assert pixels["drawn"] == "decoder/0/0" and pixels["first"] == [253, 231, 37] and pixels["cut"] == [68, 1, 84], pixels
         assert not errors, errors
         browser.close()
 
