@@ -24,6 +24,7 @@ import torch
 
 from analyze import figures
 from analyze.attention import AttentionAverage, batch_slices, capture, layer_token_summary
+from analyze.report import VIEWER_SCALE, thousandths
 from gen import QuadlabError, swap_in
 
 
@@ -174,15 +175,11 @@ def render_average(averages: dict, roles: dict, out_dir: Path, arrays: dict, spl
     return written
 
 
-# The report's viewer gets each map in integer thousandths (maps.npz keeps the floats): with each
-# row cut after its last non-zero entry, a fifth of the page that 3-decimal floats made
-VIEWER_SCALE = 1000
-
-
 def viewer_rows(maps: np.ndarray) -> list:
     """(layers, heads, queries, keys) attention as nested lists of integer thousandths, each query's
-    row cut after its last non-zero one (a causal map's masked half); the viewer reads zeros there."""
-    scaled = np.rint(maps.astype(np.float64) * VIEWER_SCALE).astype(np.int64)
+    row cut after its last non-zero one (a causal map's masked half: a fifth of the characters of
+    3-decimal floats is left); the viewer reads zeros there."""
+    scaled = thousandths(maps)
     nonzero = scaled != 0
     ends = np.where(nonzero.any(-1), scaled.shape[-1] - np.argmax(nonzero[..., ::-1], axis=-1), 0)
     return [[[row[:end].tolist() for row, end in zip(head, head_ends)] for head, head_ends in zip(layer, layer_ends)]

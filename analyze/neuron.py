@@ -25,6 +25,7 @@ import torch
 
 from analyze.attention import capture
 from analyze.interventions import sites
+from analyze.report import VIEWER_SCALE, thousandths
 from gen import QuadlabError
 
 # the query and key projections of each supported attention module: T5, BERT-style, DistilBERT, DeBERTa-v2
@@ -164,18 +165,14 @@ def neuron_view(model, inputs: dict, kind: str, layer: int, head: int, query: in
             "scaling": part["scaling"]}
 
 
-def _rounded(values: np.ndarray) -> list:
-    """Nested lists of 3-decimal numbers (rounded in float64: a rounded float32 prints 0.12300000339746475)."""
-    return np.round(np.asarray(values, dtype=np.float64), 3).tolist()
-
-
 def viewer_vectors(model, example: dict) -> dict:
     """What the report's viewer needs to draw the neuron view of any kind, layer, head and query token
     of one shown example (`analyze.maps.example_maps`, which keeps its model inputs), per kind:
-    "scaling"; "q" [L][H][Q][d] and "k" [L][H][K][d] rounded to 3 decimals and cropped to the
-    example's tokens; "bias" without the mask: {"by": "none"}, {"by": "distance", "values":
-    [L or 1][H][Q+K-1]} when it depends on the key's distance j - i alone (T5; index j - i + Q - 1) or
-    {"by": "pair", "values": [L or 1][H][Q][K]} (DeBERTa-v2), one layer when every layer has the same;
+    "scaling"; "unit" (VIEWER_SCALE: "q", "k" and the bias's "values" are integers of 1/unit);
+    "q" [L][H][Q][d] and "k" [L][H][K][d] cropped to the example's tokens; "bias" without the mask:
+    {"by": "none"}, {"by": "distance", "values": [L or 1][H][Q+K-1]} when it depends on the key's
+    distance j - i alone (T5; index j - i + Q - 1) or {"by": "pair", "values": [L or 1][H][Q][K]}
+    (DeBERTa-v2), one layer when every layer has the same;
     "masked": one string of 0/1 per query, 1 where the mask hides the key (empty when none is hidden)."""
     found = sites(model)
     parts = attention_parts(model, example["inputs"], {kind: list(range(len(layers))) for kind, layers in found.items()})
@@ -193,12 +190,12 @@ def viewer_vectors(model, example: dict) -> dict:
         if not bias.any():
             described = {"by": "none"}
         elif np.allclose(by_distance[:, :, distance], bias, rtol=0, atol=1e-6):
-            described = {"by": "distance", "values": _rounded(by_distance)}
+            described = {"by": "distance", "values": thousandths(by_distance).tolist()}
         else:
-            described = {"by": "pair", "values": _rounded(bias)}
+            described = {"by": "pair", "values": thousandths(bias).tolist()}
         out[kind] = {"scaling": ordered[0]["scaling"],
-                     "q": _rounded(torch.stack([p["q"][0, :, :n_q] for p in ordered]).numpy()),
-                     "k": _rounded(torch.stack([p["k"][0, :, :n_k] for p in ordered]).numpy()),
+                     "unit": VIEWER_SCALE, "q": thousandths(torch.stack([p["q"][0, :, :n_q] for p in ordered]).numpy()).tolist(),
+                     "k": thousandths(torch.stack([p["k"][0, :, :n_k] for p in ordered]).numpy()).tolist(),
                      "bias": described, "masked": ["".join("1" if m else "0" for m in row) for row in masked] if masked.any() else []}
     return out
 

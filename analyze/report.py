@@ -9,6 +9,17 @@ import json
 import os
 from pathlib import Path
 
+import numpy as np
+
+# The viewer's numbers (maps, neuron-view vectors and biases) in integer thousandths, which the page
+# divides back: a third fewer characters than 3-decimal floats; maps.npz keeps the floats
+VIEWER_SCALE = 1000
+
+
+def thousandths(values) -> np.ndarray:
+    """Values in integer thousandths (VIEWER_SCALE), rounded in float64."""
+    return np.rint(np.asarray(values, dtype=np.float64) * VIEWER_SCALE).astype(np.int64)
+
 PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>quadlab attention: {title}</title>
 <style>
@@ -111,7 +122,7 @@ function neuronBias(nv, layer, head, i, j, nQ) {{  // the bias without the mask 
   const b = nv.bias;
   if (b.by === "none") return 0;
   const v = b.values[b.values.length === 1 ? 0 : layer][head];
-  return b.by === "distance" ? v[j - i + nQ - 1] : v[i][j];
+  return (b.by === "distance" ? v[j - i + nQ - 1] : v[i][j]) / (nv.unit || 1);
 }}
 function drawNeuron() {{
   const ex = data.examples[$("example").value], kind = $("kind").value, canvas = $("neuron"), select = $("query");
@@ -123,7 +134,8 @@ function drawNeuron() {{
   const keep = select.value; select.innerHTML = "";
   qTokens.forEach((t, i) => {{ const o = document.createElement("option"); o.value = i; o.textContent = i + ": " + t; select.appendChild(o); }});
   if (keep !== "" && +keep < qTokens.length) select.value = keep;
-  const i = +select.value, q = nv.q[layer][head][i], keys = nv.k[layer][head], d = q.length, K = keys.length;
+  const unit = nv.unit || 1, i = +select.value, q = nv.q[layer][head][i].map((x) => x / unit);  // unit: VIEWER_SCALE (1: an older viewer.json)
+  const keys = nv.k[layer][head].map((k) => k.map((x) => x / unit)), d = q.length, K = keys.length;
   const masked = (j) => nv.masked.length > 0 && nv.masked[i][j] === "1";
   const products = keys.map((k) => k.map((x, c) => x * q[c]));
   const scores = products.map((p) => nv.scaling * p.reduce((a, b) => a + b, 0));

@@ -147,6 +147,10 @@ def test_maps_neuron_writes_the_figure_and_the_arrays(rendered):
     assert set(viewer) == {"encoder", "decoder", "cross"}
     assert viewer["encoder"]["bias"]["by"] == "distance" and viewer["cross"]["bias"]["by"] == "none"
     assert viewer["decoder"]["masked"][0] == "0" + "1" * (len(viewer["decoder"]["masked"]) - 1)  # causal
+    # q and k in integer thousandths of the model's vectors (neuron_view's arrays, floats)
+    encoder = viewer["encoder"]
+    assert encoder["unit"] == 1000 and all(isinstance(x, int) for x in encoder["q"][1][2][3])
+    np.testing.assert_allclose(np.array(encoder["k"][1][2]) / 1000, arrays["example-0/neuron-encoder-L1H2Q3/keys"], atol=0.0005 + 1e-6)
 
 
 @pytest.mark.skipif(shutil.which("chromium") is None, reason="no chromium on this machine")
