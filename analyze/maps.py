@@ -24,7 +24,7 @@ import torch
 
 from analyze import figures
 from analyze.attention import AttentionAverage, batch_slices, capture, layer_token_summary
-from analyze.report import VIEWER_SCALE, thousandths
+from analyze.report import ANALYSES, VIEWER_SCALE, thousandths, write_report
 from gen import QuadlabError, swap_in
 
 
@@ -195,7 +195,6 @@ def render_maps(run_dir: Path, out_dir: Path | None = None, split: str = "test",
     role, the report; the neuron view of each (kind, layer, head, query token) in `neurons` for the
     first shown example."""
     from analyze.neuron import check_neuron, render_neurons, viewer_vectors
-    from analyze.report import ANALYSES, write_report
     from train.runs import analysis, figures_dir
 
     run_dir = Path(run_dir)
