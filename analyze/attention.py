@@ -44,10 +44,20 @@ def padded(rows: list[list], width: int, fill) -> torch.Tensor:
     return torch.tensor([r + [fill] * (width - len(r)) for r in rows])
 
 
+def set_attention_implementation(model, implementation: str) -> None:
+    """`model` and every model inside it (T5's encoder and decoder stacks) run `implementation`:
+    transformers 5.17 (the GPU image's) sets only the outer model's, and the stacks, which hold
+    their own copy of the config, keep theirs."""
+    from transformers import PreTrainedModel
+
+    for module in model.modules():
+        if isinstance(module, PreTrainedModel) and getattr(module.config, "_attn_implementation", None) != implementation:
+            module.set_attn_implementation(implementation)
+
+
 def use_eager_attention(model) -> None:
     """Attention weights come only from the eager implementation (sdpa returns none)."""
-    if getattr(model.config, "_attn_implementation", "eager") != "eager":
-        model.set_attn_implementation("eager")
+    set_attention_implementation(model, "eager")
 
 
 @torch.no_grad()

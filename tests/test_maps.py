@@ -181,12 +181,34 @@ def test_capture_fails_loudly_without_attention_weights(model_and_tokenizer, row
     model, tokenizer = model_and_tokenizer
     batch = teacher_forced_batch(tokenizer, rows[0][:2], rows[1][:2])
     monkeypatch.setattr(attention_module, "use_eager_attention", lambda m: None)
-    model.set_attn_implementation("sdpa")
+    attention_module.set_attention_implementation(model, "sdpa")
     try:
         with pytest.raises(AttentionUnavailable, match="eager"):
             capture(model, **batch["inputs"])
     finally:
-        model.set_attn_implementation("eager")
+        attention_module.set_attention_implementation(model, "eager")
+
+
+def test_capture_switches_the_stacks_to_eager_too(model_and_tokenizer, rows):
+    """transformers 5.17 switches only the outer model's attention: a T5 left with eager outside and
+    sdpa in its encoder and decoder stacks must still give every map."""
+    model, tokenizer = model_and_tokenizer
+    batch = teacher_forced_batch(tokenizer, rows[0][:2], rows[1][:2])
+    model.encoder.set_attn_implementation("sdpa")
+    model.decoder.set_attn_implementation("sdpa")
+    assert model.config._attn_implementation == "eager"
+    try:
+        captured = capture(model, **batch["inputs"])
+    finally:
+        model.encoder.set_attn_implementation("eager")
+        model.decoder.set_attn_implementation("eager")
+    assert set(captured) == {"encoder", "decoder", "cross"}
+    for kind, (maps, query_mask, key_mask) in captured.items():
+        layers = model.config.num_layers if kind == "encoder" else model.config.num_decoder_layers
+        assert maps.shape[:2] == (layers, 2)
+        # each real query's weights over the keys sum to one
+        sums = maps.sum(-1).transpose(1, 2)[:, :, query_mask.bool()]
+        assert torch.allclose(sums, torch.ones_like(sums), atol=1e-4), kind
 
 
 def test_example_maps_cover_the_whole_answer(model_and_tokenizer, rows):

@@ -34,6 +34,7 @@ from pathlib import Path
 
 import torch
 
+from analyze.attention import set_attention_implementation
 from analyze.encoder import EncoderAnalysis, special_role, window_batch
 from gen import QuadlabError, json_objects
 from train import runs
@@ -242,7 +243,7 @@ def build_model(config: TrainConfig, tokenizer, labels: list[str]):
     model = model_class(model_config)
     # sdpa to train on a GPU where the model has it; eager on CPU (faster for small models) and for
     # the analyses, which need the attention maps
-    model.set_attn_implementation("sdpa" if torch.cuda.is_available() and model._supports_sdpa else "eager")
+    set_attention_implementation(model, "sdpa" if torch.cuda.is_available() and model._supports_sdpa else "eager")
     return model
 
 

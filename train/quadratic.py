@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from analyze.attention import padded, segments
+from analyze.attention import padded, segments, set_attention_implementation
 from gen import QuadlabError, json_objects
 from train import runs
 from train.config import TrainConfig
@@ -170,7 +170,7 @@ def build_model(config: TrainConfig, tokenizer):
     # sdpa (fused attention kernels) to train on a GPU; eager on CPU, where it is faster for these
     # small models; analyses load runs with eager, which returns attention maps
     model = T5ForConditionalGeneration(t5)
-    model.set_attn_implementation("sdpa" if torch.cuda.is_available() else "eager")
+    set_attention_implementation(model, "sdpa" if torch.cuda.is_available() else "eager")
     return model
 
 
@@ -217,7 +217,7 @@ def trained_start(config: TrainConfig, texts: list[str]):
     if model.config.vocab_size != len(tokenizer):
         raise QuadlabError(f"init_from {path}: its model has {model.config.vocab_size} token embeddings and its tokenizer "
                            f"{len(tokenizer)} tokens; {INIT_FROM_FIX}")
-    model.set_attn_implementation("sdpa" if torch.cuda.is_available() else "eager")  # as build_model
+    set_attention_implementation(model, "sdpa" if torch.cuda.is_available() else "eager")  # as build_model
     return replace(config, **{key: getattr(model.config, key) for key in ARCHITECTURE}), model, tokenizer
 
 
