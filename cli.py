@@ -371,12 +371,19 @@ def eval_command(run_dir, split, limit, batch_size, num_beams, out_dir, data):
 
 
 def _check_out(path, option: str) -> None:
-    """An output directory that a file stands in the way of is refused before any work."""
+    """An output directory that a file stands in the way of, or that cannot be written, is refused
+    before any work."""
     if path is None:
         return
     existing = next(p for p in (Path(path).absolute(), *Path(path).absolute().parents) if p.exists())
     if not existing.is_dir():
         raise QuadlabError(f"{option} {path} cannot be made: {existing} is a file; give a directory path")
+    # asked, not tried: a trial write would change the directory's modification time
+    read_only = hasattr(os, "statvfs") and os.statvfs(existing).f_flag & os.ST_RDONLY  # POSIX only
+    why = "a read-only file system" if read_only else None if os.access(existing, os.W_OK | os.X_OK) else "permission denied"
+    if why:
+        raise QuadlabError(f"{option} {path} cannot be made: nothing can be written in {existing} ({why}); "
+                           f"give a directory you can write to")
 
 
 def _run_or_newest(run, command: str, task: str | None = None):
@@ -715,6 +722,14 @@ def main(argv=None) -> None:
     except QuadlabError as err:
         click.echo(f"quadlab: error: {err}", err=True)
         sys.exit(2)
+    except OSError as err:  # the machine's, not the input's: a full disk, a permission, a vanished file
+        import errno
+
+        where = f": {err.filename}" if err.filename else ""
+        fix = ("free space on that disk" if err.errno in (errno.ENOSPC, errno.EDQUOT)
+               else "give a path you can write to" if err.errno in (errno.EACCES, errno.EPERM, errno.EROFS) else "check the path")
+        click.echo(f"quadlab: error: {err.strerror or err}{where}; {fix} and run again", err=True)
+        sys.exit(1)
     except RuntimeError as err:
         torch = sys.modules.get("torch")  # imported by the command that ran out of memory, if any
         if torch is None or not isinstance(err, torch.OutOfMemoryError):

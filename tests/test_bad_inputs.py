@@ -364,6 +364,48 @@ def test_an_output_path_blocked_by_a_file_is_one_line_and_exit_2(lab, tmp_path, 
     assert not list(tmp_path.glob(".*partial*")) and not list((lab / "data").parent.glob(".*partial*"))
 
 
+@pytest.mark.parametrize("refusal", ["a read-only file system", "permission denied"])
+def test_an_output_path_that_cannot_be_written_is_one_line_and_exit_2(lab, tmp_path, cwd, capsys, monkeypatch, refusal):
+    """A directory on a read-only mount, or one the user may not write in, is refused before any
+    work (simulated: root ignores permission bits, and a test cannot mount)."""
+    import os
+
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    real_statvfs, real_access = os.statvfs, os.access
+
+    class ReadOnly:
+        f_flag = os.ST_RDONLY
+
+    if refusal == "a read-only file system":
+        monkeypatch.setattr(os, "statvfs", lambda path: ReadOnly() if Path(path) == locked else real_statvfs(path))
+    else:
+        monkeypatch.setattr(os, "access", lambda path, mode, **kw: Path(path) != locked and real_access(path, mode, **kw))
+    for argv in (["gen", "--rows", 20, "--workers", 1, "--out", locked / "data"],
+                 ["eval", lab / "quadratic", "--limit", 2, "--out", locked / "eval"],
+                 RUN_COMMANDS["maps"](lab, lab / "quadratic", locked / "deeper" / "maps")):
+        line = refused(capsys, monkeypatch, cwd, *argv, untouched=(locked, lab / "quadratic"))
+        assert f"nothing can be written in {locked} ({refusal})" in line, line
+
+
+def test_a_full_disk_while_writing_is_one_line_and_exit_1(tmp_path, cwd, capsys, monkeypatch):
+    import errno
+
+    import datasets
+
+    def full(self, path, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(datasets.DatasetDict, "save_to_disk", full)
+    parent = tmp_path / "disk"
+    parent.mkdir()
+    status, out, err = quadlab(capsys, monkeypatch, "gen", "--rows", 20, "--workers", 1, "--out", parent / "data")
+    lines = err.strip().splitlines()
+    assert status == 1 and len(lines) == 1 and "Traceback" not in err, err
+    assert lines[0].startswith("quadlab: error: No space left on device: ") and "free space on that disk" in lines[0], err
+    assert not list(parent.iterdir()) and not list(cwd.iterdir()), "a failed gen left output behind"
+
+
 # ---------------------------------------------------------------------------------------------
 # `verify` and `ask` on empty or arbitrary text
 
