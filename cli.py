@@ -9,6 +9,7 @@ from __future__ import annotations
 import codecs
 import json
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -717,6 +718,10 @@ def main(argv=None) -> None:
         sys.exit(130)
     except click.ClickException as err:
         prefix = err.ctx.command_path if getattr(err, "ctx", None) else "quadlab"  # "quadlab gen", or "quadlab" for the group
+        if isinstance(err, click.NoSuchOption) and re.fullmatch(r"-\d.*", err.option_name or ""):  # -8x^2+3x-1=0 reads as options
+            click.echo(f"{prefix}: error: {err.format_message().rstrip('.')}; an argument that starts with a minus sign goes after the "
+                       f"options and `--`, e.g. {prefix} [OPTIONS] -- '-8x^2+3x-1=0' (see --help)", err=True)
+            sys.exit(err.exit_code)
         click.echo(f"{prefix}: error: {err.format_message()} (see --help)", err=True)
         sys.exit(err.exit_code)
     except QuadlabError as err:

@@ -445,6 +445,17 @@ def test_explain_an_unreadable_equation(lab, tmp_path, cwd, capsys, monkeypatch)
         assert "equation" in line, line
 
 
+def test_an_equation_that_starts_with_a_minus_sign_is_told_to_follow_a_double_dash(lab, tmp_path, cwd, capsys, monkeypatch):
+    out = tmp_path / "explain"
+    for argv in (("explain", "--run", lab / "quadratic", "--out", out, "-8x^2+3x-1=0"), ("verify", "-8x^2+3x-1=0", "x=none;")):
+        line = refused(capsys, monkeypatch, cwd, *argv, absent=(out,))
+        assert "No such option '-8'; an argument that starts with a minus sign goes after the options and `--`" in line, line
+    line = refused(capsys, monkeypatch, cwd, "gen", "--nonsense")  # other unknown options: click's line as before
+    assert "No such option" in line and "minus sign" not in line
+    status, stdout, err = quadlab(capsys, monkeypatch, "verify", "--", "-8x^2+3x-1=0", "x=none;")  # as the line says: D = -23
+    assert status == 0 and json.loads(stdout)["answer_correct"] is True, err
+
+
 @FEW
 @given(equation=st.text(max_size=30))
 def test_explain_never_shows_a_traceback(lab, tmp_path, capsys, monkeypatch, equation):

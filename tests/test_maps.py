@@ -395,10 +395,52 @@ def test_explain_prints_solution_verdict_and_most_attended_tokens(run_dir, run_c
     lines = result.stdout.splitlines()
     assert lines[0] == "equation: 1x^2-5x+6=0" and lines[1].startswith("solution: ") and lines[2].startswith("verdict:  ok ")
     assert lines[3].startswith("answer:   ") and lines[3].endswith(" (true: 2, 3)")
+    tested = [json.loads(line) for line in (run_dir / "predictions.jsonl").read_text().splitlines()]
+    like = [r for r in tested if r["num_roots"] == 2 and abs_d(r["equation"]) < 10]  # as x^2-5x+6, D = 1
+    solved = sum(r["exact"] for r in like)
+    assert lines[4] == (f"like it:  {len(like)} of the {len(tested)} test equations the run was evaluated on have two real roots and a |D| "
+                        f"of 1 digit, as this one; it solved {solved} of them ({solved / max(len(like), 1):.3f})" if like else
+                        f"like it:  none of the {len(tested)} test equations the run was evaluated on has two real roots and a |D| "
+                        f"of 1 digit, as this one: it was not tested on such equations"), lines[4]
     attended = [line for line in lines if "most attended input token" in line]
     assert len(attended) == 4  # 2 encoder + 2 cross layers
     assert all(re.search(r"token '[^']+' \(position \d+, [01]\.\d\d\)$", line) for line in attended), attended
     assert (tmp_path / "e" / "example-explain" / "cross-heads.png").exists()
+
+
+def abs_d(equation: str) -> int:
+    from gen.grader import parse_equation
+
+    a, b, c = parse_equation(equation)
+    return abs(b * b - 4 * a * c)
+
+
+def test_like_it_counts_the_runs_test_equations_of_the_same_class_and_size(tmp_path):
+    import gzip
+
+    from train.quadratic import like_it, tested_groups
+
+    assert like_it(tested_groups(tmp_path), 1, -5, 6) == f"not known: the run has no predictions.jsonl (`cli.py eval {tmp_path}` writes it)"
+    rows = [{"equation": "1x^2-5x+6=0", "exact": True},      # two real roots, D = 1: one digit
+            {"equation": "1x^2-7x+12=0", "exact": False},    # D = 1
+            {"equation": "1x^2-21x+20=0", "exact": True},    # D = 361: three digits
+            {"equation": "1x^2-4x+4=0", "exact": True},      # D = 0, |b| of one digit
+            {"equation": "1x^2-40x+400=0", "exact": False},  # D = 0, |b| of two
+            {"equation": "2x^2+1x+1=0", "exact": True},      # no real roots, D = -7
+            {"equation": "x^3=1", "exact": True}]            # not an equation the grader reads: left out
+    with gzip.open(tmp_path / "predictions.jsonl.gz", "wt") as out:  # the compact file that tracked results keep
+        out.write("".join(json.dumps(r) + "\n" for r in rows))
+    tested = tested_groups(tmp_path)
+    head = "of the 6 test equations the run was evaluated on"
+    assert like_it(tested, 1, -3, 2) == f"2 {head} have two real roots and a |D| of 1 digit, as this one; it solved 1 of them (0.500)"
+    assert like_it(tested, 3, 1, -30) == f"1 {head} have two real roots and a |D| of 3 digits, as this one; it solved 1 of them (1.000)"  # D = 361
+    assert like_it(tested, 1, 6, 9) == f"1 {head} have one real root (D = 0) and a |b| of 1 digit, as this one; it solved 1 of them (1.000)"
+    assert like_it(tested, 1, 20, 100) == f"1 {head} have one real root (D = 0) and a |b| of 2 digits, as this one; it solved 0 of them (0.000)"
+    assert like_it(tested, 1, 1, 2) == f"1 {head} have no real roots and a |D| of 1 digit, as this one; it solved 1 of them (1.000)"
+    assert like_it(tested, 1, 2, 5) == "none of the 6 test equations the run was evaluated on has no real roots and a |D| of 2 digits, as this one: " \
+                                       "it was not tested on such equations"  # D = -16
+    (tmp_path / "predictions.jsonl").write_text("not json\n")  # eval's own file comes first; a damaged one says so
+    assert like_it(tested_groups(tmp_path), 1, -3, 2).startswith(f"not known: {tmp_path / 'predictions.jsonl'} line 1")
 
 
 REVERSED_EXAMPLE = ("~4*a=82;216154*2=422309;216154*8=6982163;0422309+6982163=63154621;6553*3=86601;6553*5=08771;086601+08771=064421;"

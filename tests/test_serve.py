@@ -4,6 +4,7 @@ time per run without blocking the server, the command line, and the page in head
 import base64
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -80,6 +81,8 @@ def test_each_task_answers_with_its_attention_arrays(client, served, name):
     if name == "quadratic":
         assert result["input"] == "1x^2-5x+6=0" and answer["true_roots"] == ["2", "3"]
         assert isinstance(answer["verdict"]["ok"], bool) and answer["solution"] == result["output"]
+        assert re.fullmatch(r"(\d+|none) of the \d+ test equations the run was evaluated on ha(ve|s) two real roots and a \|D\| of 1 digit, "
+                            r"as this one[;:] .+", answer["test_rows_like_it"]), answer["test_rows_like_it"]  # x^2-5x+6: D = 1
     elif name == "squad":
         assert answer["answer"] == result["output"] and answer["answer"] in GIVEN[name]["context"]
         assert isinstance(answer["score"], float)
@@ -257,6 +260,7 @@ def test_page_in_headless_chromium_answers_and_draws_offline(served):
             page.wait_for_selector("body[data-drawn=yes]", timeout=60_000)
             assert "ok:" in page.inner_text("#verdict") and page.inner_text("#output")
             assert page.inner_text("#stated-answer").startswith("stated answer: ")
+            assert "test rows like it" in page.inner_text("#answer") and "test equations the run was evaluated on" in page.inner_text("#answer")
             drawn = page.evaluate("""() => {
                 const c = document.getElementById('headview');
                 const pixels = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;

@@ -525,6 +525,58 @@ def evaluate_run(run_dir: Path, split: str = "test", limit: int = 0, batch_size:
     return everything
 
 
+def tested_groups(run_dir: Path) -> tuple[dict, int] | str:
+    """The run's test equations grouped as `like_it` compares a given one, {(real roots, digits of
+    |D|): [rows, solved]} and the rows read, from eval's predictions (predictions.jsonl, or the .gz
+    that tracked results keep); where there are none, the reason."""
+    from gen.grader import GradeError, parse_equation
+
+    found = [p for p in (Path(run_dir) / "predictions.jsonl", Path(run_dir) / "predictions.jsonl.gz") if p.is_file()]
+    if not found:
+        return f"not known: the run has no predictions.jsonl (`cli.py eval {run_dir}` writes it)"
+    try:
+        rows = read_predictions(found[0])
+    except QuadlabError as err:
+        return f"not known: {err}"
+    groups, read = {}, 0
+    for row in rows:
+        try:
+            a, b, c = parse_equation(row["equation"] if isinstance(row.get("equation"), str) else "")
+        except GradeError:
+            continue
+        count = groups.setdefault(size_class(a, b, c), [0, 0])
+        count[0] += 1
+        count[1] += row.get("exact") is True
+        read += 1
+    return groups, read
+
+
+def size_class(a: int, b: int, c: int) -> tuple[int, int]:
+    """(real roots, digits of |D|, or of |b| where D = 0): what `like_it` matches on."""
+    from gen.grader import real_root_count
+    from train.metrics import digits
+
+    d = b * b - 4 * a * c
+    return real_root_count(a, b, c), digits(d if d else b)
+
+
+def like_it(tested: tuple[dict, int] | str, a: int, b: int, c: int) -> str:
+    """How the run did on its test equations with as many real roots as a given one and as many
+    digits of |D| (of |b| where D = 0): the models learn the lengths of the numbers they were
+    trained on (RESULTS.md, "Outside the training ranges"), so one equation's outcome reads against
+    these."""
+    if isinstance(tested, str):
+        return tested
+    groups, read = tested
+    roots, size = size_class(a, b, c)
+    kind = {2: "two real roots and a |D|", 1: "one real root (D = 0) and a |b|", 0: "no real roots and a |D|"}[roots]
+    kind += f" of {size} digit{'s' if size > 1 else ''}"
+    n, solved = groups.get((roots, size), (0, 0))
+    if n == 0:
+        return f"none of the {read:,} test equations the run was evaluated on has {kind}, as this one: it was not tested on such equations"
+    return f"{n:,} of the {read:,} test equations the run was evaluated on have {kind}, as this one; it solved {solved:,} of them ({solved / n:.3f})"
+
+
 # ---------------------------------------------------------------------------------------------
 # Grading saved outputs again (`cli.py grade`)
 
@@ -881,6 +933,7 @@ class Analysis:
         from train.metrics import ROOT_CLASSES
 
         self.model, self.tokenizer, self.config = load_run(run_dir, command, data)
+        self.run_dir, self.tested = Path(run_dir), None
         if split is None:  # given equations only: the run's dataset need not be here
             columns = {k: [] for k in ("equation", "solution", "num_roots", "a", "b", "c")}
         else:
@@ -1014,12 +1067,17 @@ class Analysis:
             if self.tokenizer.unk_token_id in ids:
                 bad = sorted({ch for ch in equation if self.tokenizer.convert_tokens_to_ids(ch) == self.tokenizer.unk_token_id})
                 raise QuadlabError(f"the model's tokenizer cannot encode {''.join(bad)!r} in {equation!r}; write it like 7x^2+3556x+451612=0")
+            if self.tested is None:  # once: serve asks again for every equation typed
+                self.tested = tested_groups(self.run_dir)
+            like = {"test_rows_like_it": like_it(self.tested, a, b, c)}
         else:
             equation, name = self.rows["equation"][index], str(index)
             a, b, c = (self.rows[k][index] for k in "abc")
+            like = {}
         solution = decode(self.model, self.tokenizer, [equation], batch_size=1)[0][0]
         return {"name": name, "input": equation, "output": solution, "batch": teacher_forced_batch(self.tokenizer, [equation], [solution]),
-                "answer": {"equation": equation, "solution": solution, "verdict": grade(a, b, c, solution).as_dict(), "true_roots": true_roots(a, b, c)}}
+                "answer": {"equation": equation, "solution": solution, "verdict": grade(a, b, c, solution).as_dict(), "true_roots": true_roots(a, b, c),
+                           **like}}
 
     @staticmethod
     def answer_lines(result: dict) -> list[str]:
@@ -1030,7 +1088,8 @@ class Analysis:
 
         lines = [f"equation: {answer['equation']}", f"solution: {answer['solution']}",
                  "verdict:  " + ", ".join(f"{k} {verdict[k]}" for k in ("ok", "well_formed", "steps_valid", "substitutions_valid", "answer_correct")),
-                 f"answer:   {roots(verdict['stated_answer'])} (true: {roots(answer['true_roots'])})"]
+                 f"answer:   {roots(verdict['stated_answer'])} (true: {roots(answer['true_roots'])})",
+                 *([f"like it:  {answer['test_rows_like_it']}"] if "test_rows_like_it" in answer else [])]
         for label, layers in result["attended"].items():
             lines += [f"{label}, layer {layer}: most attended input token {token}" for layer, token in enumerate(layers)]
         return lines
