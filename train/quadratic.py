@@ -526,9 +526,9 @@ def evaluate_run(run_dir: Path, split: str = "test", limit: int = 0, batch_size:
 
 
 def tested_groups(run_dir: Path) -> tuple[dict, int] | str:
-    """The run's test equations grouped as `like_it` compares a given one, {(real roots, digits of
-    |D|): [rows, solved]} and the rows read, from eval's predictions (predictions.jsonl, or the .gz
-    that tracked results keep); where there are none, the reason."""
+    """The run's test equations grouped as `like_it` compares a given one, {size_class: [rows,
+    solved]}, and the rows read, from eval's predictions (predictions.jsonl, or the .gz that tracked
+    results keep); where there are none, the reason."""
     from gen.grader import GradeError, parse_equation
 
     found = [p for p in (Path(run_dir) / "predictions.jsonl", Path(run_dir) / "predictions.jsonl.gz") if p.is_file()]
