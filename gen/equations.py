@@ -110,6 +110,29 @@ def sample_coefficients(ranges: Ranges, counts: dict[str, int], rng: random.Rand
     return out
 
 
+def outside_generator(a: int, b: int, c: int, ranges: Ranges | None = None) -> str | None:
+    """Why `sample_coefficients` never draws this equation (with `ranges`, from those ranges), or
+    None: a model trained and tested on such data has never seen one like it."""
+    if a == 0 or b % a or c % a:
+        return "b and c are not multiples of a, as in every equation of the datasets, a(x^2 - s x + p) with whole s and p"
+    s, p = -b // a, c // a
+    disc = s * s - 4 * p
+    root = isqrt(disc) if disc >= 0 else 0
+    if disc > 0 and (root * root != disc or (s + root) % 2) or disc == 0 and s % 2:
+        return "its roots are not whole numbers, as every real root in the datasets is"
+    if ranges is None:
+        return None
+    where = f"the ranges it was drawn from (a in {ranges.a_lo}:{ranges.a_hi}, roots in {ranges.root_lo}:{ranges.root_hi})"
+    if not ranges.a_lo <= a <= ranges.a_hi:
+        return f"a = {a} is outside {where}"
+    if disc >= 0 and not ranges.root_lo <= (s - root) // 2 <= (s + root) // 2 <= ranges.root_hi:
+        return f"a root is outside {where}"
+    if disc < 0 and not (2 * ranges.root_lo <= s <= 2 * ranges.root_hi and p <= max(ranges.root_lo**2, ranges.root_hi**2)):
+        return (f"a(x^2 - s x + p) with s = {s}, p = {p} is outside {where}: an equation without real roots has s in "
+                f"{2 * ranges.root_lo}:{2 * ranges.root_hi} and p at most {max(ranges.root_lo**2, ranges.root_hi**2)}")
+    return None
+
+
 def _lit(value: int) -> str:
     """A number substituted into a formula: negatives in parentheses, as written by hand."""
     return str(value) if value >= 0 else f"({value})"

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 import gen.dataset as dataset_module
 from gen import QuadlabError, ascii_float, ascii_int
 from gen.dataset import GenerationBug, GenOptions, build_splits, generate
-from gen.equations import CLASSES, NoRealRootIndex, Ranges, capacity, sample_coefficients
+from gen.equations import CLASSES, NoRealRootIndex, Ranges, capacity, outside_generator, sample_coefficients
 from gen.grader import real_root_count
 
 SMALL = Ranges(a_lo=-3, a_hi=3, root_lo=-6, root_hi=6)
@@ -295,3 +295,17 @@ def test_the_widest_ranges_sample_distinct_equations():
     for cls, expected in (("two", 2), ("one", 1), ("none", 0)):
         assert len(set(rows[cls])) == 20
         assert all(real_root_count(a, b, c) == expected for a, b, c in rows[cls])
+
+
+def test_outside_generator_passes_every_drawn_equation_and_says_why_for_others():
+    rows = sample_coefficients(SMALL, {"two": 40, "one": 13, "none": 40}, random.Random(5))
+    assert all(outside_generator(*row, SMALL) is None for cls in CLASSES for row in rows[cls])
+    narrower = Ranges(a_lo=-3, a_hi=3, root_lo=-5, root_hi=6)  # SMALL less its root -6
+    assert outside_generator(1, 12, 36, SMALL) is None and outside_generator(1, 12, 36, narrower).startswith("a root is outside")
+    assert outside_generator(3, -7, 2).startswith("b and c are not multiples of a")  # roots 1/3 and 2
+    assert outside_generator(1, -1, -1).startswith("its roots are not whole numbers")  # D = 5
+    assert outside_generator(1, -3, 2) is None and outside_generator(2, 0, 2) is None  # roots 1, 2; none (s = 0, p = 1)
+    assert outside_generator(4, -4, 4, SMALL) == "a = 4 is outside the ranges it was drawn from (a in -3:3, roots in -6:6)"
+    assert outside_generator(1, -7, 0, SMALL) == "a root is outside the ranges it was drawn from (a in -3:3, roots in -6:6)"  # 0 and 7
+    assert outside_generator(1, 0, 37, SMALL).startswith("a(x^2 - s x + p) with s = 0, p = 37 is outside the ranges")  # p above 6^2
+    assert outside_generator(1, 0, 36, SMALL) is None

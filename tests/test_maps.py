@@ -433,12 +433,17 @@ def test_like_it_counts_the_runs_test_equations_of_the_same_class_and_size(tmp_p
     tested = tested_groups(tmp_path)
     head = "of the 6 test equations the run was evaluated on"
     assert like_it(tested, 1, -3, 2) == f"2 {head} have two real roots and a |D| of 1 digit, as this one; it solved 1 of them (0.500)"
-    assert like_it(tested, 3, 1, -30) == f"1 {head} have two real roots and a |D| of 3 digits, as this one; it solved 1 of them (1.000)"  # D = 361
+    assert like_it(tested, 1, -19, 18) == f"1 {head} have two real roots and a |D| of 3 digits, as this one; it solved 1 of them (1.000)"  # D = 289
     assert like_it(tested, 1, 6, 9) == f"1 {head} have one real root (D = 0) and a |b| of 1 digit, as this one; it solved 1 of them (1.000)"
     assert like_it(tested, 1, 20, 100) == f"1 {head} have one real root (D = 0) and a |b| of 2 digits, as this one; it solved 0 of them (0.000)"
     assert like_it(tested, 1, 1, 2) == f"1 {head} have no real roots and a |D| of 1 digit, as this one; it solved 1 of them (1.000)"
     assert like_it(tested, 1, 2, 5) == "none of the 6 test equations the run was evaluated on has no real roots and a |D| of 2 digits, as this one: " \
                                        "it was not tested on such equations"  # D = -16
+    # equations the generator never draws, whatever the counts: their sizes say nothing
+    assert like_it(tested, 3, -7, 2) == ("unlike every equation the run was trained and tested on: b and c are not multiples of a, as in every "
+                                         "equation of the datasets, a(x^2 - s x + p) with whole s and p")
+    assert like_it(tested, 1, -3, 2, Ranges(a_lo=-5, a_hi=5, root_lo=-1, root_hi=1)) == (
+        "unlike every equation the run was trained and tested on: a root is outside the ranges it was drawn from (a in -5:5, roots in -1:1)")
     (tmp_path / "predictions.jsonl").write_text("not json\n")  # eval's own file comes first; a damaged one says so
     assert like_it(tested_groups(tmp_path), 1, -3, 2).startswith(f"not known: {tmp_path / 'predictions.jsonl'} line 1")
 

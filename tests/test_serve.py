@@ -83,6 +83,7 @@ def test_each_task_answers_with_its_attention_arrays(client, served, name):
         assert isinstance(answer["verdict"]["ok"], bool) and answer["solution"] == result["output"]
         assert re.fullmatch(r"(\d+|none) of the \d+ test equations the run was evaluated on ha(ve|s) two real roots and a \|D\| of 1 digit, "
                             r"as this one[;:] .+", answer["test_rows_like_it"]), answer["test_rows_like_it"]  # x^2-5x+6: D = 1
+        assert re.fullmatch(r"nothing.*|(D|x1|x2|sqrt\(D\)|answer)\b.*", answer["first_wrong"]), answer["first_wrong"]
     elif name == "squad":
         assert answer["answer"] == result["output"] and answer["answer"] in GIVEN[name]["context"]
         assert isinstance(answer["score"], float)

@@ -56,7 +56,7 @@ def quadratic_metrics(judged: list[dict], num_roots: list[int]) -> dict:
 # Diagnosis: which statement of a worked solution limits a model
 
 
-def _statements(solution: str) -> list[str]:
+def statements(solution: str) -> list[str]:
     solution = solution.removeprefix(REVERSED_MARK)  # the reversed format's mark is not a statement
     return [s for s in solution.split(";")[:-1]] if solution.endswith(";") else solution.split(";")
 
@@ -73,7 +73,7 @@ def statement_names(target: str) -> list[str]:
     run of `x=VALUE;` statements (the final answer, judged as one), and `NAME work K` for the K-th
     scratch statement (pure arithmetic, such as `18*2=36` in the long format) before statement NAME,
     so that names are the same for every equation."""
-    parts = _statements(target)
+    parts = statements(target)
     final = len(parts)
     while final > 0 and _is_final(parts[final - 1]):
         final -= 1
@@ -113,7 +113,7 @@ def diagnose(target: str, prediction: str, answer_correct: bool, false_statement
     wrong has learned the multiplication. It is given for well-formed predictions, from the
     grader's `false_statements` (numbers from 1), and empty when that is None."""
     names = statement_names(target)
-    ref, pred = _statements(target), _statements(prediction)
+    ref, pred = statements(target), statements(prediction)
     right = {}
     for i, name in enumerate(names):
         if name == "answer":

@@ -560,11 +560,17 @@ def size_class(a: int, b: int, c: int) -> tuple[int, int]:
     return real_root_count(a, b, c), digits(d if d else b)
 
 
-def like_it(tested: tuple[dict, int] | str, a: int, b: int, c: int) -> str:
+def like_it(tested: tuple[dict, int] | str, a: int, b: int, c: int, ranges=None) -> str:
     """How the run did on its test equations with as many real roots as a given one and as many
     digits of |D| (of |b| where D = 0): the models learn the lengths of the numbers they were
     trained on (RESULTS.md, "Outside the training ranges"), so one equation's outcome reads against
-    these."""
+    these. First, whether the generator could have drawn it at all (from `ranges`, the run's, where
+    known)."""
+    from gen.equations import outside_generator
+
+    why = outside_generator(a, b, c, ranges)
+    if why:
+        return f"unlike every equation the run was trained and tested on: {why}"
     if isinstance(tested, str):
         return tested
     groups, read = tested
@@ -575,6 +581,29 @@ def like_it(tested: tuple[dict, int] | str, a: int, b: int, c: int) -> str:
     if n == 0:
         return f"none of the {read:,} test equations the run was evaluated on has {kind}, as this one: it was not tested on such equations"
     return f"{n:,} of the {read:,} test equations the run was evaluated on have {kind}, as this one; it solved {solved:,} of them ({solved / n:.3f})"
+
+
+def first_wrong(a: int, b: int, c: int, fmt: str, solution: str, answer_correct: bool) -> str | None:
+    """Where a given equation's solution first parts from the reference in the run's format (as
+    `diagnose` names statements), with both statements: the place to look at in the maps. None
+    for an equation the datasets never hold (`outside_generator`): most formats write no reference
+    for it."""
+    from gen.equations import outside_generator, write_solution
+    from train.metrics import diagnose, statement_names, statements
+
+    if outside_generator(a, b, c):
+        return None
+    target = write_solution(a, b, c, fmt)
+    name = diagnose(target, solution, answer_correct)["first_wrong"]
+    if name is None:
+        return "nothing: the solution is the reference's" if solution == target else "nothing that the statements show"
+    base, names, ref, pred = name.split(": ")[0], statement_names(target), statements(target), statements(solution)
+    if base not in names:  # the published format's sqrt(D), judged inside x1's formula
+        return name
+    i = names.index(base)
+    wrote, want = (";".join(pred[i:]), ";".join(ref[i:])) if base == "answer" else (pred[i] if i < len(pred) else None, ref[i])
+    return f"{name}, statement {i + 1}: " + (f"the model wrote `{wrote}`, the reference `{want}`" if wrote else
+                                             f"the solution ends before it (the reference: `{want}`)")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -933,7 +962,7 @@ class Analysis:
         from train.metrics import ROOT_CLASSES
 
         self.model, self.tokenizer, self.config = load_run(run_dir, command, data)
-        self.run_dir, self.tested = Path(run_dir), None
+        self.run_dir, self.tested, self.trained_on = Path(run_dir), None, None
         if split is None:  # given equations only: the run's dataset need not be here
             columns = {k: [] for k in ("equation", "solution", "num_roots", "a", "b", "c")}
         else:
@@ -1068,16 +1097,20 @@ class Analysis:
                 bad = sorted({ch for ch in equation if self.tokenizer.convert_tokens_to_ids(ch) == self.tokenizer.unk_token_id})
                 raise QuadlabError(f"the model's tokenizer cannot encode {''.join(bad)!r} in {equation!r}; write it like 7x^2+3556x+451612=0")
             if self.tested is None:  # once: serve asks again for every equation typed
-                self.tested = tested_groups(self.run_dir)
-            like = {"test_rows_like_it": like_it(self.tested, a, b, c)}
+                self.tested, self.trained_on = tested_groups(self.run_dir), recorded_options(self.run_dir / DATASET_CARD)
         else:
             equation, name = self.rows["equation"][index], str(index)
             a, b, c = (self.rows[k][index] for k in "abc")
-            like = {}
         solution = decode(self.model, self.tokenizer, [equation], batch_size=1)[0][0]
+        verdict = grade(a, b, c, solution)
+        answer = {"equation": equation, "solution": solution, "verdict": verdict.as_dict(), "true_roots": true_roots(a, b, c)}
+        if given is not None:
+            answer["test_rows_like_it"] = like_it(self.tested, a, b, c, self.trained_on.ranges if self.trained_on else None)
+            where = first_wrong(a, b, c, self.trained_on.format, solution, verdict.answer_correct) if self.trained_on else None
+            if where is not None:
+                answer["first_wrong"] = where
         return {"name": name, "input": equation, "output": solution, "batch": teacher_forced_batch(self.tokenizer, [equation], [solution]),
-                "answer": {"equation": equation, "solution": solution, "verdict": grade(a, b, c, solution).as_dict(), "true_roots": true_roots(a, b, c),
-                           **like}}
+                "answer": answer}
 
     @staticmethod
     def answer_lines(result: dict) -> list[str]:
@@ -1089,7 +1122,8 @@ class Analysis:
         lines = [f"equation: {answer['equation']}", f"solution: {answer['solution']}",
                  "verdict:  " + ", ".join(f"{k} {verdict[k]}" for k in ("ok", "well_formed", "steps_valid", "substitutions_valid", "answer_correct")),
                  f"answer:   {roots(verdict['stated_answer'])} (true: {roots(answer['true_roots'])})",
-                 *([f"like it:  {answer['test_rows_like_it']}"] if "test_rows_like_it" in answer else [])]
+                 *([f"like it:  {answer['test_rows_like_it']}"] if "test_rows_like_it" in answer else []),
+                 *([f"wrong at: {answer['first_wrong']}"] if "first_wrong" in answer else [])]
         for label, layers in result["attended"].items():
             lines += [f"{label}, layer {layer}: most attended input token {token}" for layer, token in enumerate(layers)]
         return lines
