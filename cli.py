@@ -551,11 +551,14 @@ def context_figure(figure_dirs, out_dir):
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None, help="Output directory.  [default: figures/<run name>/explain]")
 def explain(text, run_dir, context, heads, out_dir):
     """Run a trained model on TEXT and show how: an equation for a quadratic run (the solution, the
-    grader's verdict), a question for a SQuAD run (with --context; the answer and its score), a text
-    for a classification run (the label and its probabilities); for each layer the token attended
-    to most (quadratic: any input token, by encoder self- and cross-attention; SQuAD: the question
-    token the answer span attends to; classification: the token [CLS] attends to), and the per-head
-    figures."""
+    grader's verdict, how the run did on its test equations like it, the first statement and token
+    where the solution parts from the reference, with the probabilities of both tokens there), a
+    question for a SQuAD run (with --context; the answer and its score), a text for a
+    classification run (the label and its probabilities); for each layer the token attended to most
+    (quadratic: any input token, by encoder self- and cross-attention, and what the first wrong
+    token reads; SQuAD: the question token the answer span attends to; classification: the token
+    [CLS] attends to), and the per-head figures. An equation that starts with a minus sign goes
+    after `--`."""
     from analyze.maps import explain as explain_example
     from train.runs import open_run
 

@@ -39,7 +39,7 @@ def example_maps(model, sides: dict, example: dict) -> dict:
     captured = capture(model, **_on(next(model.parameters()).device, batch["inputs"]))
     tokens = {side: found[0] for side, found in batch["tokens"].items()}
     roles = {side: found[0, : len(tokens[side])].tolist() for side, found in batch["roles"].items()}
-    out = {k: example[k] for k in ("name", "input", "output", "answer")} | {"tokens": tokens, "role_ids": roles, "sides": sides,
+    out = {k: example[k] for k in ("name", "input", "output", "answer", "focus") if k in example} | {"tokens": tokens, "role_ids": roles, "sides": sides,
                                                                            "maps": {}, "summaries": {}, "inputs": batch["inputs"]}
     for kind, (attention, _, _) in captured.items():
         q, k = len(tokens[sides[kind][0]]), len(tokens[sides[kind][1]])
@@ -278,12 +278,18 @@ def export_bertviz(example: dict, out_dir: Path) -> list[dict]:
 
 def most_attended(task, example: dict) -> dict:
     """{label: per layer, the key token that the task's chosen queries attend to most (mean over
-    heads and those queries), with its position and that mean}, as `task.attended` lists them."""
+    heads and those queries), with its position and that mean}, as `task.attended` lists them, and
+    for the single queries an example may point at (`focus`: label, kind, query each; the
+    quadratic task's first wrong token)."""
     out = {}
-    for label, kind, query_roles, key_roles in task.attended:
+    chosen = [*task.attended, *((f["label"], f["kind"], [f["query"]], None) for f in example.get("focus", []))]
+    for label, kind, query_roles, key_roles in chosen:
         q_side, k_side = task.sides[kind]
         names = {side: [task.roles[side][r] for r in example["role_ids"][side]] for side in (q_side, k_side)}
-        queries = [i for i, r in enumerate(names[q_side]) if query_roles is None or r in query_roles]
+        if query_roles is not None and all(isinstance(q, int) for q in query_roles):  # positions: the focus
+            queries = [q for q in query_roles if q < len(names[q_side])]
+        else:
+            queries = [i for i, r in enumerate(names[q_side]) if query_roles is None or r in query_roles]
         keys = [i for i, r in enumerate(names[k_side]) if key_roles is None or r in key_roles]
         if not queries or not keys:
             out[label] = []

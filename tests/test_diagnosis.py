@@ -122,18 +122,19 @@ def test_statements_keep_solution_order_when_outputs_have_different_steps():
 
 
 def test_explain_names_the_first_wrong_statement_and_quotes_both():
-    from train.quadratic import first_wrong
+    from train.quadratic import first_wrong, reference
 
-    def where(solution, fmt="published", correct=False):
-        return first_wrong(-3, -15, 18, fmt, solution, correct)
+    def where(solution, target=PUBLISHED, correct=False):
+        return first_wrong(target, solution, correct)
 
     assert where(PUBLISHED, correct=True) == "nothing: the solution is the reference's"
     assert where(PUBLISHED.replace(")=441;", ")=440;"), correct=True) == (
         "D: value, statement 1: the model wrote `D=((-15)^2-4*(-3)*18)=440`, the reference `D=((-15)^2-4*(-3)*18)=441`")
     assert where(PUBLISHED.replace("(-(-15)-21)", "(-(-15)-23)")) == "sqrt(D)"  # judged inside x1's formula: no statement of its own
-    assert where(STEPS.replace("sqrt(441)=21", "sqrt(441)=20"), "steps") == (
+    assert where(STEPS.replace("sqrt(441)=21", "sqrt(441)=20"), STEPS) == (
         "sqrt(D): value, statement 4: the model wrote `sqrt(D)=sqrt(441)=20`, the reference `sqrt(D)=sqrt(441)=21`")
-    assert where(STEPS[: STEPS.index("D=b^2")], "steps") == (
+    assert where(STEPS[: STEPS.index("D=b^2")], STEPS) == (
         "D: formula, statement 3: the solution ends before it (the reference: `D=b^2-4*a*c=225-(-216)=441`)")
     assert where(PUBLISHED.replace("x=1;x=-6;", "x=1;x=-7;")) == "answer, statement 4: the model wrote `x=1;x=-7`, the reference `x=1;x=-6`"
-    assert first_wrong(3, -7, 2, "published", "x=none;", False) is None  # roots 1/3 and 2: no equation of the datasets, no reference
+    assert reference(-3, -15, 18, "steps") == STEPS
+    assert reference(3, -7, 2, "published") is None  # roots 1/3 and 2: no equation of the datasets, so no reference

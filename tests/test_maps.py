@@ -10,7 +10,7 @@ import torch
 from analyze.attention import AttentionAverage, AttentionUnavailable, batch_slices, capture
 from analyze.interventions import shape
 from analyze import maps
-from analyze.maps import dataset_average, example_maps, explain, render_maps
+from analyze.maps import dataset_average, example_maps, explain, most_attended, render_maps
 from conftest import offline_dom
 from gen import QuadlabError
 from gen.dataset import GenOptions, build_splits, generate
@@ -402,10 +402,61 @@ def test_explain_prints_solution_verdict_and_most_attended_tokens(run_dir, run_c
                         f"of 1 digit, as this one; it solved {solved} of them ({solved / max(len(like), 1):.3f})" if like else
                         f"like it:  none of the {len(tested)} test equations the run was evaluated on has two real roots and a |D| "
                         f"of 1 digit, as this one: it was not tested on such equations"), lines[4]
+    from gen.equations import write_solution
+    from train.metrics import diagnose
+
+    solution, correct, target = lines[1].removeprefix("solution: "), lines[2].endswith("answer_correct True"), write_solution(1, -5, 6)
+    named = diagnose(target, solution, correct)["first_wrong"]  # the run is in the published format
+    assert lines[5].startswith(f"wrong at: {named}" if named else "wrong at: nothing"), lines[5]
+    t = next((i for i, (x, y) in enumerate(zip(solution, target)) if x != y), min(len(solution), len(target)))
+    at_wrong = [line for line in lines if " at the first wrong token, layer " in line]
+    if solution != target:  # 10 training steps: nearly always
+        assert re.fullmatch(rf"at token: decoder position {t} \(as in the maps\), which writes the solution's character {t + 1}: the model "
+                            rf"wrote '.+' \(probability [01]\.\d\d\), where the reference has '.+' \([01]\.\d\d\)", lines[6]), lines[6]
+        assert len(at_wrong) == 4  # cross and decoder self-attention, 2 layers each
+    else:
+        assert not at_wrong and not any(line.startswith("at token:") for line in lines)
     attended = [line for line in lines if "most attended input token" in line]
-    assert len(attended) == 4  # 2 encoder + 2 cross layers
+    assert len(attended) == 4 + len(at_wrong)  # 2 encoder + 2 cross layers
     assert all(re.search(r"token '[^']+' \(position \d+, [01]\.\d\d\)$", line) for line in attended), attended
     assert (tmp_path / "e" / "example-explain" / "cross-heads.png").exists()
+
+
+def test_first_wrong_token_is_where_the_solution_parts_from_the_reference_with_both_probabilities(run_dir):
+    from train.quadratic import first_wrong_token, reference
+
+    task = Analysis(run_dir, "explain", split=None)
+    equation, target = "1x^2-5x+6=0", reference(1, -5, 6, "published")
+    for solution, t in ((target[:9] + "7" + target[10:], 9), (target[:20], 20), (target + "x", len(target))):  # a digit; stopped; went on
+        batch = teacher_forced_batch(task.tokenizer, [equation], [solution])
+        position, line = first_wrong_token(task.model, task.tokenizer, batch, target, solution)
+        with torch.inference_mode():
+            p = task.model(**batch["inputs"]).logits[0, t].float().softmax(-1)
+        ids = {ch: task.tokenizer.convert_tokens_to_ids(ch) for ch in "7x" + target[t:t + 1]}
+        wrote = "</s>" if t == len(solution) else solution[t]
+        want = "</s>" if t == len(target) else target[t]
+        p_wrote, p_want = (float(p[ids.get(ch, task.tokenizer.eos_token_id)]) for ch in (wrote, want))
+        assert position == t and line == (f"decoder position {t} (as in the maps), which writes the solution's character {t + 1}: the model "
+                                          f"wrote {wrote!r} (probability {p_wrote:.2f}), where the reference has {want!r} ({p_want:.2f})")
+
+
+def test_most_attended_also_reads_the_single_queries_an_example_points_at():
+    class Task:
+        attended = [("cross-attention", "cross", None, None)]
+        sides = {"cross": ("decoder", "encoder")}
+        roles = {"decoder": ("d",), "encoder": ("e",)}
+
+    maps = np.full((2, 2, 3, 4), 0.25)  # (layers, heads, queries, keys)
+    maps[0, :, 1] = [0.1, 0.1, 0.7, 0.1]  # query 1 reads key 2 in layer 0, key 3 in layer 1
+    maps[1, :, 1] = [0.1, 0.1, 0.1, 0.7]
+    example = {"maps": {"cross": maps}, "role_ids": {"decoder": [0] * 3, "encoder": [0] * 4},
+               "tokens": {"decoder": ["<start>", "1", "2"], "encoder": ["a", "b", "c", "</s>"]},
+               "focus": [{"label": "at query 1", "kind": "cross", "query": 1}]}
+    found = most_attended(Task, example)
+    assert found["at query 1"] == ["'c' (position 2, 0.70)", "'</s>' (position 3, 0.70)"]
+    assert list(found) == ["cross-attention", "at query 1"] and len(found["cross-attention"]) == 2
+    del example["focus"]
+    assert list(most_attended(Task, example)) == ["cross-attention"]
 
 
 def abs_d(equation: str) -> int:

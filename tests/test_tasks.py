@@ -97,7 +97,7 @@ def test_explain_on_every_task(run, tmp_path):
     task = tasks.module(name).Analysis
     layers = analysis(run_dir, "explain").model.config
     assert result["lines"] and all(isinstance(line, str) for line in result["lines"])
-    assert set(result["attended"]) == {label for label, *_ in task.attended}
+    assert {label for label, *_ in task.attended} <= set(result["attended"])  # and any single query the example points at (`focus`)
     n_layers = getattr(layers, "num_layers", None) or layers.num_hidden_layers
     assert all(len(found) in (0, n_layers) for found in result["attended"].values())
     assert (tmp_path / "explain" / "example-explain" / "encoder-heads.png").exists()

@@ -583,17 +583,19 @@ def like_it(tested: tuple[dict, int] | str, a: int, b: int, c: int, ranges=None)
     return f"{n:,} of the {read:,} test equations the run was evaluated on have {kind}, as this one; it solved {solved:,} of them ({solved / n:.3f})"
 
 
-def first_wrong(a: int, b: int, c: int, fmt: str, solution: str, answer_correct: bool) -> str | None:
-    """Where a given equation's solution first parts from the reference in the run's format (as
-    `diagnose` names statements), with both statements: the place to look at in the maps. None
-    for an equation the datasets never hold (`outside_generator`): most formats write no reference
-    for it."""
+def reference(a: int, b: int, c: int, fmt: str) -> str | None:
+    """The reference solution of a given equation in `fmt`, or None for an equation the datasets
+    never hold (`outside_generator`): most formats write none for it."""
     from gen.equations import outside_generator, write_solution
+
+    return None if outside_generator(a, b, c) else write_solution(a, b, c, fmt)
+
+
+def first_wrong(target: str, solution: str, answer_correct: bool) -> str:
+    """Where a solution first parts from its reference `target` (as `diagnose` names statements),
+    with both statements: the place to look at in the maps."""
     from train.metrics import diagnose, statement_names, statements
 
-    if outside_generator(a, b, c):
-        return None
-    target = write_solution(a, b, c, fmt)
     name = diagnose(target, solution, answer_correct)["first_wrong"]
     if name is None:
         return "nothing: the solution is the reference's" if solution == target else "nothing that the statements show"
@@ -604,6 +606,22 @@ def first_wrong(a: int, b: int, c: int, fmt: str, solution: str, answer_correct:
     wrote, want = (";".join(pred[i:]), ";".join(ref[i:])) if base == "answer" else (pred[i] if i < len(pred) else None, ref[i])
     return f"{name}, statement {i + 1}: " + (f"the model wrote `{wrote}`, the reference `{want}`" if wrote else
                                              f"the solution ends before it (the reference: `{want}`)")
+
+
+def first_wrong_token(model, tokenizer, batch: dict, target: str, solution: str) -> tuple[int, str]:
+    """The first position where a solution (teacher-forced in `batch`) parts from its reference,
+    and the probabilities the model gave there to its own token and to the reference's: a near miss
+    that a beam could mend, or a confident error. One token per character, so the decoder position
+    that writes character i (from 0) is i: its input is the start token and the characters before."""
+    t = next((i for i, (x, y) in enumerate(zip(solution, target)) if x != y), min(len(solution), len(target)))
+    device = next(model.parameters()).device
+    with torch.inference_mode():
+        probabilities = model(**{k: v.to(device) for k, v in batch["inputs"].items()}).logits[0, t].float().softmax(-1)
+    wrote = int(batch["labels"][0, t])  # the solution's token at t, </s> where it ends
+    want = tokenizer.convert_tokens_to_ids(target[t]) if t < len(target) else tokenizer.eos_token_id
+    shown = {i: repr(tokenizer.convert_ids_to_tokens(i)) for i in (wrote, want)}
+    return t, (f"decoder position {t} (as in the maps), which writes the solution's character {t + 1}: the model wrote {shown[wrote]} "
+               f"(probability {float(probabilities[wrote]):.2f}), where the reference has {shown[want]} ({float(probabilities[want]):.2f})")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1102,15 +1120,20 @@ class Analysis:
             equation, name = self.rows["equation"][index], str(index)
             a, b, c = (self.rows[k][index] for k in "abc")
         solution = decode(self.model, self.tokenizer, [equation], batch_size=1)[0][0]
-        verdict = grade(a, b, c, solution)
+        batch, verdict = teacher_forced_batch(self.tokenizer, [equation], [solution]), grade(a, b, c, solution)
         answer = {"equation": equation, "solution": solution, "verdict": verdict.as_dict(), "true_roots": true_roots(a, b, c)}
+        focus = {}
         if given is not None:
             answer["test_rows_like_it"] = like_it(self.tested, a, b, c, self.trained_on.ranges if self.trained_on else None)
-            where = first_wrong(a, b, c, self.trained_on.format, solution, verdict.answer_correct) if self.trained_on else None
-            if where is not None:
-                answer["first_wrong"] = where
-        return {"name": name, "input": equation, "output": solution, "batch": teacher_forced_batch(self.tokenizer, [equation], [solution]),
-                "answer": answer}
+            target = reference(a, b, c, self.trained_on.format) if self.trained_on else None
+            if target is not None:
+                answer["first_wrong"] = first_wrong(target, solution, verdict.answer_correct)
+            if target is not None and solution != target:
+                t, answer["first_wrong_token"] = first_wrong_token(self.model, self.tokenizer, batch, target, solution)
+                focus = {"focus": [{"label": "cross-attention at the first wrong token", "kind": "cross", "query": t},
+                                   {"label": "decoder self-attention at the first wrong token", "kind": "decoder", "query": t}]}
+                # the decoder's: the long formats read their own work
+        return {"name": name, "input": equation, "output": solution, "batch": batch, "answer": answer, **focus}
 
     @staticmethod
     def answer_lines(result: dict) -> list[str]:
@@ -1123,7 +1146,8 @@ class Analysis:
                  "verdict:  " + ", ".join(f"{k} {verdict[k]}" for k in ("ok", "well_formed", "steps_valid", "substitutions_valid", "answer_correct")),
                  f"answer:   {roots(verdict['stated_answer'])} (true: {roots(answer['true_roots'])})",
                  *([f"like it:  {answer['test_rows_like_it']}"] if "test_rows_like_it" in answer else []),
-                 *([f"wrong at: {answer['first_wrong']}"] if "first_wrong" in answer else [])]
+                 *([f"wrong at: {answer['first_wrong']}"] if "first_wrong" in answer else []),
+                 *([f"at token: {answer['first_wrong_token']}"] if "first_wrong_token" in answer else [])]
         for label, layers in result["attended"].items():
             lines += [f"{label}, layer {layer}: most attended input token {token}" for layer, token in enumerate(layers)]
         return lines
