@@ -429,15 +429,17 @@ def test_first_wrong_token_is_where_the_solution_parts_from_the_reference_with_b
     equation, target = "1x^2-5x+6=0", reference(1, -5, 6, "published")
     for solution, t in ((target[:9] + "7" + target[10:], 9), (target[:20], 20), (target + "x", len(target))):  # a digit; stopped; went on
         batch = teacher_forced_batch(task.tokenizer, [equation], [solution])
-        position, line = first_wrong_token(task.model, task.tokenizer, batch, target, solution)
+        found = first_wrong_token(task.model, task.tokenizer, batch, target, solution)
         with torch.inference_mode():
             p = task.model(**batch["inputs"]).logits[0, t].float().softmax(-1)
         ids = {ch: task.tokenizer.convert_tokens_to_ids(ch) for ch in "7x" + target[t:t + 1]}
         wrote = "</s>" if t == len(solution) else solution[t]
         want = "</s>" if t == len(target) else target[t]
         p_wrote, p_want = (float(p[ids.get(ch, task.tokenizer.eos_token_id)]) for ch in (wrote, want))
-        assert position == t and line == (f"decoder position {t} (as in the maps), which writes the solution's character {t + 1}: the model "
-                                          f"wrote {wrote!r} (probability {p_wrote:.2f}), where the reference has {want!r} ({p_want:.2f})")
+        rank = int((p > p_want).sum()) + 1
+        assert found == {"position": t, "wrote": wrote, "reference": want, "p_wrote": pytest.approx(p_wrote, abs=1e-5),
+                         "p_reference": pytest.approx(p_want, abs=1e-5), "reference_rank": rank}
+        assert 1 <= rank <= len(p) and (rank == 1) == (p_want >= float(p.max()))
 
 
 def test_most_attended_also_reads_the_single_queries_an_example_points_at():

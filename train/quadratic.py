@@ -608,20 +608,21 @@ def first_wrong(target: str, solution: str, answer_correct: bool) -> str:
                                              f"the solution ends before it (the reference: `{want}`)")
 
 
-def first_wrong_token(model, tokenizer, batch: dict, target: str, solution: str) -> tuple[int, str]:
+def first_wrong_token(model, tokenizer, batch: dict, target: str, solution: str) -> dict:
     """The first position where a solution (teacher-forced in `batch`) parts from its reference,
-    and the probabilities the model gave there to its own token and to the reference's: a near miss
-    that a beam could mend, or a confident error. One token per character, so the decoder position
-    that writes character i (from 0) is i: its input is the start token and the characters before."""
+    the two tokens there (</s> where one ends) and the probabilities the model gave them, with the
+    reference token's rank among the model's choices: a near miss that a beam could mend, or a
+    confident error. One token per character, so the decoder position that writes character i
+    (from 0) is i: its input is the start token and the characters before."""
     t = next((i for i, (x, y) in enumerate(zip(solution, target)) if x != y), min(len(solution), len(target)))
     device = next(model.parameters()).device
     with torch.inference_mode():
         probabilities = model(**{k: v.to(device) for k, v in batch["inputs"].items()}).logits[0, t].float().softmax(-1)
     wrote = int(batch["labels"][0, t])  # the solution's token at t, </s> where it ends
     want = tokenizer.convert_tokens_to_ids(target[t]) if t < len(target) else tokenizer.eos_token_id
-    shown = {i: repr(tokenizer.convert_ids_to_tokens(i)) for i in (wrote, want)}
-    return t, (f"decoder position {t} (as in the maps), which writes the solution's character {t + 1}: the model wrote {shown[wrote]} "
-               f"(probability {float(probabilities[wrote]):.2f}), where the reference has {shown[want]} ({float(probabilities[want]):.2f})")
+    return {"position": t, "wrote": tokenizer.convert_ids_to_tokens(wrote), "reference": tokenizer.convert_ids_to_tokens(want),
+            "p_wrote": float(probabilities[wrote]), "p_reference": float(probabilities[want]),
+            "reference_rank": int((probabilities > probabilities[want]).sum()) + 1}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1129,7 +1130,11 @@ class Analysis:
             if target is not None:
                 answer["first_wrong"] = first_wrong(target, solution, verdict.answer_correct)
             if target is not None and solution != target:
-                t, answer["first_wrong_token"] = first_wrong_token(self.model, self.tokenizer, batch, target, solution)
+                token = first_wrong_token(self.model, self.tokenizer, batch, target, solution)
+                t = token["position"]
+                answer["first_wrong_token"] = (f"decoder position {t} (as in the maps), which writes the solution's character {t + 1}: the model "
+                                               f"wrote {token['wrote']!r} (probability {token['p_wrote']:.2f}), where the reference has "
+                                               f"{token['reference']!r} ({token['p_reference']:.2f})")
                 focus = {"focus": [{"label": "cross-attention at the first wrong token", "kind": "cross", "query": t},
                                    {"label": "decoder self-attention at the first wrong token", "kind": "decoder", "query": t}]}
                 # the decoder's: the long formats read their own work
