@@ -138,3 +138,9 @@ def test_explain_names_the_first_wrong_statement_and_quotes_both():
     assert where(PUBLISHED.replace("x=1;x=-6;", "x=1;x=-7;")) == "answer, statement 4: the model wrote `x=1;x=-7`, the reference `x=1;x=-6`"
     assert reference(-3, -15, 18, "steps") == STEPS
     assert reference(3, -7, 2, "published") is None  # roots 1/3 and 2: no equation of the datasets, so no reference
+
+
+def test_an_empty_statement_is_quoted_as_written():
+    from train.quadratic import first_wrong
+
+    assert first_wrong(PUBLISHED, ";" + PUBLISHED, False).startswith("D: formula, statement 1: the model wrote ``, the reference `D=")

@@ -603,8 +603,10 @@ def first_wrong(target: str, solution: str, answer_correct: bool) -> str:
     if base not in names:  # the published format's sqrt(D), judged inside x1's formula
         return name
     i = names.index(base)
-    wrote, want = (";".join(pred[i:]), ";".join(ref[i:])) if base == "answer" else (pred[i] if i < len(pred) else None, ref[i])
-    return f"{name}, statement {i + 1}: " + (f"the model wrote `{wrote}`, the reference `{want}`" if wrote else
+    whole = base == "answer"  # the final answer's statements together
+    wrote = None if i >= len(pred) else ";".join(pred[i:]) if whole else pred[i]
+    want = ";".join(ref[i:]) if whole else ref[i]
+    return f"{name}, statement {i + 1}: " + (f"the model wrote `{wrote}`, the reference `{want}`" if wrote is not None else
                                              f"the solution ends before it (the reference: `{want}`)")
 
 
@@ -1136,8 +1138,8 @@ class Analysis:
                                                f"wrote {token['wrote']!r} (probability {token['p_wrote']:.2f}), where the reference has "
                                                f"{token['reference']!r} ({token['p_reference']:.2f})")
                 focus = {"focus": [{"label": "cross-attention at the first wrong token", "kind": "cross", "query": t},
+                                   # and the decoder's own: the long formats read their earlier work
                                    {"label": "decoder self-attention at the first wrong token", "kind": "decoder", "query": t}]}
-                # the decoder's: the long formats read their own work
         return {"name": name, "input": equation, "output": solution, "batch": batch, "answer": answer, **focus}
 
     @staticmethod
