@@ -79,3 +79,13 @@ def test_each_failed_row_is_read_at_its_first_wrong_token(run, tmp_path):
     assert all(c["failed among them"] <= c["flagged"] <= 4 for c in counts)
     assert [c["flagged"] for c in counts] == sorted(c["flagged"] for c in counts)  # a higher threshold flags as many or more
     assert all(c["of all failed"] == round(c["failed among them"] / 3, 3) for c in counts)
+
+
+def test_bad_input_is_one_line_and_writes_nothing(run, tmp_path):
+    import subprocess
+    import sys
+
+    for args in ([run, tmp_path / "out.json", tmp_path / "missing.jsonl"], [tmp_path, tmp_path / "out.json", tmp_path / "missing.jsonl"]):
+        done = subprocess.run([sys.executable, SCRIPT, *map(str, args)], capture_output=True, text=True, timeout=120)
+        assert done.returncode == 1 and "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
+        assert done.stderr.startswith("first_wrong_tokens.py: error: ") and not (tmp_path / "out.json").exists()

@@ -111,4 +111,9 @@ def main(run: str, out: str, *paths: str) -> None:
 if __name__ == "__main__":
     if len(sys.argv) < 4:
         sys.exit(__doc__.strip().splitlines()[-1].strip())
-    main(*sys.argv[1:])
+    from gen import QuadlabError
+
+    try:
+        main(*sys.argv[1:])
+    except (QuadlabError, OSError) as err:  # not a run, no dataset card, a predictions file that cannot be read
+        sys.exit(f"first_wrong_tokens.py: error: {err}")
