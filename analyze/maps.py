@@ -280,23 +280,23 @@ def most_attended(task, example: dict) -> dict:
     """{label: per layer, the key token that the task's chosen queries attend to most (mean over
     heads and those queries), with its position and that mean}, as `task.attended` lists them, and
     for the single queries an example may point at (`focus`: label, kind, query each; the
-    quadratic task's first wrong token)."""
+    quadratic task's first wrong token), over all keys."""
+
+    def most_read(kind: str, queries: list[int], keys: list[int]) -> list[str]:
+        if not queries or not keys:
+            return []
+        received = example["maps"][kind][:, :, queries][:, :, :, keys].mean(axis=(1, 2))  # (layers, keys)
+        tokens = example["tokens"][task.sides[kind][1]]
+        return [f"{tokens[keys[int(np.argmax(r))]]!r} (position {keys[int(np.argmax(r))]}, {float(r.max()):.2f})" for r in received]
+
     out = {}
-    chosen = [*task.attended, *((f["label"], f["kind"], [f["query"]], None) for f in example.get("focus", []))]
-    for label, kind, query_roles, key_roles in chosen:
+    for label, kind, query_roles, key_roles in task.attended:
         q_side, k_side = task.sides[kind]
         names = {side: [task.roles[side][r] for r in example["role_ids"][side]] for side in (q_side, k_side)}
-        if query_roles is not None and all(isinstance(q, int) for q in query_roles):  # positions: the focus
-            queries = [q for q in query_roles if q < len(names[q_side])]
-        else:
-            queries = [i for i, r in enumerate(names[q_side]) if query_roles is None or r in query_roles]
-        keys = [i for i, r in enumerate(names[k_side]) if key_roles is None or r in key_roles]
-        if not queries or not keys:
-            out[label] = []
-            continue
-        received = example["maps"][kind][:, :, queries][:, :, :, keys].mean(axis=(1, 2))  # (layers, keys)
-        tokens = example["tokens"][k_side]
-        out[label] = [f"{tokens[keys[int(np.argmax(r))]]!r} (position {keys[int(np.argmax(r))]}, {float(r.max()):.2f})" for r in received]
+        out[label] = most_read(kind, [i for i, r in enumerate(names[q_side]) if query_roles is None or r in query_roles],
+                               [i for i, r in enumerate(names[k_side]) if key_roles is None or r in key_roles])
+    for focus in example.get("focus", []):
+        out[focus["label"]] = most_read(focus["kind"], [focus["query"]], list(range(len(example["tokens"][task.sides[focus["kind"]][1]]))))
     return out
 
 
