@@ -47,6 +47,10 @@ class Float(AsciiNumber, click.types.FloatParamType):
     parse = staticmethod(ascii_float)
 
 
+class FloatRange(AsciiNumber, click.FloatRange):
+    parse = staticmethod(ascii_float)
+
+
 INT, FLOAT = Int(), Float()
 SEED = IntRange(min=0, max=2**32 - 1)  # numpy's seeds (train/config.py checks --set seed too)
 
@@ -352,21 +356,27 @@ def train(task, model_name, init_from, train_file, eval_file, preset, config_pat
 @click.option("--limit", type=IntRange(min=0), default=0, show_default=True, help="Rows to decode (0: all).")
 @click.option("--batch-size", type=IntRange(min=1), default=None, help="Decoding batch size.  [default: the run's eval_batch_size]")
 @click.option("--num-beams", type=IntRange(min=0), default=0, show_default=True, help="Also decode with this many beams (0 or 1: greedy only): reports the most likely beam and the first the grader accepts; each row keeps its beams.")
+@click.option("--beams-below", type=FloatRange(min=0, max=1, min_open=True), default=None, metavar="P",
+              help="With --num-beams: beams only for the rows whose least sure token (the lowest probability the model gave a token of "
+                   "its greedy output, each row's `least_sure`) is below P; the others keep their greedy output. 0.7 found 93% of the "
+                   "best model's failures in 12% of the rows (RESULTS.md).  [default: beams for every row]")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
               help="Directory for metrics.json (this split's entry; others there are kept), the predictions and diagnosis.png.  "
                    "[default: RUN_DIR, whose results for the split are replaced: a --limit check there overwrites the full test]")
 @DATA_OPTION
-def eval_command(run_dir, split, limit, batch_size, num_beams, out_dir, data):
+def eval_command(run_dir, split, limit, batch_size, num_beams, beams_below, out_dir, data):
     """Evaluate a trained run. Quadratic: full-solution and character accuracy, roots accuracy and
     valid-steps rate (judged by the grader of `cli.py verify`), overall and by root count; writes
     metrics.json and predictions.jsonl. SQuAD: exact match and F1 on the evaluation set; writes
     predictions.json (official format) and metrics.json."""
     from train.runs import open_run
 
+    if beams_below is not None and num_beams < 2:
+        raise QuadlabError("--beams-below says which rows get beams; give --num-beams K (K >= 2) too")
     _check_out(out_dir, "--out")
     task = tasks.module(open_run(Path(run_dir), "eval").task)
     metrics = task.evaluate_run(Path(run_dir), split=split, limit=limit, batch_size=batch_size, num_beams=num_beams,
-                                out_dir=Path(out_dir) if out_dir else None, data=data)
+                                out_dir=Path(out_dir) if out_dir else None, data=data, beams_below=beams_below)
     for line in task.metric_lines(run_dir, metrics, split):
         click.echo(line)
 

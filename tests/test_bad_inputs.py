@@ -338,6 +338,8 @@ OUT_OF_RANGE = {
     "train --set d_kv=0": lambda lab, new_run: ["train", "--data", lab / "data", "--run-dir", new_run, "--set", "d_kv=0"],
     "eval --batch-size 0": lambda lab, new_run: ["eval", lab / "quadratic", "--batch-size", 0, "--out", new_run],
     "eval --num-beams -1": lambda lab, new_run: ["eval", lab / "quadratic", "--num-beams", -1, "--out", new_run],
+    "eval --beams-below 0": lambda lab, new_run: ["eval", lab / "quadratic", "--num-beams", 2, "--beams-below", 0, "--out", new_run],
+    "eval --beams-below 1.5": lambda lab, new_run: ["eval", lab / "quadratic", "--num-beams", 2, "--beams-below", 1.5, "--out", new_run],
     "probe --seed -1": lambda lab, new_run: ["probe", lab / "quadratic", "--seed", -1, "--out", new_run],
 }
 
@@ -349,6 +351,12 @@ def test_a_number_out_of_range_is_one_line_and_exit_2(lab, tmp_path, cwd, capsys
     words = case.split()
     option = words[2].split("=")[0] if words[1] == "--set" else words[1].removeprefix("--")  # the error names it
     assert option.replace("-", "_") in line.replace("-", "_"), line
+
+
+def test_beams_below_without_beams_is_one_line_and_exit_2(lab, tmp_path, cwd, capsys, monkeypatch):
+    line = refused(capsys, monkeypatch, cwd, "eval", lab / "quadratic", "--beams-below", 0.7, "--out", tmp_path / "out",
+                   absent=(tmp_path / "out",), untouched=(lab / "quadratic",))
+    assert "--beams-below" in line and "give --num-beams K" in line
 
 
 def test_an_output_path_blocked_by_a_file_is_one_line_and_exit_2(lab, tmp_path, cwd, capsys, monkeypatch):

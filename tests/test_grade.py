@@ -41,7 +41,8 @@ def write_run(folder: Path, rows: list[dict], name: str = "predictions.jsonl") -
     path.write_bytes(gzip.compress(text.encode()) if name.endswith(".gz") else text.encode())
     entry = "test" if name.startswith("predictions.") else name.split(".")[0].removeprefix("predictions-")
     records = regrade(rows, None, "rows")
-    beams = beam_metrics(records, [r["beams"] for r in records])[0] if "beams" in rows[0] else {}
+    beamed = any("beams" in r for r in rows)  # with eval --beams-below, some rows only
+    beams = beam_metrics(records, [r.get("beams", [r["prediction"]]) for r in records])[0] if beamed else {}
     metrics = {"validation_best": {"full_solution_accuracy": 0.5},
                entry: {"rows": len(rows), "decoding": "greedy", "greedy_seconds": 1.0, **graded_metrics(records), **beams}}
     (folder / "metrics.json").write_text(json.dumps(metrics))
@@ -169,6 +170,29 @@ def test_beams_are_graded_again_most_likely_and_reranked(tmp_path, capsys, monke
     assert status == 0 and "(5 rows, beam3_grader_reranked): full solution accuracy 0.8000" in out
 
 
+def test_beams_on_some_rows_only_are_graded_again_with_the_greedy_output_elsewhere(tmp_path, capsys, monkeypatch):
+    """eval --beams-below: rows the model was sure of keep their greedy output and have no beams;
+    the beam metrics take that output for them, and compact rows keep each row's least_sure."""
+    rows = beam_rows()
+    for i, row in enumerate(rows):
+        row["least_sure"] = [0.99, 0.91, 0.98, 0.97, 0.12][i]
+        if row["least_sure"] >= 0.5:  # as --beams-below 0.5 leaves them
+            del row["beams"], row["prediction_beam_reranked"]
+    path = write_run(tmp_path / "run", rows)
+    status, out, err = quadlab(capsys, monkeypatch, "grade", path)
+    assert (status, err) == (0, "")
+    # only row 5 has beams, and the grader takes the reference from them; row 2 keeps its wrong D,
+    # which its beams would have mended (0.8 in the test above)
+    assert "(5 rows, beam3_most_likely): full solution accuracy 0.4000" in out
+    assert "(5 rows, beam3_grader_reranked): full solution accuracy 0.6000, character accuracy" in out
+    assert "in metrics.json 'test' is given again" in out
+    assert quadlab(capsys, monkeypatch, "grade", path, "--out", tmp_path / "out", "--compact")[0] == 0
+    compact = [json.loads(line) for line in gzip.decompress((tmp_path / "out" / "predictions.jsonl.gz").read_bytes()).decode().splitlines()]
+    assert [("beams" in r, r["least_sure"]) for r in compact] == [(False, 0.99), (False, 0.91), (False, 0.98), (False, 0.97), (True, 0.12)]
+    status, out, _ = quadlab(capsys, monkeypatch, "grade", tmp_path / "out" / "predictions.jsonl.gz", "--format", "steps")
+    assert status == 0 and "(5 rows, beam3_grader_reranked): full solution accuracy 0.6000" in out
+
+
 def test_a_file_without_a_metrics_entry_is_compared_row_by_row(tmp_path, capsys, monkeypatch):
     folder = tmp_path / "pieces"
     folder.mkdir()
@@ -190,7 +214,9 @@ def test_a_file_without_a_metrics_entry_is_compared_row_by_row(tmp_path, capsys,
     (b'{"equation": "x^2-1=0", "target": "x=1;x=-1;", "prediction": "x=1;x=-1;", "beams": ["x=1;x=-1;"]}\n', "`beams` is not a list of two or more"),
     (b'{"equation": "x^2-1=0", "prediction": "x=1;", "target": "x=1;", "beams": ["x=1;", 2]}\n', "`beams` is not a solution of at most"),
     (b'{"equation": "x^2-1=0", "prediction": "x=1;", "target": "x=1;", "beams": ["x=1;", "x=2;"]}\n'
-     b'{"equation": "x^2-1=0", "prediction": "x=1;", "target": "x=1;"}\n', "line 2 has 0 beams, line 1 2; every row of one evaluation"),
+     b'{"equation": "x^2-1=0", "prediction": "x=1;", "target": "x=1;"}\n'
+     b'{"equation": "x^2-1=0", "prediction": "x=1;", "target": "x=1;", "beams": ["x=1;", "x=2;", "x=3;"]}\n',
+     "line 3 has 3 beams, an earlier line 2; every row of one evaluation has the same number, or none"),
     (b"", "has no rows"),
     (b"\xff\xfe\n", "cannot be read (UnicodeDecodeError)"),
 ])

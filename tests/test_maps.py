@@ -416,6 +416,9 @@ def test_explain_prints_solution_verdict_and_most_attended_tokens(run_dir, run_c
         assert len(at_wrong) == 4  # cross and decoder self-attention, 2 layers each
     else:
         assert not at_wrong and not any(line.startswith("at token:") for line in lines)
+    least = next(line for line in lines if line.startswith("least sure: "))
+    assert re.fullmatch(r"least sure: probability [01]\.\d\d, at decoder position \d+: '.+' (in statement \d+ `[^`]*`|ending the solution); "
+                        r"its other choice there '.+' \([01]\.\d\d\)", least), least
     attended = [line for line in lines if "most attended input token" in line]
     assert len(attended) == 4 + len(at_wrong)  # 2 encoder + 2 cross layers
     assert all(re.search(r"token '[^']+' \(position \d+, [01]\.\d\d\)$", line) for line in attended), attended
@@ -440,6 +443,36 @@ def test_first_wrong_token_is_where_the_solution_parts_from_the_reference_with_b
         assert found == {"position": t, "wrote": wrote, "reference": want, "p_wrote": pytest.approx(p_wrote, abs=1e-5),
                          "p_reference": pytest.approx(p_want, abs=1e-5), "reference_rank": rank}
         assert 1 <= rank <= len(p) and (rank == 1) == (p_want >= float(p.max()))
+
+
+def test_least_sure_token_is_the_lowest_probability_of_a_written_token_and_its_statement(run_dir):
+    from train.quadratic import decode_greedy, least_sure_token, reference
+
+    task = Analysis(run_dir, "explain", split=None)
+    equation, target = "1x^2-5x+6=0", reference(1, -5, 6, "published")
+    own, (sure,) = decode_greedy(task.model, task.tokenizer, [equation], batch_size=1)
+    budget = task.model.generation_config.max_new_tokens
+    # the last: as long as the budget, as an output cut off there, before any </s>
+    for solution in (target, target[:9] + "7" + target[10:], (target * 20)[:budget], own[0]):
+        batch = teacher_forced_batch(task.tokenizer, [equation], [solution])
+        ended = len(solution) < budget  # the model's own output may be cut off at the budget, before its </s>
+        found = least_sure_token(task.model, task.tokenizer, batch, solution, ended)
+        with torch.inference_mode():
+            p = task.model(**batch["inputs"]).logits[0].float().softmax(-1)
+        ids = task.tokenizer(solution)["input_ids"][: None if ended else -1]  # the characters and </s>
+        written = [float(p[i, token]) for i, token in enumerate(ids)]
+        t = int(np.argmin(written))
+        second = sorted(range(p.shape[1]), key=lambda j: -float(p[t, j]))[:2]
+        other = next(j for j in second if j != ids[t])
+        assert found["position"] == t and found["p"] == pytest.approx(written[t], abs=1e-5) and (ended or t < len(solution))
+        assert found["token"] == ("</s>" if t == len(solution) else solution[t])
+        assert found["other"] == task.tokenizer.convert_ids_to_tokens(other) and found["p_other"] == pytest.approx(float(p[t, other]), abs=1e-5)
+        if t < len(solution):
+            statement = solution.split(";")[found["statement"] - 1]
+            start = len(";".join(solution.split(";")[: found["statement"] - 1])) + (found["statement"] > 1)
+            assert statement == found["statement_text"] and start <= t <= start + len(statement)
+    # on its own output, the least sure token is the one that eval's decoding records
+    assert found["p"] == pytest.approx(sure, abs=1e-4)
 
 
 def test_most_attended_also_reads_the_single_queries_an_example_points_at():

@@ -514,6 +514,66 @@ def test_beam_search_reranked_by_the_grader_is_reported_separately(data_dir, tmp
     assert reranked["roots_accuracy"] >= most_likely["roots_accuracy"] and reranked["valid_steps_rate"] >= most_likely["valid_steps_rate"]
 
 
+def _random_model(max_new_tokens: int):
+    """A random tiny model and 40 equations of small ranges; the end token's output row is made
+    that of a digit, tripled, so that rows end at different lengths, some not at all."""
+    from gen.dataset import build_splits
+    from train.quadratic import build_model
+
+    columns = build_splits(GenOptions(rows=40, seed=3, ranges=Ranges(a_lo=-5, a_hi=5, root_lo=-20, root_hi=20)), workers=1)["test"]
+    tokenizer = build_tokenizer(columns["equation"] + columns["solution"])
+    model = build_model(resolve("tiny", None, {"num_layers": 2, "num_decoder_layers": 2, "num_heads": 2, "d_kv": 8, "d_model": 16, "d_ff": 32}), tokenizer)
+    with torch.no_grad():
+        head = model.get_output_embeddings().weight
+        head[tokenizer.eos_token_id] = 3 * head[tokenizer.convert_tokens_to_ids("7")]
+    model.generation_config.max_new_tokens = max_new_tokens
+    return model, tokenizer, columns
+
+
+def test_least_sure_is_the_lowest_probability_of_a_token_the_model_wrote():
+    """decode_greedy's outputs are decode's, and each row's least_sure is the minimum over the
+    tokens it wrote (its </s> included, the padding after it not) of the probabilities of one
+    unbatched teacher-forced pass over the generated tokens."""
+    from train.quadratic import decode, decode_greedy
+
+    model, tokenizer, columns = _random_model(max_new_tokens=30)
+    texts, least_sure = decode_greedy(model, tokenizer, columns["equation"], batch_size=12)
+    assert texts == [beams[0] for beams in decode(model, tokenizer, columns["equation"], batch_size=12)]
+    lengths = []
+    for equation, found in zip(columns["equation"], least_sure):
+        input_ids = torch.tensor([tokenizer(equation)["input_ids"]])
+        sequence = model.generate(input_ids=input_ids, do_sample=False, num_beams=1)[0].tolist()
+        end = sequence.index(tokenizer.eos_token_id) + 1 if tokenizer.eos_token_id in sequence else len(sequence)
+        lengths.append(end - 1)
+        with torch.no_grad():
+            logits = model(input_ids=input_ids, decoder_input_ids=torch.tensor([sequence[: end - 1]])).logits[0]
+        expected = float(logits.softmax(-1)[torch.arange(end - 1), torch.tensor(sequence[1:end])].min())
+        assert abs(found - expected) < 1e-4, (equation, found, expected)
+    # rows that ended early in a batch with longer ones, and rows the token budget cut off
+    assert min(lengths) < 30 and max(lengths) == 30 and min(least_sure) < 0.5
+
+
+def test_beams_below_decodes_with_beams_only_the_rows_the_model_is_unsure_of():
+    from train.quadratic import decode, evaluate_rows
+
+    model, tokenizer, columns = _random_model(max_new_tokens=30)
+    rows = datasets.Dataset.from_dict(columns)
+    _, everywhere = evaluate_rows(model, tokenizer, rows, batch_size=12, num_beams=3)
+    threshold = float(np.median([r["least_sure"] for r in everywhere]))
+    metrics, records = evaluate_rows(model, tokenizer, rows, batch_size=12, num_beams=3, beams_below=threshold)
+    unsure = [i for i, r in enumerate(everywhere) if r["least_sure"] < threshold]
+    assert 0 < len(unsure) < len(records) and metrics["beams_on"] == {"rows": len(unsure), "least_sure_below": threshold}
+    assert [i for i, r in enumerate(records) if "beams" in r] == unsure
+    beams = decode(model, tokenizer, [columns["equation"][i] for i in unsure], batch_size=12, num_beams=3)
+    assert [records[i]["beams"] for i in unsure] == beams == [everywhere[i]["beams"] for i in unsure]
+    # every row is measured: the beams where they ran, the greedy output elsewhere
+    assert metrics["beam3_most_likely"]["n"] == len(records) == metrics["greedy"]["n"]
+    mixed = [records[i]["beams"][0] if i in unsure else records[i]["prediction"] for i in range(len(records))]
+    expected = np.mean([judge(r["a"], r["b"], r["c"], r["target"], text)["char_accuracy"] for r, text in zip(records, mixed)])
+    assert metrics["beam3_most_likely"]["character_accuracy"] == pytest.approx(expected)
+    assert all(("prediction_beam_reranked" in r) == ("beams" in r) for r in records)
+
+
 def test_grader_reranking_picks_the_most_likely_beam_the_grader_accepts():
     from train.quadratic import rerank_with_grader
 

@@ -368,10 +368,10 @@ def metric_lines(run_dir, metrics: dict, split: str) -> list[str]:
 
 
 def evaluate_run(run_dir: Path, split: str = "test", limit: int = 0, batch_size: int | None = None, num_beams: int = 0, progress: bool = True,
-                 out_dir: Path | None = None, data: str | Path | None = None) -> dict:
+                 out_dir: Path | None = None, data: str | Path | None = None, beams_below: float | None = None) -> dict:
     """Classify the first `limit` rows (0: all) of `split` with a run's model: metrics.json (under
     the split) and predictions.jsonl (predictions-<split>.jsonl for other splits) in out_dir
-    (default: the run). `num_beams` does not apply to a classifier."""
+    (default: the run). `num_beams` and `beams_below` do not apply to a classifier."""
     from train import engine
 
     run_dir = Path(run_dir)

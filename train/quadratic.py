@@ -238,28 +238,30 @@ def generation_config(tokenizer, longest: int):
 # Decoding and evaluation
 
 
+def _input_batches(tokenizer, equations: list[str], rows_per_batch: int, device, progress: bool):
+    """The equations in batches sorted by input length, padded: (their indices, input_ids)."""
+    from tqdm import tqdm
+
+    encoded = tokenizer(equations)["input_ids"]
+    order = sorted(range(len(equations)), key=lambda i: len(encoded[i]))
+    for start in tqdm(range(0, len(order), rows_per_batch), desc="decode", unit="batch", disable=None if progress else True, leave=False):
+        idx = order[start : start + rows_per_batch]
+        input_ids = torch.full((len(idx), max(len(encoded[i]) for i in idx)), tokenizer.pad_token_id, dtype=torch.long)
+        for row, i in enumerate(idx):
+            input_ids[row, : len(encoded[i])] = torch.tensor(encoded[i])
+        yield idx, input_ids.to(device)
+
+
 @torch.no_grad()
 def decode(model, tokenizer, equations: list[str], batch_size: int, num_beams: int = 1, progress: bool = False) -> list[list[str]]:
     """Candidates for each equation: greedy (one) or the beams, best first. Batched, sorted by
     input length, with the key-value cache."""
-    from tqdm import tqdm
-
     from train.kv_cache import cache_arguments
 
     model.eval()
-    device = next(model.parameters()).device
-    encoded = tokenizer(equations)["input_ids"]
-    order = sorted(range(len(equations)), key=lambda i: len(encoded[i]))
     out: list[list[str]] = [[] for _ in equations]
     per_row = max(1, num_beams)
-    step = max(1, batch_size // per_row)
-    for start in tqdm(range(0, len(order), step), desc="decode", unit="batch", disable=None if progress else True, leave=False):
-        idx = order[start : start + step]
-        width = max(len(encoded[i]) for i in idx)
-        input_ids = torch.full((len(idx), width), tokenizer.pad_token_id, dtype=torch.long)
-        for row, i in enumerate(idx):
-            input_ids[row, : len(encoded[i])] = torch.tensor(encoded[i])
-        input_ids = input_ids.to(device)
+    for idx, input_ids in _input_batches(tokenizer, equations, max(1, batch_size // per_row), model.device, progress):
         generated = model.generate(
             input_ids=input_ids, attention_mask=(input_ids != tokenizer.pad_token_id).long(),
             do_sample=False, num_beams=per_row, num_return_sequences=per_row,
@@ -269,6 +271,32 @@ def decode(model, tokenizer, equations: list[str], batch_size: int, num_beams: i
         for row, i in enumerate(idx):
             out[i] = texts[row * per_row : (row + 1) * per_row]
     return out
+
+
+@torch.no_grad()
+def decode_greedy(model, tokenizer, equations: list[str], batch_size: int, progress: bool = False) -> tuple[list[str], list[float]]:
+    """Greedy outputs (as `decode`'s) and, for each, `least_sure`: the lowest probability the model
+    gave a token of it, its </s> included. The model's own doubt about its solution, known without
+    a grader: below 0.7 it flags 93% of the best model's failures in 12% of the rows (RESULTS.md,
+    "At the first wrong token"), where `eval --beams-below` spends its beams."""
+    from train.kv_cache import cache_arguments
+
+    model.eval()
+    texts: list[str] = [""] * len(equations)
+    least_sure: list[float] = [1.0] * len(equations)
+    for idx, input_ids in _input_batches(tokenizer, equations, batch_size, model.device, progress):
+        generated = model.generate(
+            input_ids=input_ids, attention_mask=(input_ids != tokenizer.pad_token_id).long(), do_sample=False, num_beams=1,
+            output_logits=True, return_dict_in_generate=True, **cache_arguments(model, greedy=True),
+        )
+        tokens = generated.sequences[:, 1:]  # after the decoder start token: what each step wrote
+        chosen = torch.stack(generated.logits, 1).float().softmax(-1).gather(-1, tokens[..., None]).squeeze(-1)
+        ends = (tokens == tokenizer.eos_token_id).long()
+        written = (ends.cumsum(1) - ends) == 0  # up to and with the first </s>; the padding after it was not chosen
+        lowest = chosen.masked_fill(~written, 1.0).min(1).values.tolist()
+        for row, (i, text) in enumerate(zip(idx, tokenizer.batch_decode(generated.sequences, skip_special_tokens=True))):
+            texts[i], least_sure[i] = text, lowest[row]
+    return texts, least_sure
 
 
 def rerank_with_grader(rows, candidates: list[list[str]]) -> list[str]:
@@ -283,7 +311,8 @@ def rerank_with_grader(rows, candidates: list[list[str]]) -> list[str]:
 
 def beam_metrics(records: list[dict], candidates: list[list[str]]) -> tuple[dict, list[str]]:
     """The metrics of K beams per row (records: a, b, c, target, num_roots): of the most likely
-    beam, and of the beam the grader reranks first; and that beam's text for each row."""
+    beam, and of the beam the grader reranks first; and that beam's text for each row. A row
+    decoded greedily only (`eval --beams-below`) has its greedy output as its one candidate."""
     coefficients = [(r["a"], r["b"], r["c"]) for r in records]
     reranked = rerank_with_grader(coefficients, candidates)
     num_roots = [r["num_roots"] for r in records]
@@ -291,7 +320,7 @@ def beam_metrics(records: list[dict], candidates: list[list[str]]) -> tuple[dict
     def metrics(texts: list[str]) -> dict:
         return quadratic_metrics([judge(a, b, c, r["target"], t) for (a, b, c), r, t in zip(coefficients, records, texts)], num_roots)
 
-    k = len(candidates[0])
+    k = max(len(beams) for beams in candidates)
     return {f"beam{k}_most_likely": metrics([beams[0] for beams in candidates]), f"beam{k}_grader_reranked": metrics(reranked)}, reranked
 
 
@@ -300,26 +329,36 @@ def graded_metrics(records: list[dict]) -> dict:
     return {"greedy": quadratic_metrics(records, [r["num_roots"] for r in records]), "diagnosis": diagnosis(records)}
 
 
-def evaluate_rows(model, tokenizer, dataset, batch_size: int, num_beams: int = 0, progress: bool = False) -> tuple[dict, list[dict]]:
-    """Metrics and one record per row; with num_beams > 1 also the beams, the most likely first,
-    and the metrics of the most likely beam and of the beams reranked by the grader."""
+def evaluate_rows(model, tokenizer, dataset, batch_size: int, num_beams: int = 0, progress: bool = False,
+                  beams_below: float | None = None) -> tuple[dict, list[dict]]:
+    """Metrics and one record per row, with its greedy output's `least_sure` (decode_greedy). With
+    num_beams > 1 also the beams, the most likely first, and the metrics of the most likely beam
+    and of the beams reranked by the grader; with `beams_below`, beams only for the rows whose
+    least_sure is below it, the others keeping their greedy output (`beams_on` says how many)."""
     start = time.perf_counter()
     columns = dataset.to_dict()
-    greedy = [c[0] for c in decode(model, tokenizer, columns["equation"], batch_size, 1, progress)]
+    greedy, least_sure = decode_greedy(model, tokenizer, columns["equation"], batch_size, progress)
     coefficients = list(zip(columns["a"], columns["b"], columns["c"]))
     records = []
-    for (a, b, c), eq, target, pred, k in zip(coefficients, columns["equation"], columns["solution"], greedy, columns["num_roots"]):
+    for (a, b, c), eq, target, pred, k, sure in zip(coefficients, columns["equation"], columns["solution"], greedy, columns["num_roots"], least_sure):
         records.append({"equation": eq, "a": a, "b": b, "c": c, "target": target, "prediction": pred, "num_roots": k,
-                        **judge(a, b, c, target, pred)})
+                        **judge(a, b, c, target, pred), "least_sure": round(sure, 5)})
     greedy_seconds = round(time.perf_counter() - start, 2)
     metrics = {**graded_metrics(records), "greedy_seconds": greedy_seconds}
     if num_beams > 1:
         start = time.perf_counter()
-        candidates = decode(model, tokenizer, columns["equation"], batch_size, num_beams, progress)
-        found, reranked = beam_metrics(records, candidates)
-        for record, beams, text in zip(records, candidates, reranked):
-            record["beams"], record["prediction_beam_reranked"] = beams, text
+        unsure = [i for i, sure in enumerate(least_sure) if beams_below is None or sure < beams_below]
+        decoded = decode(model, tokenizer, [columns["equation"][i] for i in unsure], batch_size, num_beams, progress) if unsure else []
+        for i, beams in zip(unsure, decoded):
+            records[i]["beams"] = beams
+        candidates = [record.get("beams", [record["prediction"]]) for record in records]
+        found, reranked = beam_metrics(records, candidates) if unsure else ({}, greedy)
+        for record, text in zip(records, reranked):
+            if "beams" in record:
+                record["prediction_beam_reranked"] = text
         metrics.update(found, beam_seconds=round(time.perf_counter() - start, 2))
+        if beams_below is not None:
+            metrics["beams_on"] = {"rows": len(unsure), "least_sure_below": beams_below}
     return metrics, records
 
 
@@ -422,6 +461,9 @@ def metric_lines(run_dir, metrics: dict, split: str) -> list[str]:
             lines.append(f"{run_dir} {split} ({found['rows']} rows, {name}): " + ", ".join(parts))
             by = ", ".join(f"{k} {v['full_solution_accuracy']:.4f}" for k, v in m["by_num_roots"].items() if v["n"])
             lines.append(f"  full-solution accuracy by root count: {by}")
+            if name.startswith("beam") and "beams_on" in found:
+                lines.append(f"  beams on the {found['beams_on']['rows']} rows whose least sure token is below "
+                             f"{found['beams_on']['least_sure_below']}, greedy on the others")
     diagnosed = found.get("diagnosis")
     if diagnosed and diagnosed["n"]:
         def joined(entries):
@@ -501,9 +543,9 @@ def load_run(run_dir: Path, command: str = "eval", data: str | Path | None = Non
 
 
 def evaluate_run(run_dir: Path, split: str = "test", limit: int = 0, batch_size: int | None = None, num_beams: int = 0, progress: bool = True,
-                 out_dir: Path | None = None, data: str | Path | None = None) -> dict:
+                 out_dir: Path | None = None, data: str | Path | None = None, beams_below: float | None = None) -> dict:
     """Decode a split with the run's model; write metrics.json (the split's entry), predictions.jsonl
-    and diagnosis.png into out_dir (default: the run)."""
+    and diagnosis.png into out_dir (default: the run). `beams_below`: evaluate_rows."""
     from train import engine
 
     run_dir = Path(run_dir)
@@ -513,7 +555,7 @@ def evaluate_run(run_dir: Path, split: str = "test", limit: int = 0, batch_size:
     dataset = load_splits(config, run_dir)[split]
     if limit:
         dataset = dataset.select(range(min(limit, len(dataset))))
-    metrics, records = evaluate_rows(model, tokenizer, dataset, batch_size or config.eval_batch_size, num_beams, progress)
+    metrics, records = evaluate_rows(model, tokenizer, dataset, batch_size or config.eval_batch_size, num_beams, progress, beams_below)
     out = engine.output_dir(out_dir or run_dir)
     metrics_path = out / "metrics.json"
     everything = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
@@ -610,6 +652,35 @@ def first_wrong(target: str, solution: str, answer_correct: bool) -> str:
                                              f"the solution ends before it (the reference: `{want}`)")
 
 
+def solution_probabilities(model, batch: dict) -> torch.Tensor:
+    """The model's next-token probabilities at each decoder position of the first solution in a
+    teacher-forced batch (positions x vocabulary)."""
+    device = next(model.parameters()).device
+    with torch.inference_mode():
+        return model(**{k: v.to(device) for k, v in batch["inputs"].items()}).logits[0].float().softmax(-1).cpu()
+
+
+def least_sure_token(model, tokenizer, batch: dict, solution: str, ended: bool = True) -> dict:
+    """Where the model was least sure of its own solution (teacher-forced in `batch`): the position
+    of the lowest probability it gave a token it wrote (`least_sure`, as `eval` records it), the
+    token, that probability, the statement it is in, and the model's other choice there. A solution
+    that the token budget cut off (`ended` false) has no </s> of the model's to count."""
+    probabilities = solution_probabilities(model, batch)
+    labels = batch["labels"][0]
+    counted = labels.clone()
+    if not ended:
+        counted[len(solution)] = -100
+    written = probabilities[torch.arange(len(labels)), labels.clamp(min=0)].masked_fill(counted < 0, 1.0)
+    t = int(written.argmin())
+    other = probabilities[t].clone()
+    other[labels[t]] = -1.0
+    number = solution[:t].count(";")  # the statement the token is in, from 0; past the last one: </s>
+    statement = solution.split(";")[number] if t < len(solution) else None
+    return {"position": t, "token": tokenizer.convert_ids_to_tokens(int(labels[t])), "p": float(written[t]),
+            "statement": None if statement is None else number + 1, "statement_text": statement,
+            "other": tokenizer.convert_ids_to_tokens(int(other.argmax())), "p_other": float(other.max())}
+
+
 def first_wrong_token(model, tokenizer, batch: dict, target: str, solution: str) -> dict:
     """The first position where a solution (teacher-forced in `batch`) parts from its reference,
     the two tokens there (</s> where one ends) and the probabilities the model gave them, with the
@@ -617,9 +688,7 @@ def first_wrong_token(model, tokenizer, batch: dict, target: str, solution: str)
     confident error. One token per character, so the decoder position that writes character i
     (from 0) is i: its input is the start token and the characters before."""
     t = next((i for i, (x, y) in enumerate(zip(solution, target)) if x != y), min(len(solution), len(target)))
-    device = next(model.parameters()).device
-    with torch.inference_mode():
-        probabilities = model(**{k: v.to(device) for k, v in batch["inputs"].items()}).logits[0, t].float().softmax(-1)
+    probabilities = solution_probabilities(model, batch)[t]
     wrote = int(batch["labels"][0, t])  # the solution's token at t, </s> where it ends
     want = tokenizer.convert_tokens_to_ids(target[t]) if t < len(target) else tokenizer.eos_token_id
     return {"position": t, "wrote": tokenizer.convert_ids_to_tokens(wrote), "reference": tokenizer.convert_ids_to_tokens(want),
@@ -659,7 +728,7 @@ def regrade(rows: list[dict], fmt: str | None, source: str) -> list[dict]:
     the reference. The reference is the row's `target`, else the solution of `fmt` for its equation.
     Each record has the row's coefficients, reference and output (a compact row made whole again:
     the scripts of figures/results/ read tracked predictions through it), and the row's K `beams`
-    if `eval --num-beams K` wrote it."""
+    if `eval --num-beams K` wrote them (with --beams-below, only on some rows)."""
     from tqdm import tqdm
 
     from gen.equations import write_solution
@@ -687,9 +756,10 @@ def regrade(rows: list[dict], fmt: str | None, source: str) -> list[dict]:
             if not isinstance(text, str) or len(text) > MAX_SOLUTION_CHARS:
                 raise QuadlabError(f"{where}: `{name}` is not a solution of at most {MAX_SOLUTION_CHARS} characters "
                                    f"(a row without `prediction` needs `exact`: true)")
-        if records and len(beams) != len(records[0].get("beams", [])):
-            raise QuadlabError(f"{where} has {len(beams)} beams, line 1 {len(records[0].get('beams', []))}; "
-                               f"every row of one evaluation has the same number")
+        counted = next((len(record["beams"]) for record in records if "beams" in record), None)
+        if beams and counted not in (None, len(beams)):
+            raise QuadlabError(f"{where} has {len(beams)} beams, an earlier line {counted}; "
+                               f"every row of one evaluation has the same number, or none (`eval --beams-below`: decoded greedily only)")
         records.append({"equation": row["equation"], "a": a, "b": b, "c": c, "target": target, "prediction": prediction,
                         "num_roots": real_root_count(a, b, c), **judge(a, b, c, target, prediction), **({"beams": beams} if beams else {})})
     return records
@@ -728,9 +798,9 @@ def metrics_differences(recorded: dict, graded: dict, entry: str) -> list[str]:
 
 def compact(row: dict, record: dict) -> dict:
     """A row as tracked results keep it: the equation and its grades, the output only where it is
-    wrong, and the beams (from which the grader's choice among them follows)."""
-    return {"equation": row["equation"], **{k: record[k] for k in GRADES},
-            **({} if record["exact"] else {"prediction": row["prediction"]}), **({"beams": record["beams"]} if "beams" in record else {})}
+    wrong, its least_sure, and the beams (from which the grader's choice among them follows)."""
+    return {"equation": row["equation"], **{k: record[k] for k in GRADES}, **({} if record["exact"] else {"prediction": row["prediction"]}),
+            **{k: row[k] for k in ("least_sure",) if k in row}, **({"beams": record["beams"]} if "beams" in record else {})}
 
 
 def _json_object(path: Path) -> dict:
@@ -782,10 +852,12 @@ def grade_file(path: Path, fmt: str | None = None, out_dir: Path | None = None, 
     records = regrade(rows, fmt, str(path))
     graded = graded_metrics(records)
     differences = row_differences(rows, records)
-    if "beams" in records[0]:
-        found, reranked = beam_metrics(records, [record["beams"] for record in records])
+    if any("beams" in record for record in records):
+        found, reranked = beam_metrics(records, [record.get("beams", [record["prediction"]]) for record in records])
         graded.update(found)
         for number, (row, record, text) in enumerate(zip(rows, records, reranked), 1):
+            if "beams" not in record:
+                continue
             record["prediction_beam_reranked"] = text
             if row.get("prediction_beam_reranked", text) != text:
                 differences.append(f"line {number} ({row['equation']}): prediction_beam_reranked is not the beam the grader accepts first")
@@ -1125,6 +1197,11 @@ class Analysis:
         solution = decode(self.model, self.tokenizer, [equation], batch_size=1)[0][0]
         batch, verdict = teacher_forced_batch(self.tokenizer, [equation], [solution]), grade(a, b, c, solution)
         answer = {"equation": equation, "solution": solution, "verdict": verdict.as_dict(), "true_roots": true_roots(a, b, c)}
+        ended = len(solution) < self.model.generation_config.max_new_tokens  # else generate stopped at the budget, before any </s>
+        least = least_sure_token(self.model, self.tokenizer, batch, solution, ended)
+        where = f"in statement {least['statement']} `{least['statement_text']}`" if least["statement"] else "ending the solution"
+        answer["least_sure_token"] = (f"probability {least['p']:.2f}, at decoder position {least['position']}: {least['token']!r} {where}; "
+                                      f"its other choice there {least['other']!r} ({least['p_other']:.2f})")
         focus = {}
         if given is not None:
             answer["test_rows_like_it"] = like_it(self.tested, a, b, c, self.trained_on.ranges if self.trained_on else None)
@@ -1154,7 +1231,8 @@ class Analysis:
                  f"answer:   {roots(verdict['stated_answer'])} (true: {roots(answer['true_roots'])})",
                  *([f"like it:  {answer['test_rows_like_it']}"] if "test_rows_like_it" in answer else []),
                  *([f"wrong at: {answer['first_wrong']}"] if "first_wrong" in answer else []),
-                 *([f"at token: {answer['first_wrong_token']}"] if "first_wrong_token" in answer else [])]
+                 *([f"at token: {answer['first_wrong_token']}"] if "first_wrong_token" in answer else []),
+                 *([f"least sure: {answer['least_sure_token']}"] if "least_sure_token" in answer else [])]
         for label, layers in result["attended"].items():
             lines += [f"{label}, layer {layer}: most attended input token {token}" for layer, token in enumerate(layers)]
         return lines

@@ -198,10 +198,10 @@ def metric_lines(run_dir, metrics: dict, split: str) -> list[str]:
 
 
 def evaluate_run(run_dir: Path, split: str = "test", limit: int = 0, batch_size: int | None = None, num_beams: int = 0, progress: bool = True,
-                 out_dir: Path | None = None, data: str | Path | None = None) -> dict:
+                 out_dir: Path | None = None, data: str | Path | None = None, beams_below: float | None = None) -> dict:
     """Predict the evaluation set again with a run's model: predictions.json and metrics.json in
-    out_dir (default: the run; a SQuAD run has one evaluation set: `split` and `num_beams` do not
-    apply; `batch_size` windows per forward pass)."""
+    out_dir (default: the run; a SQuAD run has one evaluation set: `split`, `num_beams` and
+    `beams_below` do not apply; `batch_size` windows per forward pass)."""
     from train import engine
 
     run_dir = Path(run_dir)

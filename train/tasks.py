@@ -9,7 +9,8 @@ A task module provides, for the engine and `cli.py train` / `cli.py eval`:
 
     train_run(config, resume=False, overwrite=False, stop_after_steps=None, progress=True, deadline=None, evaluate_by=None)
         -> metrics (None on the non-main processes of a multi-process run); the last three go to engine.train
-    evaluate_run(run_dir, split="test", limit=0, batch_size=None, num_beams=0, progress=True, out_dir=None, data=None) -> metrics
+    evaluate_run(run_dir, split="test", limit=0, batch_size=None, num_beams=0, progress=True, out_dir=None, data=None,
+                 beams_below=None) -> metrics
     metric_lines(run_dir, metrics, split) -> the lines `train` and `eval` print
     reads_data(config) -> whether a run's rows come from the dataset of `cli.py gen` in config.data,
                           which --data replaces for `eval` and the analyses (runs.open_run)
