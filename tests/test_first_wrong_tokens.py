@@ -56,8 +56,15 @@ def test_each_failed_row_is_read_at_its_first_wrong_token(run, tmp_path):
     wrong = ref[(2, -2, -4)].replace("=36;", "=361;", 1)  # D = 4 + 32 = 36, written on
     beams = write_rows(tmp_path / "predictions-beams.jsonl.gz", [{"equation": eq[(2, -2, -4)], "prediction": wrong, "beams": [ref[(2, -2, -4)], wrong]}])
     out = tmp_path / "out.json"
-    first_wrong_tokens.main(str(run), str(out), str(plain), str(beams), "--least-sure")
+    first_wrong_tokens.main(str(run), str(out), str(plain), str(beams), "--least-sure", f"--rows-out={tmp_path / 'rows.jsonl.gz'}")
     result = json.loads(out.read_text())
+    # every row read, as it was, with its least_sure: the failed rows' are those of the result
+    written = [json.loads(line) for line in gzip.decompress((tmp_path / "rows.jsonl.gz").read_bytes()).decode().splitlines()]
+    given = [json.loads(line) for path in (plain, beams) for line in gzip.decompress(path.read_bytes()).decode().splitlines()]
+    assert [{k: v for k, v in r.items() if k != "least_sure"} for r in written] == given
+    assert all(0 < r["least_sure"] <= 1 for r in written)
+    for r in result["rows"]:
+        assert next(w["least_sure"] for w in written if w["equation"] == r["equation"]) == round(r["least_sure"], 5)
     assert result["rows_read"] == 4 and result["failed_rows"] == 3
     by_equation = {r["equation"]: r for r in result["rows"]}
     assert set(by_equation) == {eq[(1, -5, 6)], eq[(1, -21, 20)], eq[(2, -2, -4)]}

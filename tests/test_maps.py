@@ -417,6 +417,12 @@ def test_explain_prints_solution_verdict_and_most_attended_tokens(run_dir, run_c
     else:
         assert not at_wrong and not any(line.startswith("at token:") for line in lines)
     least = next(line for line in lines if line.startswith("least sure: "))
+    # the run's eval recorded each test output's least_sure: as many as the tenth holds, and how many were solved
+    as_sure = next(line for line in lines if line.startswith("as sure:  "))
+    assert re.fullmatch(rf"as sure:  (\d+ of the {len(tested)} test outputs the run was evaluated on had their least sure token from "
+                        rf"\d\.\d to \d\.\d( \(included\))?, as this one; it solved \d+ of them \([01]\.\d{{3}}\)|none of the {len(tested)} .+)",
+                        as_sure), as_sure
+    assert all("least_sure" in r for r in tested)
     assert re.fullmatch(r"least sure: probability [01]\.\d\d, at decoder position \d+: '.+' (in statement \d+ `[^`]*`|ending the solution); "
                         r"its other choice there '.+' \([01]\.\d\d\)", least), least
     attended = [line for line in lines if "most attended input token" in line]
@@ -504,7 +510,7 @@ def abs_d(equation: str) -> int:
 def test_like_it_counts_the_runs_test_equations_of_the_same_class_and_size(tmp_path):
     import gzip
 
-    from train.quadratic import like_it, tested_groups
+    from train.quadratic import as_sure, like_it, tested_groups
 
     assert like_it(tested_groups(tmp_path), 1, -5, 6) == f"not known: the run has no predictions.jsonl (`cli.py eval {tmp_path}` writes it)"
     rows = [{"equation": "1x^2-5x+6=0", "exact": True},      # two real roots, D = 1: one digit
@@ -532,6 +538,26 @@ def test_like_it_counts_the_runs_test_equations_of_the_same_class_and_size(tmp_p
         "unlike every equation the run was trained and tested on: a root is outside the ranges it was drawn from (a in -5:5, roots in -1:1)")
     (tmp_path / "predictions.jsonl").write_text("not json\n")  # eval's own file comes first; a damaged one says so
     assert like_it(tested_groups(tmp_path), 1, -3, 2).startswith(f"not known: {tmp_path / 'predictions.jsonl'} line 1")
+
+    assert as_sure(tested, 0.5) == "not known: the run's predictions have no least_sure (eval records it since 2026-12-07: `cli.py eval RUN` again)"
+
+
+def test_as_sure_counts_the_runs_test_outputs_as_unsure_and_how_many_were_right(tmp_path):
+    from train.quadratic import as_sure, tested_groups
+
+    rows = [{"equation": "1x^2-5x+6=0", "exact": True, "least_sure": 0.55},
+            {"equation": "1x^2-7x+12=0", "exact": False, "least_sure": 0.5},   # a tenth's lower end is in it
+            {"equation": "1x^2-21x+20=0", "exact": False, "least_sure": 0.599},
+            {"equation": "1x^2-4x+4=0", "exact": True, "least_sure": 1.0},     # the last tenth includes 1
+            {"equation": "1x^2-40x+400=0", "exact": True, "least_sure": 0.93},
+            {"equation": "2x^2+1x+1=0", "exact": True}]                        # none recorded: counted as read only
+    (tmp_path / "predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    tested = tested_groups(tmp_path)
+    head = "of the 6 test outputs the run was evaluated on had their least sure token"
+    assert as_sure(tested, 0.52) == f"3 {head} from 0.5 to 0.6, as this one; it solved 1 of them (0.333)"
+    assert as_sure(tested, 0.999) == f"2 {head} from 0.9 to 1.0 (included), as this one; it solved 2 of them (1.000)"
+    assert as_sure(tested, 0.31) == "none of the 6 test outputs the run was evaluated on had its least sure token from 0.3 to 0.4, as this one"
+    assert as_sure(tested_groups(tmp_path / "none"), 0.5).startswith("not known: the run has no predictions.jsonl")
 
 
 REVERSED_EXAMPLE = ("~4*a=82;216154*2=422309;216154*8=6982163;0422309+6982163=63154621;6553*3=86601;6553*5=08771;086601+08771=064421;"

@@ -567,10 +567,11 @@ def evaluate_run(run_dir: Path, split: str = "test", limit: int = 0, batch_size:
     return everything
 
 
-def tested_groups(run_dir: Path) -> tuple[dict, int] | str:
+def tested_groups(run_dir: Path) -> tuple[dict, int, dict] | str:
     """The run's test equations grouped as `like_it` compares a given one, {size_class: [rows,
-    solved]}, and the rows read, from eval's predictions (predictions.jsonl, or the .gz that tracked
-    results keep); where there are none, the reason."""
+    solved]}, the rows read, and the outputs grouped as `as_sure` compares one, {tenth of their
+    least_sure: [rows, solved]} (empty where the rows have none), from eval's predictions
+    (predictions.jsonl, or the .gz that tracked results keep); where there are none, the reason."""
     from gen.grader import GradeError, parse_equation
 
     found = [p for p in (Path(run_dir) / "predictions.jsonl", Path(run_dir) / "predictions.jsonl.gz") if p.is_file()]
@@ -580,17 +581,42 @@ def tested_groups(run_dir: Path) -> tuple[dict, int] | str:
         rows = read_predictions(found[0])
     except QuadlabError as err:
         return f"not known: {err}"
-    groups, read = {}, 0
+    groups, read, sure = {}, 0, {}
     for row in rows:
         try:
             a, b, c = parse_equation(row["equation"] if isinstance(row.get("equation"), str) else "")
         except GradeError:
             continue
-        count = groups.setdefault(size_class(a, b, c), [0, 0])
-        count[0] += 1
-        count[1] += row.get("exact") is True
+        solved = row.get("exact") is True
+        for count in [groups.setdefault(size_class(a, b, c), [0, 0])] + (
+                [sure.setdefault(sure_tenth(row["least_sure"]), [0, 0])] if isinstance(row.get("least_sure"), (int, float)) else []):
+            count[0] += 1
+            count[1] += solved
         read += 1
-    return groups, read
+    return groups, read, sure
+
+
+def sure_tenth(least_sure: float) -> int:
+    """Which tenth of [0, 1] a least_sure falls in: 0 for [0, 0.1), ..., 9 for [0.9, 1]."""
+    return min(9, max(0, int(least_sure * 10)))
+
+
+def as_sure(tested: tuple[dict, int, dict] | str, least_sure: float) -> str:
+    """How often the run's test outputs were right where the model was as unsure of them: those
+    whose least_sure falls in the same tenth as a given output's (RESULTS.md, "At the first wrong
+    token": below 0.7 the best model's outputs fail in half the rows, above it in 0.5%)."""
+    if isinstance(tested, str):
+        return tested
+    _, read, sure = tested
+    if not sure:
+        return "not known: the run's predictions have no least_sure (eval records it since 2026-12-07: `cli.py eval RUN` again)"
+    tenth = sure_tenth(least_sure)
+    low, high = tenth / 10, (tenth + 1) / 10
+    n, solved = sure.get(tenth, (0, 0))
+    span = f"from {low:.1f} to {high:.1f}" + (" (included)" if tenth == 9 else "")
+    if n == 0:
+        return f"none of the {read:,} test outputs the run was evaluated on had its least sure token {span}, as this one"
+    return f"{n:,} of the {read:,} test outputs the run was evaluated on had their least sure token {span}, as this one; it solved {solved:,} of them ({solved / n:.3f})"
 
 
 def size_class(a: int, b: int, c: int) -> tuple[int, int]:
@@ -602,7 +628,7 @@ def size_class(a: int, b: int, c: int) -> tuple[int, int]:
     return real_root_count(a, b, c), digits(d if d else b)
 
 
-def like_it(tested: tuple[dict, int] | str, a: int, b: int, c: int, ranges=None) -> str:
+def like_it(tested: tuple[dict, int, dict] | str, a: int, b: int, c: int, ranges=None) -> str:
     """How the run did on its test equations with as many real roots as a given one and as many
     digits of |D| (of |b| where D = 0): the models learn the lengths of the numbers they were
     trained on (RESULTS.md, "Outside the training ranges"), so one equation's outcome reads against
@@ -615,7 +641,7 @@ def like_it(tested: tuple[dict, int] | str, a: int, b: int, c: int, ranges=None)
         return f"unlike every equation the run was trained and tested on: {why}"
     if isinstance(tested, str):
         return tested
-    groups, read = tested
+    groups, read, _ = tested
     roots, size = size_class(a, b, c)
     kind = {2: "two real roots and a |D|", 1: "one real root (D = 0) and a |b|", 0: "no real roots and a |D|"}[roots]
     kind += f" of {size} digit{'s' if size > 1 else ''}"
@@ -817,7 +843,7 @@ def _json_object(path: Path) -> dict:
     return value
 
 
-def _write_rows(path: Path, rows: list[dict]) -> None:
+def write_rows(path: Path, rows: list[dict]) -> None:
     """JSON lines, gzipped when the name ends `.gz` (with no time stamp: the same rows give the same bytes)."""
     import gzip
 
@@ -880,7 +906,7 @@ def grade_file(path: Path, fmt: str | None = None, out_dir: Path | None = None, 
             written = [{**row, **{k: record[k] for k in GRADES}, **{k: record[k] for k in ("diagnosis", "prediction_beam_reranked") if k in row}}
                        for row, record in zip(rows, records)]
         name = path.name if path.name.endswith(".gz") or not compact_rows else path.name + ".gz"
-        _write_rows(out / name, written)
+        write_rows(out / name, written)
         out_metrics = out / "metrics.json"
         everything[entry] = {**(recorded or {"rows": len(rows)}), **graded,
                              "graded": f"grades and diagnosis recomputed by `cli.py grade` from the outputs in {name}"}
@@ -1205,6 +1231,7 @@ class Analysis:
         focus = {}
         if given is not None:
             answer["test_rows_like_it"] = like_it(self.tested, a, b, c, self.trained_on.ranges if self.trained_on else None)
+            answer["test_rows_as_sure"] = as_sure(self.tested, least["p"])
             target = reference(a, b, c, self.trained_on.format) if self.trained_on else None
             if target is not None:
                 answer["first_wrong"] = first_wrong(target, solution, verdict.answer_correct)
@@ -1232,7 +1259,8 @@ class Analysis:
                  *([f"like it:  {answer['test_rows_like_it']}"] if "test_rows_like_it" in answer else []),
                  *([f"wrong at: {answer['first_wrong']}"] if "first_wrong" in answer else []),
                  *([f"at token: {answer['first_wrong_token']}"] if "first_wrong_token" in answer else []),
-                 *([f"least sure: {answer['least_sure_token']}"] if "least_sure_token" in answer else [])]
+                 *([f"least sure: {answer['least_sure_token']}"] if "least_sure_token" in answer else []),
+                 *([f"as sure:  {answer['test_rows_as_sure']}"] if "test_rows_as_sure" in answer else [])]
         for label, layers in result["attended"].items():
             lines += [f"{label}, layer {layer}: most attended input token {token}" for layer, token in enumerate(layers)]
         return lines

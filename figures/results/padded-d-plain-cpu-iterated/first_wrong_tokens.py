@@ -5,9 +5,12 @@ explain` shows for one equation (`quadratic.first_wrong_token`). Reads predictio
 run, full or compact (a compact row's reference is written again in the format of the run's
 dataset-card.json); with beams (`eval --num-beams K`), also whether the most likely beam solves
 the row. With --least-sure, for every row, solved or not, the lowest probability the model gave
-to a token of its own solution: can its confidence flag its failures without the grader?
+to a token of its own solution: can its confidence flag its failures without the grader? With
+--rows-out=FILE (implies --least-sure) also every row read, as it was, with that `least_sure`
+added, as `eval` records it since 2026-12-07 (gzipped when FILE ends .gz): for predictions made
+before, which `explain`'s `least sure:` line reads.
 
-    python figures/results/padded-d-plain-cpu-iterated/first_wrong_tokens.py RUN OUT.json PREDICTIONS... [--least-sure]
+    python figures/results/padded-d-plain-cpu-iterated/first_wrong_tokens.py RUN OUT.json PREDICTIONS... [--least-sure] [--rows-out=FILE]
 """
 
 import json
@@ -21,7 +24,7 @@ sys.path.insert(0, str(ROOT))
 
 from tqdm import tqdm  # noqa: E402
 
-from train.quadratic import first_wrong_token, read_predictions, regrade, teacher_forced_batch  # noqa: E402
+from train.quadratic import first_wrong_token, read_predictions, regrade, teacher_forced_batch, write_rows  # noqa: E402
 from train.runs import analysis  # noqa: E402
 
 BINS = ((0.3, "p_reference >= 0.3"), (0.1, "0.1 <= p_reference < 0.3"), (0.01, "0.01 <= p_reference < 0.1"), (0.0, "p_reference < 0.01"))
@@ -49,14 +52,16 @@ def summary(rows: list[dict]) -> dict:
 
 
 def least_sure(model, tokenizer, equation: str, solution: str) -> float:
-    """The lowest probability the model gives a token of its own solution (and its </s>), teacher-forced."""
+    """The lowest probability the model gives a token of its own solution (and its </s>, unless the
+    solution is as long as the token budget: decoding stopped there, before any), teacher-forced."""
     import torch
 
     batch = teacher_forced_batch(tokenizer, [equation], [solution])
     with torch.inference_mode():
         probabilities = model(**batch["inputs"]).logits[0].float().softmax(-1)
     labels = batch["labels"][0]
-    return float(probabilities[torch.arange(len(labels)), labels].min())
+    written = probabilities[torch.arange(len(labels)), labels]
+    return float(written.min() if len(solution) < model.generation_config.max_new_tokens else written[:-1].min())
 
 
 def flagging(rows: list[dict]) -> dict:
@@ -72,10 +77,13 @@ def flagging(rows: list[dict]) -> dict:
 
 
 def main(run: str, out: str, *paths: str) -> None:
-    paths, confidence = [p for p in paths if p != "--least-sure"], "--least-sure" in paths
+    rows_out = next((p.split("=", 1)[1] for p in paths if p.startswith("--rows-out=")), None)
+    confidence = "--least-sure" in paths or rows_out is not None
+    paths = [p for p in paths if p != "--least-sure" and not p.startswith("--rows-out=")]
     task = analysis(Path(run), "explain", split=None)
     fmt = json.loads((Path(run) / "dataset-card.json").read_text())["format"]
-    every = [(path, r) for path in paths for r in regrade(read_predictions(Path(path)), fmt, path)]
+    read = [read_predictions(Path(path)) for path in paths]
+    every = [(path, r) for path, file_rows in zip(paths, read) for r in regrade(file_rows, fmt, path)]
     rows, sure = [], []
     for path, r in tqdm(every if confidence else [(p, r) for p, r in every if not r["exact"]], desc="rows", unit="row"):
         sure_of = {"least_sure": least_sure(task.model, task.tokenizer, r["equation"], r["prediction"])} if confidence else {}
@@ -104,6 +112,8 @@ def main(run: str, out: str, *paths: str) -> None:
                                 "median, failed rows": round(median([r["least_sure"] for r in sure if not r["exact"]] or [float("nan")]), 3),
                                 "flagging": flagging(sure)}
     result["rows"] = rows
+    if rows_out is not None:
+        write_rows(Path(rows_out), [{**row, "least_sure": round(found["least_sure"], 5)} for row, found in zip((r for f in read for r in f), sure)])
     Path(out).write_text(json.dumps(result, indent=1) + "\n")
     print(json.dumps({k: v for k, v in result.items() if k != "rows"}, indent=1))
 
