@@ -24,7 +24,7 @@ sys.path.insert(0, str(ROOT))
 
 from tqdm import tqdm  # noqa: E402
 
-from train.quadratic import first_wrong_token, read_predictions, regrade, teacher_forced_batch, write_rows  # noqa: E402
+from train.quadratic import first_wrong_token, least_sure_token, read_predictions, regrade, teacher_forced_batch, write_rows  # noqa: E402
 from train.runs import analysis  # noqa: E402
 
 BINS = ((0.3, "p_reference >= 0.3"), (0.1, "0.1 <= p_reference < 0.3"), (0.01, "0.01 <= p_reference < 0.1"), (0.0, "p_reference < 0.01"))
@@ -54,14 +54,8 @@ def summary(rows: list[dict]) -> dict:
 def least_sure(model, tokenizer, equation: str, solution: str) -> float:
     """The lowest probability the model gives a token of its own solution (and its </s>, unless the
     solution is as long as the token budget: decoding stopped there, before any), teacher-forced."""
-    import torch
-
     batch = teacher_forced_batch(tokenizer, [equation], [solution])
-    with torch.inference_mode():
-        probabilities = model(**batch["inputs"]).logits[0].float().softmax(-1)
-    labels = batch["labels"][0]
-    written = probabilities[torch.arange(len(labels)), labels]
-    return float(written.min() if len(solution) < model.generation_config.max_new_tokens else written[:-1].min())
+    return least_sure_token(model, tokenizer, batch, solution, ended=len(solution) < model.generation_config.max_new_tokens)["p"]
 
 
 def flagging(rows: list[dict]) -> dict:
