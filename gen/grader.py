@@ -383,7 +383,7 @@ def _parse_solution(solution: str) -> list:
     if text.startswith(REVERSED_MARK):  # the reversed format: read every number back in the usual order
         text = reverse_digits(text[1:])
     if not text.endswith(";"):
-        raise GradeError("a solution ends with ';'")
+        raise GradeError("it does not end with ';' (every statement ends with ';', the last one too)")
     statements = []
     for number, raw in enumerate(text[:-1].split(";"), 1):
         texts = raw.split("=")

@@ -120,6 +120,12 @@ def test_malformed_and_uncomputable_solutions_are_wrong_not_errors(solution, wel
     assert not verdict.ok and verdict.errors
 
 
+def test_a_missing_final_semicolon_is_named_as_missing():
+    """The error says what the solution lacks, not a rule that reads like what it has."""
+    assert grade(1, -3, 2, "x=1;x=2").errors == ["malformed: it does not end with ';' (every statement ends with ';', the last one too)"]
+    assert grade(1, -3, 2, "x=1;x=2;").ok
+
+
 HOSTILE = {
     "tower": "D=9^9^9^9;x=1;",
     "huge number": "x=" + "9" * 200_000 + ";",
