@@ -305,20 +305,23 @@ def rerank_with_grader(rows, candidates: list[list[str]]) -> list[str]:
 
     chosen = []
     for (a, b, c), beams in zip(rows, candidates):
-        chosen.append(next((text for text in beams if grade(a, b, c, text).ok), beams[0]))
+        # one candidate (a row eval --beams-below decoded greedily only) is chosen ungraded
+        chosen.append(beams[0] if len(beams) == 1 else next((text for text in beams if grade(a, b, c, text).ok), beams[0]))
     return chosen
 
 
 def beam_metrics(records: list[dict], candidates: list[list[str]]) -> tuple[dict, list[str]]:
-    """The metrics of K beams per row (records: a, b, c, target, num_roots): of the most likely
-    beam, and of the beam the grader reranks first; and that beam's text for each row. A row
-    decoded greedily only (`eval --beams-below`) has its greedy output as its one candidate."""
+    """The metrics of K beams per row (records: a, b, c, target, num_roots, and `judge`'s grades of
+    their `prediction`, which a beam of the same text reuses): of the most likely beam, and of the
+    beam the grader reranks first; and that beam's text for each row. A row decoded greedily only
+    (`eval --beams-below`) has its greedy output as its one candidate."""
     coefficients = [(r["a"], r["b"], r["c"]) for r in records]
     reranked = rerank_with_grader(coefficients, candidates)
     num_roots = [r["num_roots"] for r in records]
 
     def metrics(texts: list[str]) -> dict:
-        return quadratic_metrics([judge(a, b, c, r["target"], t) for (a, b, c), r, t in zip(coefficients, records, texts)], num_roots)
+        return quadratic_metrics([r if t == r["prediction"] else judge(a, b, c, r["target"], t)
+                                  for (a, b, c), r, t in zip(coefficients, records, texts)], num_roots)
 
     k = max(len(beams) for beams in candidates)
     return {f"beam{k}_most_likely": metrics([beams[0] for beams in candidates]), f"beam{k}_grader_reranked": metrics(reranked)}, reranked
@@ -761,6 +764,7 @@ def regrade(rows: list[dict], fmt: str | None, source: str) -> list[dict]:
     from gen.grader import MAX_SOLUTION_CHARS, GradeError, parse_equation, real_root_count
 
     records = []
+    counted = None  # the number of beams of the first row that has them
     for number, row in enumerate(tqdm(rows, desc="grade", unit="row", disable=None), 1):
         where = f"{source} line {number}"
         try:
@@ -782,10 +786,10 @@ def regrade(rows: list[dict], fmt: str | None, source: str) -> list[dict]:
             if not isinstance(text, str) or len(text) > MAX_SOLUTION_CHARS:
                 raise QuadlabError(f"{where}: `{name}` is not a solution of at most {MAX_SOLUTION_CHARS} characters "
                                    f"(a row without `prediction` needs `exact`: true)")
-        counted = next((len(record["beams"]) for record in records if "beams" in record), None)
         if beams and counted not in (None, len(beams)):
             raise QuadlabError(f"{where} has {len(beams)} beams, an earlier line {counted}; "
                                f"every row of one evaluation has the same number, or none (`eval --beams-below`: decoded greedily only)")
+        counted = counted or (len(beams) if beams else None)
         records.append({"equation": row["equation"], "a": a, "b": b, "c": c, "target": target, "prediction": prediction,
                         "num_roots": real_root_count(a, b, c), **judge(a, b, c, target, prediction), **({"beams": beams} if beams else {})})
     return records
