@@ -453,12 +453,15 @@ def test_maps_after_heads_keeps_the_head_analysis(analysed, run_with_checkpoints
     assert "Head analysis" in page and "Per-head maps of one example" in page
 
 
-def test_heads_bad_input_is_one_line_and_exit_2(run_cli, run_with_checkpoints, tmp_path):
+def test_heads_bad_input_is_one_line_and_exit_2(run_with_checkpoints, tmp_path, capsys, monkeypatch):
+    from conftest import quadlab
+
+    monkeypatch.chdir(tmp_path)  # where the default --out would be written
     for args, message in ((["heads", str(tmp_path / "nothing")], "is not a directory"),
                           (["heads", str(run_with_checkpoints), "--limit", "-3"], "--limit"),
                           (["heads", str(run_with_checkpoints), "--compare", str(tmp_path)], "--compare")):
-        done = run_cli(*args)
-        assert done.returncode == 2 and message in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
+        status, _, err = quadlab(capsys, monkeypatch, *args)
+        assert status == 2 and message in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "figures").exists()
 
 

@@ -11,7 +11,7 @@ from analyze.attention import AttentionAverage, AttentionUnavailable, batch_slic
 from analyze.interventions import shape
 from analyze import maps
 from analyze.maps import dataset_average, example_maps, explain, most_attended, render_maps
-from conftest import offline_dom
+from conftest import offline_dom, quadlab
 from gen import QuadlabError
 from gen.dataset import GenOptions, build_splits, generate
 from gen.equations import Ranges
@@ -383,16 +383,16 @@ def test_maps_and_explain_bad_inputs(run_dir, tmp_path, call, message):
     assert not (tmp_path / "f").exists()
 
 
-def test_bad_input_from_the_command_line_is_one_line_exit_2(run_dir, run_cli, tmp_path):
-    result = run_cli("maps", "--run", run_dir, "--head", "9:0", "--out", tmp_path / "f")
-    assert result.returncode == 2 and "out of range" in result.stderr
-    assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "f").exists()
+def test_bad_input_from_the_command_line_is_one_line_exit_2(run_dir, tmp_path, capsys, monkeypatch):
+    status, _, err = quadlab(capsys, monkeypatch, "maps", "--run", run_dir, "--head", "9:0", "--out", tmp_path / "f")
+    assert status == 2 and "out of range" in err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "f").exists()
 
 
-def test_explain_prints_solution_verdict_and_most_attended_tokens(run_dir, run_cli, tmp_path):
-    result = run_cli("explain", "x^2 - 5x + 6 = 0", "--run", run_dir, "--out", tmp_path / "e")
-    assert result.returncode == 0, result.stderr
-    lines = result.stdout.splitlines()
+def test_explain_prints_solution_verdict_and_most_attended_tokens(run_dir, tmp_path, capsys, monkeypatch):
+    status, out, err = quadlab(capsys, monkeypatch, "explain", "x^2 - 5x + 6 = 0", "--run", run_dir, "--out", tmp_path / "e")
+    assert status == 0, err
+    lines = out.splitlines()
     assert lines[0] == "equation: 1x^2-5x+6=0" and lines[1].startswith("solution: ") and lines[2].startswith("verdict:  ok ")
     assert lines[3].startswith("answer:   ") and lines[3].endswith(" (true: 2, 3)")
     tested = [json.loads(line) for line in (run_dir / "predictions.jsonl").read_text().splitlines()]

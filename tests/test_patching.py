@@ -18,7 +18,7 @@ from train.config import resolve
 from train.quadratic import EQUATION_ROLES, PAGE_ROLES, corruption, equation_roles, root_class
 from train.runs import analysis
 
-from conftest import equations
+from conftest import equations, quadlab
 
 
 @pytest.fixture(scope="module")
@@ -209,11 +209,11 @@ def test_nothing_to_restore_says_whether_the_model_is_unsure_or_the_prefix_decid
     assert "train it longer" in unsure and "prefix" not in unsure
 
 
-def test_patch_end_to_end(run, run_cli, tmp_path):
+def test_patch_end_to_end(run, tmp_path, capsys, monkeypatch):
     out = tmp_path / "figs"
-    done = run_cli("patch", run, "--pairs", 10, "--batch-size", 50, "--seed", 1, "--out", out, timeout=300)
-    assert done.returncode == 0, done.stderr
-    assert "D digits:" in done.stdout and "root class:" in done.stdout and str(out) in done.stdout
+    status, printed, err = quadlab(capsys, monkeypatch, "patch", run, "--pairs", 10, "--batch-size", 50, "--seed", 1, "--out", out)
+    assert status == 0, err
+    assert "D digits:" in printed and "root class:" in printed and str(out) in printed
     result = json.loads((out / "patching.json").read_text())
     layers = len(result["layers"])
     assert layers == 3 and result["layers"][0] == "embeddings" and result["hidden_states_index"] == [0, 1, 2]
@@ -332,11 +332,11 @@ def test_decoder_patching_at_the_embeddings_restores_exactly_at_the_changed_digi
         assert torch.isfinite(patched[i, -1, int(patchable[-1])])
 
 
-def test_decoder_patch_end_to_end(page_run, run, run_cli, tmp_path, capsys):
+def test_decoder_patch_end_to_end(page_run, run, tmp_path, capsys, monkeypatch):
     out = tmp_path / "page"
-    done = run_cli("patch", page_run, "--side", "decoder", "--pairs", 6, "--batch-size", 40, "--out", out, timeout=300)
-    assert done.returncode == 0, done.stderr
-    assert "D digits:" in done.stdout and "root class" not in done.stdout
+    status, printed, err = quadlab(capsys, monkeypatch, "patch", page_run, "--side", "decoder", "--pairs", 6, "--batch-size", 40, "--out", out)
+    assert status == 0, err
+    assert "D digits:" in printed and "root class" not in printed
     result = json.loads((out / "patching.json").read_text())
     assert result["settings"]["side"] == "decoder" and len(result["pairs"]) == 6
     s = result["scores"]["D digits"]

@@ -7,7 +7,7 @@ from train.config import resolve
 from train.squad import train_run
 from train.squad_data import read_squad
 
-from conftest import SQUAD_SAMPLE, SQUAD_SAMPLE_V2, tiny_squad_encoder
+from conftest import SQUAD_SAMPLE, SQUAD_SAMPLE_V2, quadlab, tiny_squad_encoder
 
 
 @pytest.fixture(scope="module")
@@ -66,21 +66,21 @@ def squad_run(small_squad):
     return run
 
 
-def test_ask_prints_answer_and_the_question_tokens_the_answer_attends_to(squad_run, run_cli, tmp_path):
-    result = run_cli("ask", "--run", squad_run, "--question", "Which team won Super Bowl 50?",
-                     "--context", "The Denver Broncos defeated the Carolina Panthers to win Super Bowl 50.", "--out", tmp_path / "a")
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.startswith("answer: ") and (tmp_path / "a" / "example-ask" / "encoder-heads.png").exists()
-    empty = run_cli("ask", "--run", squad_run, "--question", "Who?", "--context", "  ")
-    assert empty.returncode == 2 and "context is empty" in empty.stderr and len(empty.stderr.strip().splitlines()) == 1
-    long_question = run_cli("ask", "--run", squad_run, "--question", "why " * 200, "--context", "Because.")
-    assert long_question.returncode == 2 and "longer than max_length" in long_question.stderr
+def test_ask_prints_answer_and_the_question_tokens_the_answer_attends_to(squad_run, tmp_path, capsys, monkeypatch):
+    status, out, err = quadlab(capsys, monkeypatch, "ask", "--run", squad_run, "--question", "Which team won Super Bowl 50?",
+                               "--context", "The Denver Broncos defeated the Carolina Panthers to win Super Bowl 50.", "--out", tmp_path / "a")
+    assert status == 0, err
+    assert out.startswith("answer: ") and (tmp_path / "a" / "example-ask" / "encoder-heads.png").exists()
+    status, _, err = quadlab(capsys, monkeypatch, "ask", "--run", squad_run, "--question", "Who?", "--context", "  ")
+    assert status == 2 and "context is empty" in err and len(err.strip().splitlines()) == 1
+    status, _, err = quadlab(capsys, monkeypatch, "ask", "--run", squad_run, "--question", "why " * 200, "--context", "Because.")
+    assert status == 2 and "longer than max_length" in err
 
 
-def test_eval_command_on_a_squad_run(squad_run, run_cli):
-    result = run_cli("eval", squad_run, "--limit", "10")
-    assert result.returncode == 0, result.stderr
-    assert "exact match" in result.stdout and "on 10 questions" in result.stdout
+def test_eval_command_on_a_squad_run(squad_run, capsys, monkeypatch):
+    status, out, err = quadlab(capsys, monkeypatch, "eval", squad_run, "--limit", "10")
+    assert status == 0, err
+    assert "exact match" in out and "on 10 questions" in out
     assert len(json.loads((squad_run / "predictions.json").read_text())) == 10
 
 

@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 from gen import QuadlabError
 from gen.dataset import GenOptions, generate
 from gen.equations import FORMATS, Ranges
+from conftest import quadlab
 from train.config import PRESETS, load_yaml, resolve
 from train.engine import Interrupted, LengthGroupedBatches, extend, learning_rate_schedule, read_log, steady_step_seconds, steps_in_budget
 from train.metrics import character_accuracy, judge, quadratic_metrics
@@ -403,7 +404,7 @@ def test_a_fine_tune_validates_its_start_but_chooses_the_best_among_its_trained_
     assert len(seen) == 2 and "start_validation" not in from_scratch and read_log(tmp_path / "run")[1][0]["step"] == 3
 
 
-def test_init_from_refuses_what_it_cannot_start_from(data_dir, tmp_path, run_cli):
+def test_init_from_refuses_what_it_cannot_start_from(data_dir, tmp_path, capsys, monkeypatch):
     with pytest.raises(QuadlabError, match="holds no trained model"):
         train_run(_config(data_dir, tmp_path / "r1", init_from=str(tmp_path / "none")), progress=False)
     bert = tmp_path / "bert"
@@ -421,10 +422,11 @@ def test_init_from_refuses_what_it_cannot_start_from(data_dir, tmp_path, run_cli
     assert not (tmp_path / "r1").exists() and not (tmp_path / "r2").exists() and not (tmp_path / "r3").exists()
     with pytest.raises(QuadlabError, match="init_from is for --task quadratic"):
         resolve("squad", None, {"init_from": str(tmp_path / "published")})
-    cli = run_cli("train", "--data", data_dir, "--run-dir", tmp_path / "r4", "--set", "val_size=20", "--init-from", tmp_path / "none")
-    assert cli.returncode == 2 and len(cli.stderr.strip().splitlines()) == 1 and "init_from" in cli.stderr
-    resume = run_cli("train", "--resume", "--run-dir", tmp_path / "published", "--init-from", tmp_path / "published")
-    assert resume.returncode == 2 and "drop the other options" in resume.stderr
+    status, _, err = quadlab(capsys, monkeypatch, "train", "--data", data_dir, "--run-dir", tmp_path / "r4", "--set", "val_size=20",
+                             "--init-from", tmp_path / "none")
+    assert status == 2 and len(err.strip().splitlines()) == 1 and "init_from" in err
+    status, _, err = quadlab(capsys, monkeypatch, "train", "--resume", "--run-dir", tmp_path / "published", "--init-from", tmp_path / "published")
+    assert status == 2 and "drop the other options" in err
 
 
 def test_a_reversed_run_goes_on_in_the_padded_d_formats(tmp_path):
@@ -486,15 +488,16 @@ def test_corrupt_run_directory_is_a_one_line_error(tmp_path, run_cli):
     assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
 
 
-def test_train_cli_bad_inputs(tmp_path, run_cli):
-    missing = run_cli("train", "--data", tmp_path / "none", "--run-dir", tmp_path / "r")
-    assert missing.returncode == 2 and "cli.py gen" in missing.stderr and len(missing.stderr.strip().splitlines()) == 1
-    preset = run_cli("train", "--preset", "huge", "--run-dir", tmp_path / "r")
-    assert preset.returncode == 2 and "unknown preset" in preset.stderr
-    key = run_cli("train", "--set", "colour=red", "--run-dir", tmp_path / "r")
-    assert key.returncode == 2 and "unknown config key 'colour'" in key.stderr
-    resume = run_cli("train", "--resume", "--run-dir", tmp_path / "r")
-    assert resume.returncode == 2 and "not a run directory" in resume.stderr
+def test_train_cli_bad_inputs(tmp_path, capsys, monkeypatch):
+    status, _, err = quadlab(capsys, monkeypatch, "train", "--data", tmp_path / "none", "--run-dir", tmp_path / "r")
+    assert status == 2 and "cli.py gen" in err and len(err.strip().splitlines()) == 1
+    status, _, err = quadlab(capsys, monkeypatch, "train", "--preset", "huge", "--run-dir", tmp_path / "r")
+    assert status == 2 and "unknown preset" in err
+    status, _, err = quadlab(capsys, monkeypatch, "train", "--set", "colour=red", "--run-dir", tmp_path / "r")
+    assert status == 2 and "unknown config key 'colour'" in err
+    status, _, err = quadlab(capsys, monkeypatch, "train", "--resume", "--run-dir", tmp_path / "r")
+    assert status == 2 and "not a run directory" in err
+    assert not (tmp_path / "r").exists()
 
 
 def test_beam_search_reranked_by_the_grader_is_reported_separately(data_dir, tmp_path):
