@@ -12,6 +12,7 @@ import torch
 from analyze import head_stats, interventions
 from analyze.attention import capture
 from analyze.head_stats import FEATURES, PATTERNS, classify, js_divergence_sums, map_features, mean_ci, pearson, rollout, symbol_share
+from conftest import quadlab
 
 
 def _features(maps: np.ndarray, q_len=None, segments=None, positional=True, causal=False) -> dict:
@@ -454,8 +455,6 @@ def test_maps_after_heads_keeps_the_head_analysis(analysed, run_with_checkpoints
 
 
 def test_heads_bad_input_is_one_line_and_exit_2(run_with_checkpoints, tmp_path, capsys, monkeypatch):
-    from conftest import quadlab
-
     monkeypatch.chdir(tmp_path)  # where the default --out would be written
     for args, message in ((["heads", str(tmp_path / "nothing")], "is not a directory"),
                           (["heads", str(run_with_checkpoints), "--limit", "-3"], "--limit"),
