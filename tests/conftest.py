@@ -142,6 +142,17 @@ def quadlab(capsys, monkeypatch, *argv, stdin: bytes = b""):
     return status, out, err
 
 
+def script_module(path: Path):
+    """A script of figures/results/ imported as a module, so that its functions and its main() run
+    in the test's process (a process of its own spends seconds importing torch again)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def snapshot(path: Path) -> dict:
     """Size and modification time of a path and of everything under it (a folder's time changes
     when an entry is added or removed)."""

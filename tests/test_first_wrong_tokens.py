@@ -3,7 +3,6 @@ predictions: each failed row read at its first wrong token, the kinds of decisio
 the least-sure flagging."""
 
 import gzip
-import importlib.util
 import json
 from pathlib import Path
 
@@ -14,10 +13,10 @@ from gen.equations import Ranges, write_equation, write_solution
 from train.config import resolve
 from train.quadratic import train_run
 
+from conftest import script_module
+
 SCRIPT = Path(__file__).resolve().parents[1] / "figures/results/padded-d-plain-cpu-iterated/first_wrong_tokens.py"
-spec = importlib.util.spec_from_file_location("first_wrong_tokens", SCRIPT)
-first_wrong_tokens = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(first_wrong_tokens)
+first_wrong_tokens = script_module(SCRIPT)
 
 
 @pytest.fixture(scope="module")
@@ -89,10 +88,16 @@ def test_each_failed_row_is_read_at_its_first_wrong_token(run, tmp_path):
 
 
 def test_bad_input_is_one_line_and_writes_nothing(run, tmp_path):
+    """A refusal in this process (the errors the command turns into its one line), and one command
+    run as a shell runs it (a process of its own takes seconds to import torch)."""
     import subprocess
     import sys
 
-    for args in ([run, tmp_path / "out.json", tmp_path / "missing.jsonl"], [tmp_path, tmp_path / "out.json", tmp_path / "missing.jsonl"]):
-        done = subprocess.run([sys.executable, SCRIPT, *map(str, args)], capture_output=True, text=True, timeout=120)
-        assert done.returncode == 1 and "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
-        assert done.stderr.startswith("first_wrong_tokens.py: error: ") and not (tmp_path / "out.json").exists()
+    from gen import QuadlabError
+
+    with pytest.raises((QuadlabError, OSError)) as refused:  # what the command catches
+        first_wrong_tokens.main(str(run), str(tmp_path / "out.json"), str(tmp_path / "missing.jsonl"))
+    assert "missing.jsonl" in str(refused.value) and len(str(refused.value).splitlines()) == 1
+    done = subprocess.run([sys.executable, SCRIPT, tmp_path, tmp_path / "out.json", tmp_path / "missing.jsonl"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1 and "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert done.stderr.startswith("first_wrong_tokens.py: error: ") and not (tmp_path / "out.json").exists()

@@ -5,7 +5,6 @@ are never failed; the dataset's solutions, which a six-step model does not write
 output first differs."""
 
 import gzip
-import importlib.util
 import json
 import subprocess
 import sys
@@ -14,16 +13,11 @@ from pathlib import Path
 import datasets
 import pytest
 
+from conftest import script_module
+
 
 SCRIPT = Path(__file__).resolve().parents[1] / "figures/results/padded-cpu-finetune/mine_failures.py"
 SUBSET = SCRIPT.with_name("make_mined_subset.py")
-
-
-def script_module(script=SCRIPT):
-    spec = importlib.util.spec_from_file_location(script.stem, script)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +34,7 @@ def test_failed_exactly_where_greedy_decoding_leaves_the_solution(run):
     model.double().eval()  # float64: generate's cached steps and one full pass must not split a near tie
     test = load_splits(config)["test"].select(range(24))[:]
     greedy = [c[0] for c in decode(model, tokenizer, test["equation"], batch_size=8)]
-    mine = script_module()
+    mine = script_module(SCRIPT)
     # its own outputs as solutions: nothing is wrong before their end; an output cut at the length
     # limit has no </s>, which the pass puts last, so there the last position may be wrong
     own = mine.first_wrong_positions(model, tokenizer, test["equation"], greedy)

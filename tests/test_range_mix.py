@@ -13,6 +13,8 @@ import pytest
 from gen.dataset import GenOptions, generate
 from gen.equations import Ranges
 
+from conftest import script_module
+
 SCRIPT = Path(__file__).resolve().parents[1] / "figures/results/padded-cpu-finetune/make_range_mix.py"
 
 
@@ -46,16 +48,22 @@ def test_as_many_rows_of_each_and_no_excluded_test_equation(data, tmp_path):
     assert not excluded & set(second)
     assert json.loads((tmp_path / "mix" / "mix.json").read_text())["left_out_of_other"] == overlap
     assert out["test"]["equation"] == wide["test"]["equation"]
-    again = mix(data / "wide", data / "narrow", tmp_path / "again", "--rows", 50, "--exclude", data / "narrow-test")
-    assert again.returncode == 0 and datasets.load_from_disk(str(tmp_path / "again"))["train"]["equation"] == out["train"]["equation"]
+    script_module(SCRIPT).main([str(data / "wide"), str(data / "narrow"), str(tmp_path / "again"), "--rows", "50", "--exclude", str(data / "narrow-test")])
+    assert datasets.load_from_disk(str(tmp_path / "again"))["train"]["equation"] == out["train"]["equation"]
 
 
 def test_bad_input_gives_one_line_and_writes_nothing(data, tmp_path):
+    """Every refusal is a SystemExit with a one-line message, checked in this process (a process
+    each takes seconds to import datasets); one command checks what a shell sees."""
     wide, narrow, out = data / "wide", data / "narrow", tmp_path / "mix"
+    main = script_module(SCRIPT).main
     for args in ((wide, narrow, out), (wide, narrow, out, "--rows"), (wide, narrow, out, "--rows", "ten"), (wide, narrow, out, "--rows", 0),
                  (wide, narrow, out, "--rows", 5, "--exclude", tmp_path / "none"), (wide, tmp_path / "none", out, "--rows", 5),
                  (wide, narrow, out, "--rows", 5, "--seed", 1), (wide, narrow, out, "--rows", 100000)):
-        done = mix(*args)
-        assert done.returncode != 0, args
-        assert len(done.stderr.strip().splitlines()) == 1 and "Traceback" not in done.stderr, done.stderr
+        with pytest.raises(SystemExit) as refused:
+            main(list(map(str, args)))
+        message = refused.value.code
+        assert isinstance(message, str) and len(message.strip().splitlines()) == 1, (args, message)
+    done = mix(wide, narrow, out, "--rows", "ten")
+    assert done.returncode != 0 and len(done.stderr.strip().splitlines()) == 1 and "Traceback" not in done.stderr, done.stderr
     assert list(tmp_path.iterdir()) == []

@@ -2,7 +2,6 @@
 hand-made outputs of x^2-317x-8184=0 (D = 133225, sqrt(D) = 365) in the reversed format."""
 
 import gzip
-import importlib.util
 import json
 import subprocess
 import sys
@@ -12,10 +11,10 @@ import pytest
 
 from gen.equations import REVERSED_MARK, reverse_digits, write_solution
 
+from conftest import script_module
+
 SCRIPT = Path(__file__).resolve().parents[1] / "figures/results/format-comparison-5k/sqrt_steps.py"
-spec = importlib.util.spec_from_file_location("sqrt_steps", SCRIPT)
-sqrt_steps = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(sqrt_steps)
+sqrt_steps = script_module(SCRIPT)
 
 TARGET = write_solution(1, -317, -8184, "reversed")
 STEPS = "3*3=9;13-9=4;(20*3+6)*6=396;432-396=36;(20*36+5)*5=3625;3625-3625=0;sqrt(D)=365;"

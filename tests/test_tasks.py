@@ -27,14 +27,23 @@ def data(tmp_path_factory):
     return root
 
 
-def _train(name: str, data, root):
-    """A tiny run of task `name`, with its checkpoints kept (step-4, step-8)."""
-    return tiny_run(name, data / "quadratic", root, max_steps=8, eval_every=4, keep_checkpoints=1)
+@pytest.fixture(scope="module")
+def trained(data, tmp_path_factory):
+    """trained(name): a tiny run of task `name`, with its checkpoints kept (step-4, step-8), trained
+    once for the module's tests (which only read it)."""
+    runs = {}
+
+    def get(name: str) -> Path:
+        if name not in runs:
+            runs[name] = tiny_run(name, data / "quadratic", tmp_path_factory.mktemp(name), max_steps=8, eval_every=4, keep_checkpoints=1)
+        return runs[name]
+
+    return get
 
 
 @pytest.fixture(scope="module", params=list(tasks.TASKS))
-def run(request, data, tmp_path_factory):
-    return request.param, _train(request.param, data, tmp_path_factory.mktemp(request.param))
+def run(request, trained):
+    return request.param, trained(request.param)
 
 
 @pytest.mark.parametrize("name", list(tasks.TASKS))
@@ -227,12 +236,11 @@ def test_heads_on_every_task(run, tmp_path):
     assert (tmp_path / "figs" / "heads" / "context-variance-accuracy.png").exists() and (tmp_path / "figs" / "index.html").exists()
 
 
-def test_context_variance_of_two_tasks_side_by_side(data, tmp_path_factory, tmp_path):
+def test_context_variance_of_two_tasks_side_by_side(trained, tmp_path):
     """Issue 13, item 4: the checkpoint series of a SQuAD and a classification run in one figure."""
     folders = []
     for name in ("squad", "classify"):
-        run_dir = _train(name, data, tmp_path_factory.mktemp(f"{name}-series"))
-        analyze_heads(run_dir, tmp_path / name, limit=4, eval_limit=4, batch_size=4, skip_importance=True, progress=False)
+        analyze_heads(trained(name), tmp_path / name, limit=4, eval_limit=4, batch_size=4, skip_importance=True, progress=False)
         folders.append(tmp_path / name)
     result = context_figure(folders, tmp_path / "together")
     panels = json.loads((tmp_path / "together" / "context-variance-tasks.json").read_text())

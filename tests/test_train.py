@@ -218,7 +218,7 @@ def test_bad_rewarm_steps_are_refused(value, message):
         resolve("tiny", None, {"max_steps": "20", "rewarm_after": value})
 
 
-def test_extending_a_finished_run_equals_one_run_with_its_rewarm_recorded(data_dir, tmp_path, run_cli):
+def test_extending_a_finished_run_equals_one_run_with_its_rewarm_recorded(data_dir, tmp_path, run_cli, capsys, monkeypatch):
     schedule = {"scheduler": "warmup_stable_decay", "warmup_ratio": 0.1, "decay_ratio": 0.2}
     train_run(_config(data_dir, tmp_path / "extended", max_steps=20, **schedule), progress=False)
     result = run_cli("train", "--resume", "--run-dir", tmp_path / "extended", "--max-steps", 30, timeout=300)
@@ -238,9 +238,10 @@ def test_extending_a_finished_run_equals_one_run_with_its_rewarm_recorded(data_d
     a = load_file(tmp_path / "extended" / "checkpoint" / "model.safetensors")
     b = load_file(tmp_path / "whole" / "checkpoint" / "model.safetensors")
     assert all(torch.allclose(a[k], b[k], atol=1e-4) for k in a)
-    # again: it finished at 30, which is no cycle end of its own yet
-    again = run_cli("train", "--resume", "--run-dir", tmp_path / "extended", "--max-steps", 40, timeout=300)
-    assert again.returncode == 0 and load_yaml(tmp_path / "extended" / "config.yaml").rewarm_after == "20,30"
+    # again (in this process: the command ran above): it finished at 30, which is no cycle end of its own yet
+    status, _, err = quadlab(capsys, monkeypatch, "train", "--resume", "--run-dir", tmp_path / "extended", "--max-steps", 40)
+    assert status == 0, err
+    assert load_yaml(tmp_path / "extended" / "config.yaml").rewarm_after == "20,30"
 
 
 def test_steps_in_budget_counts_the_time_left_at_the_end_of_the_warm_up():

@@ -1,7 +1,6 @@
 """figures/results/format-comparison-5k/work_or_equation.py: which statement it cuts where, the
 pairs it makes, and that its teacher-forced verdicts are what greedy decoding writes."""
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -12,10 +11,10 @@ import torch
 
 from gen.equations import reverse_digits, write_equation, write_solution
 
+from conftest import script_module
+
 SCRIPT = Path(__file__).resolve().parents[1] / "figures/results/format-comparison-5k/work_or_equation.py"
-spec = importlib.util.spec_from_file_location("work_or_equation", SCRIPT)
-woe = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(woe)
+woe = script_module(SCRIPT)
 
 TWO, NONE = (1, -317, -8184), (1, 2, 5)  # D = 133225 = 365^2, roots 341 and -24; D = -16
 
@@ -131,21 +130,30 @@ def test_the_script_writes_counts_that_add_up(run, tmp_path):
     assert "D " in out.stdout
 
 
-def test_a_folder_that_is_not_a_run_is_one_line(tmp_path):
-    out = subprocess.run([sys.executable, str(SCRIPT), str(tmp_path), str(tmp_path / "out")], capture_output=True, text=True, timeout=120)
-    assert out.returncode == 1 and out.stderr.startswith("work_or_equation: ") and len(out.stderr.strip().splitlines()) == 1
+def refusal(monkeypatch, capsys, *args) -> tuple[int | str, str]:
+    """The script's refusal of ARGS in this process (a process of its own takes seconds to import
+    torch; the command itself runs above): its exit code and what it printed to stderr."""
+    monkeypatch.setattr(sys, "argv", [str(SCRIPT), *map(str, args)])
+    with pytest.raises(SystemExit) as refused:
+        woe.main()
+    return refused.value.code, capsys.readouterr().err
+
+
+def test_a_folder_that_is_not_a_run_is_one_line(tmp_path, monkeypatch, capsys):
+    code, _ = refusal(monkeypatch, capsys, tmp_path, tmp_path / "out")
+    assert isinstance(code, str) and code.startswith("work_or_equation: ") and len(code.splitlines()) == 1
     assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.parametrize("args, says", [(["--pairs", "0"], "at least 1"), (["--rows", "1"], "at least 2"), (["--seed", "-1"], "at least 0")])
-def test_bad_counts_are_refused(tmp_path, args, says):
-    out = subprocess.run([sys.executable, str(SCRIPT), str(tmp_path), str(tmp_path / "out"), *args], capture_output=True, text=True, timeout=120)
-    assert out.returncode == 2 and says in out.stderr and "Traceback" not in out.stderr
+def test_bad_counts_are_refused(tmp_path, monkeypatch, capsys, args, says):
+    code, err = refusal(monkeypatch, capsys, tmp_path, tmp_path / "out", *args)
+    assert code == 2 and says in err
     assert not (tmp_path / "out").exists()
 
 
-def test_an_output_path_that_is_a_file_is_refused(run, tmp_path):
+def test_an_output_path_that_is_a_file_is_refused(run, tmp_path, monkeypatch, capsys):
     (tmp_path / "taken").write_text("x")
-    out = subprocess.run([sys.executable, str(SCRIPT), str(run), str(tmp_path / "taken")], capture_output=True, text=True, timeout=120)
-    assert out.returncode == 1 and "is a file" in out.stderr and "Traceback" not in out.stderr
+    code, _ = refusal(monkeypatch, capsys, run, tmp_path / "taken")
+    assert isinstance(code, str) and "is a file" in code
     assert (tmp_path / "taken").read_text() == "x"
