@@ -425,9 +425,13 @@ def test_explain_prints_solution_verdict_and_most_attended_tokens(run_dir, tmp_p
     assert all("least_sure" in r for r in tested)
     assert re.fullmatch(r"least sure: probability [01]\.\d\d, at decoder position \d+: '.+' (in statement \d+ `[^`]*`|ending the solution); "
                         r"its other choice there '.+' \([01]\.\d\d\)", least), least
-    attended = [line for line in lines if "most attended input token" in line]
+    attended = [line for line in lines if ": most attended " in line]
     assert len(attended) == 4 + len(at_wrong)  # 2 encoder + 2 cross layers
     assert all(re.search(r"token '[^']+' \(position \d+, [01]\.\d\d\)$", line) for line in attended), attended
+    # the keys of the decoder's self-attention are the solution's tokens, those of the others the equation's
+    for line in attended:
+        side = "output" if line.startswith("decoder self-attention") else "input"
+        assert f": most attended {side} token '" in line, line
     assert (tmp_path / "e" / "example-explain" / "cross-heads.png").exists()
 
 

@@ -1079,6 +1079,9 @@ class Analysis:
     inputs = ("equation",)
     averaged_on = "the split's reference solutions, teacher-forced"
     attended = [("encoder self-attention", "encoder", None, None), ("cross-attention", "cross", None, None)]
+    # what the first wrong token's query reads: the keys of cross-attention are the equation's
+    # tokens, those of the decoder's self-attention the solution's own
+    at_first_wrong = {"cross": "cross-attention at the first wrong token", "decoder": "decoder self-attention at the first wrong token"}
 
     def __init__(self, run_dir: Path, command: str, split: str | None = "test", limit: int = 0, eval_limit: int = 0,
                  data: str | Path | None = None):
@@ -1245,9 +1248,8 @@ class Analysis:
                 answer["first_wrong_token"] = (f"decoder position {t} (as in the maps), which writes the solution's character {t + 1}: the model "
                                                f"wrote {token['wrote']!r} (probability {token['p_wrote']:.2f}), where the reference has "
                                                f"{token['reference']!r} ({token['p_reference']:.2f})")
-                focus = {"focus": [{"label": "cross-attention at the first wrong token", "kind": "cross", "query": t},
-                                   # and the decoder's own: the long formats read their earlier work
-                                   {"label": "decoder self-attention at the first wrong token", "kind": "decoder", "query": t}]}
+                # and the decoder's own: the long formats read their earlier work
+                focus = {"focus": [{"label": label, "kind": kind, "query": t} for kind, label in self.at_first_wrong.items()]}
         return {"name": name, "input": equation, "output": solution, "batch": batch, "answer": answer, **focus}
 
     @staticmethod
@@ -1266,7 +1268,8 @@ class Analysis:
                  *([f"least sure: {answer['least_sure_token']}"] if "least_sure_token" in answer else []),
                  *([f"as sure:  {answer['test_rows_as_sure']}"] if "test_rows_as_sure" in answer else [])]
         for label, layers in result["attended"].items():
-            lines += [f"{label}, layer {layer}: most attended input token {token}" for layer, token in enumerate(layers)]
+            side = "output" if label == Analysis.at_first_wrong["decoder"] else "input"
+            lines += [f"{label}, layer {layer}: most attended {side} token {token}" for layer, token in enumerate(layers)]
         return lines
 
     def gradient_batches(self, batch_size: int) -> list[dict]:
