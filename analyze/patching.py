@@ -177,9 +177,11 @@ def forward_scores(model, pairs: dict, targets: dict, index: torch.Tensor, input
 
 
 @torch.no_grad()
-def patch_all(model, pairs: dict, batch_size: int, progress: bool = False) -> dict:
-    """Every (pair, layer, position) patch, `batch_size` copies per forward pass. Returns
-    {"clean", "corrupted": {score: (P,)}, "patched": {score: (P, layers, T)} (NaN where nothing is patched)}."""
+def patch_all(model, pairs: dict, batch_size: int, progress: bool = False, tolerance: float = 0.0) -> dict:
+    """Every (pair, layer, position) patch, `batch_size` copies per forward pass, of every pair but
+    those whose clean and corrupted scores lie within `tolerance` of each other for every score
+    (the command's TOLERANCE: what no score would count). Returns {"clean", "corrupted": {score:
+    (P,)}, "patched": {score: (P, layers, T)} (NaN where nothing is patched)}."""
     from tqdm import tqdm
 
     device = next(model.parameters()).device
@@ -193,9 +195,13 @@ def patch_all(model, pairs: dict, batch_size: int, progress: bool = False) -> di
     corrupted, _ = forward_scores(model, pairs, targets, every, pairs["corrupted"])
     states = clean_states(model, pairs)  # (layers, P, T, d)
     n_layers = states.shape[0]
+    # on the best model's encoder every pair is dropped, and patching them all took minutes to say so
+    informative = np.any([kept_pairs(clean[name], corrupted[name], tolerance) for name in targets], axis=0)
     # pairs in order of length: each batch is cut to its longest pair, so similar lengths waste little
-    order = sorted(range(n_pairs), key=lambda p: (int(pairs["decoder_attention_mask"][p].sum()), int(pairs["attention_mask"][p].sum())))
-    jobs = torch.tensor([(p, l, t) for p in order for l in range(n_layers) for t in torch.nonzero(patchable[p]).flatten().tolist()])
+    order = sorted(np.flatnonzero(informative).tolist(),
+                   key=lambda p: (int(pairs["decoder_attention_mask"][p].sum()), int(pairs["attention_mask"][p].sum())))
+    jobs = torch.tensor([(p, l, t) for p in order for l in range(n_layers) for t in torch.nonzero(patchable[p]).flatten().tolist()],
+                        dtype=torch.long).reshape(-1, 3)
     patched_scores = {name: torch.full((n_pairs, n_layers, width), float("nan"), dtype=torch.float64) for name in targets}
     for start in tqdm(range(0, len(jobs), batch_size), desc="patch", unit="batch", disable=None if progress else True):
         p, l, t = jobs[start : start + batch_size].T
@@ -208,14 +214,18 @@ def patch_all(model, pairs: dict, batch_size: int, progress: bool = False) -> di
     return {"clean": clean, "corrupted": corrupted, "patched": patched_scores}
 
 
-def normalised(clean: torch.Tensor, corrupted: torch.Tensor, patched: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+def kept_pairs(clean: torch.Tensor, corrupted: torch.Tensor, tolerance: float) -> np.ndarray:
+    """(P,) the pairs that a score keeps: clean and corrupted at least `tolerance` apart."""
+    return np.abs((clean - corrupted).numpy()) >= tolerance
+
+
+def normalised(clean: torch.Tensor, corrupted: torch.Tensor, patched: torch.Tensor, tolerance: float) -> tuple[np.ndarray, np.ndarray]:
     """(P, layers, T) restoration, 0 at the corrupted run and 1 at the clean one, and (P,) the
-    pairs kept (clean and corrupted at least TOLERANCE apart)."""
+    pairs kept."""
     gap = (clean - corrupted).numpy()
-    kept = np.abs(gap) >= TOLERANCE
     with np.errstate(divide="ignore", invalid="ignore"):
         restored = (patched.numpy() - corrupted.numpy()[:, None, None]) / gap[:, None, None]
-    return restored, kept
+    return restored, kept_pairs(clean, corrupted, tolerance)
 
 
 def by_role(restored: np.ndarray, kept: np.ndarray, roles: np.ndarray, changed: np.ndarray, role_names: list[str]) -> dict:
@@ -262,7 +272,7 @@ def analyze_patching(run_dir: Path, out_dir: Path | None = None, pairs: int = 20
     made = task.patch_pairs(pairs, seed, side)
     seconds = {"loading and pairs": time.perf_counter() - clock}
     clock = time.perf_counter()
-    found = patch_all(model, made, batch_size, progress)
+    found = patch_all(model, made, batch_size, progress, tolerance=TOLERANCE)  # what every score drops is not patched
     seconds["patching"] = time.perf_counter() - clock
     n_layers = found["patched"][next(iter(found["patched"]))].shape[1]
     roles = made["roles"].numpy()
@@ -276,7 +286,7 @@ def analyze_patching(run_dir: Path, out_dir: Path | None = None, pairs: int = 20
     arrays, restored_all = {}, {}
     for name in made["targets"]:
         clean, corrupted, patched_lp = found["clean"][name], found["corrupted"][name], found["patched"][name]
-        restored, kept = normalised(clean, corrupted, patched_lp)
+        restored, kept = normalised(clean, corrupted, patched_lp, TOLERANCE)
         restored_all[name] = (restored, kept)
         result["scores"][name] = {
             "what": made["scores"][name], "pairs_used": int(kept.sum()), "pairs_dropped": int((~kept).sum()),
@@ -285,8 +295,8 @@ def analyze_patching(run_dir: Path, out_dir: Path | None = None, pairs: int = 20
             **by_role(restored, kept, roles, changed, role_names)}
         arrays[f"{name}/clean"], arrays[f"{name}/corrupted"] = clean.numpy(), corrupted.numpy()
         arrays[f"{name}/patched"] = patched_lp.numpy().astype(np.float32)
-    every = [p for p in range(len(valid)) if all(kept[p] for _, kept in restored_all.values())]
-    example = every[0] if every else 0  # the first pair that every score keeps
+    used = [sum(bool(k[p]) for _, k in restored_all.values()) for p in range(len(valid))]
+    example = int(np.argmax(used))  # the first pair that every score keeps, else that most keep (none: pair 0, not patched)
     shown = np.flatnonzero(made["patchable"][example].numpy())  # the patched positions
     result["example"] = {"pair": example, "positions": shown.tolist(), "tokens": [made["tokens"][example][t] for t in shown],
                          "corrupted_tokens": [made["corrupted_tokens"][example][t] for t in shown],
@@ -385,9 +395,10 @@ def _example_figure(result: dict, path: Path) -> list[str]:
     labels = [t if t == u else f"{t}→{u}" for t, u in zip(ex["tokens"], ex["corrupted_tokens"])]
     fig, axes = plt.subplots(len(ex["restored"]), 1, figsize=(max(5.0, 0.32 * len(labels) + 2), 1.9 * len(ex["restored"]) + 1.4),
                              squeeze=False, layout="constrained")
-    image = None
+    image, dropped = None, result["pairs"][ex["pair"]]["dropped_from"]  # only where no pair is kept by every score
     for ax, (name, restored) in zip(axes[:, 0], ex["restored"].items()):
-        image = _heatmap(ax, np.array(restored, dtype=float), result["layers"], labels, name)
+        title = f"{name} (this pair is dropped from it: clean and corrupted within {result['settings']['tolerance_nats']} nats)" if name in dropped else name
+        image = _heatmap(ax, np.array(restored, dtype=float), result["layers"], labels, title)
     fig.colorbar(image, ax=axes, shrink=0.8, label="restored share")
     clean, corrupted = "".join(ex["tokens"]).replace("</s>", ""), "".join(ex["corrupted_tokens"]).replace("</s>", "")
     fig.suptitle(f"Pair {ex['pair']}: {clean} (clean) / {corrupted} (corrupted), one position patched at a time", fontsize=9)

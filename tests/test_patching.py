@@ -235,6 +235,23 @@ def test_patch_end_to_end(run, tmp_path, capsys, monkeypatch):
     assert not [p for p in out.parent.iterdir() if p.name.startswith(".")]  # no partial directory left
 
 
+
+def test_patch_where_every_pair_is_dropped_patches_nothing_and_says_so(run, tmp_path, capsys, monkeypatch):
+    """The best model's encoder: no pair has anything to restore. (Here a tolerance no pair
+    reaches stands in for it.) Nothing is patched, and the figure's panels say why they are empty."""
+    monkeypatch.setattr(patching, "TOLERANCE", 1e9)
+    batches = []
+    forward = patching.forward_scores
+    monkeypatch.setattr(patching, "forward_scores", lambda *args, **keys: batches.append(len(args[3])) or forward(*args, **keys))
+    out = tmp_path / "figs"
+    status, printed, err = quadlab(capsys, monkeypatch, "patch", run, "--pairs", 6, "--out", out)
+    assert status == 0, err
+    assert batches == [6, 6]  # the clean and corrupted scores; the encoder's states come from encoder_states, no patch follows
+    assert printed.count("0 pairs (6 dropped") == 2
+    arrays = np.load(out / "patching.npz")
+    assert all(np.isnan(arrays[f"{name}/patched"]).all() for name in ("D digits", "root class"))
+    assert (out / "patching-example.svg").read_text().count("this pair is dropped from it") == 2
+
 @pytest.fixture(scope="module")
 def classify_run(data, tmp_path_factory):
     root = tmp_path_factory.mktemp("patch-classify")
@@ -331,6 +348,27 @@ def test_decoder_patching_at_the_embeddings_restores_exactly_at_the_changed_digi
         # the last layer at `=` (the position that predicts D's first character) restores that character exactly
         assert torch.isfinite(patched[i, -1, int(patchable[-1])])
 
+
+
+def test_a_pair_that_every_score_drops_is_not_patched(page_task, monkeypatch):
+    """With a tolerance (the command's: TOLERANCE), the pairs whose clean and corrupted scores lie
+    within it for every score get no patch and no forward pass; the others, the same patches."""
+    model, pairs = page_task.model, page_task.patch_pairs(4, seed=1, side="decoder")
+    whole = patching.patch_all(model, pairs, batch_size=9)
+    same = {**pairs, "corrupted": pairs["corrupted"].clone()}
+    same["corrupted"][[0, 2]] = pairs["clean"][[0, 2]]  # nothing to restore in pairs 0 and 2, for any score
+    layers = len(patching.clean_states(model, pairs))
+    rows, forward = [], patching.forward_scores
+    monkeypatch.setattr(patching, "forward_scores", lambda model, pairs, targets, index, *rest, **keys: rows.append(len(index))
+                        or forward(model, pairs, targets, index, *rest, **keys))
+    found = patching.patch_all(model, same, batch_size=9, tolerance=1e-6)  # pairs 1 and 3 differ by more (the test above)
+    # the clean and corrupted scores and the clean states of all 4 pairs, then the patches of pairs 1 and 3 only
+    assert rows[:3] == [4, 4, 4] and sum(rows[3:]) == layers * int(pairs["patchable"][[1, 3]].sum())
+    for name, patched in found["patched"].items():
+        assert torch.isnan(patched[[0, 2]]).all()
+        torch.testing.assert_close(patched[[1, 3]], whole["patched"][name][[1, 3]], rtol=0, atol=1e-9, equal_nan=True)
+    result = patching.patch_all(model, same, batch_size=9)["patched"]["D digits"]  # no tolerance: every pair, the dropped ones too
+    assert not torch.isnan(result[0][:, pairs["patchable"][0].bool()]).any()
 
 def test_decoder_patch_end_to_end(page_run, run, tmp_path, capsys, monkeypatch):
     out = tmp_path / "page"
