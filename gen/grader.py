@@ -265,18 +265,20 @@ def _substitutes(template, written: Expr, env: dict) -> bool:
 
 
 _CANONICAL_EQUATION = re.compile(r"(-?[1-9][0-9]{0,%d})x\^2([+-][0-9]{1,%d})x([+-][0-9]{1,%d})=0" % ((MAX_DIGITS - 1,) + (MAX_DIGITS,) * 2))
+_EQUATION_EXAMPLE = "2x^2-5*x+6=0"  # for the errors: every form of term that parse_equation reads
 _EQ_TERM = re.compile(r"([+-]?)([0-9]*)((?:(?<=[0-9])\*)?x(?:\^([0-9]+))?)?")
 
 
 def _parse_side(side: str) -> list[int]:
     coeffs, pos = [0, 0, 0], 0
     if not side:
-        raise GradeError("an equation side is empty")
+        raise GradeError(f"an equation side is empty; write both, as in {_EQUATION_EXAMPLE}")
     while pos < len(side):
         m = _EQ_TERM.match(side, pos)
         sign, digits, has_x, power = m.groups()
         if m.end() == pos or (not digits and not has_x) or (pos > 0 and not sign):
-            raise GradeError(f"cannot read the equation at {side[pos:pos + 10]!r}")
+            raise GradeError(f"no term at {side[pos:pos + 10]!r}: write terms in x with integer coefficients, "
+                             f"powers with ^, as in {_EQUATION_EXAMPLE}")
         if len(digits) > MAX_DIGITS or len(power or "") > 2:
             raise GradeError("a number in the equation is too long")
         degree = (int(power) if power else 1) if has_x else 0
@@ -298,7 +300,7 @@ def parse_equation(text: str) -> tuple[int, int, int]:
         return int(canonical.group(1)), int(canonical.group(2)), int(canonical.group(3))
     compact = "".join(text.split())
     if compact.count("=") != 1:
-        raise GradeError("an equation needs exactly one '='")
+        raise GradeError(f"an equation needs exactly one '=', as in {_EQUATION_EXAMPLE}")
     left, right = compact.split("=")
     a, b, c = (l - r for l, r in zip(_parse_side(left), _parse_side(right)))
     if a == 0:

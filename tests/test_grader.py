@@ -171,6 +171,17 @@ def test_unreadable_equations_raise(text):
         parse_equation(text)
 
 
+@pytest.mark.parametrize("text, what", [("x**2-1=0", "no term at '**2-1'"), ("x^2+x+1", "exactly one '='"), ("=x^2", "side is empty"),
+                                        ("x^2-5y+6=0", "no term at 'y+6'")])
+def test_an_unreadable_equation_says_how_to_write_one(text, what):
+    with pytest.raises(GradeError) as raised:
+        parse_equation(text)
+    message = str(raised.value)
+    assert what in message
+    example = message.rsplit("as in ", 1)[1]  # the form the message offers must be one the parser reads
+    assert parse_equation(example) == (2, -5, 6)
+
+
 def test_true_roots_are_exact():
     assert true_roots(7, 3556, 451612) == ["-254"]
     assert true_roots(1, 0, -2) == ["-sqrt(2)", "sqrt(2)"]
