@@ -362,7 +362,7 @@ def train(task, model_name, init_from, train_file, eval_file, preset, config_pat
                    "best model's failures in 12% of the rows (RESULTS.md).  [default: beams for every row]")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
               help="Directory for metrics.json (this split's entry; others there are kept), the predictions and diagnosis.png.  "
-                   "[default: RUN_DIR, whose results for the split are replaced: a --limit check there overwrites the full test]")
+                   "[default: RUN_DIR, whose results for the split are replaced; a --limit check that would replace a result of more rows is refused]")
 @DATA_OPTION
 def eval_command(run_dir, split, limit, batch_size, num_beams, beams_below, out_dir, data):
     """Evaluate a trained run. Quadratic: full-solution and character accuracy, roots accuracy and

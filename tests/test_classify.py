@@ -89,15 +89,18 @@ def test_train_on_the_quadratic_dataset_end_to_end(lab):
 
 def test_eval_command_on_a_classification_run(lab, tmp_path, capsys, monkeypatch):
     run = shutil.copytree(lab / "run", tmp_path / "run")
-    status, out, err = quadlab(capsys, monkeypatch, "eval", run, "--limit", 10)
+    tested = json.loads((run / "metrics.json").read_text())["test"]["n"]
+    status, out, err = quadlab(capsys, monkeypatch, "eval", run, "--limit", 10)  # would replace the test of all rows
+    assert status == 2 and f"of {tested:,} rows" in err and "--out" in err
+    status, out, err = quadlab(capsys, monkeypatch, "eval", run, "--limit", 10, "--out", tmp_path / "check")
     assert status == 0, err
     assert "test (10 rows): accuracy" in out and "majority class two" in out
-    assert len((run / "predictions.jsonl").read_text().splitlines()) == 10
+    assert len((tmp_path / "check" / "predictions.jsonl").read_text().splitlines()) == 10
     status, out, err = quadlab(capsys, monkeypatch, "eval", run, "--split", "validation", "--limit", 5)
     assert status == 0, err
     assert len((run / "predictions-validation.jsonl").read_text().splitlines()) == 5
     metrics = json.loads((run / "metrics.json").read_text())
-    assert metrics["validation"]["n"] == 5 and metrics["test"]["n"] == 10 and "training" in metrics
+    assert metrics["validation"]["n"] == 5 and metrics["test"]["n"] == tested and "training" in metrics
 
 
 def test_resume_gives_the_same_weights_as_an_uninterrupted_run(lab, tmp_path):

@@ -77,11 +77,11 @@ def test_ask_prints_answer_and_the_question_tokens_the_answer_attends_to(squad_r
     assert status == 2 and "longer than max_length" in err
 
 
-def test_eval_command_on_a_squad_run(squad_run, capsys, monkeypatch):
-    status, out, err = quadlab(capsys, monkeypatch, "eval", squad_run, "--limit", "10")
+def test_eval_command_on_a_squad_run(squad_run, tmp_path, capsys, monkeypatch):
+    status, out, err = quadlab(capsys, monkeypatch, "eval", squad_run, "--limit", "10", "--out", tmp_path / "check")
     assert status == 0, err
     assert "exact match" in out and "on 10 questions" in out
-    assert len(json.loads((squad_run / "predictions.json").read_text())) == 10
+    assert len(json.loads((tmp_path / "check" / "predictions.json").read_text())) == 10
 
 
 def test_squad_v2_with_unanswerable_questions_end_to_end(small_squad, tmp_path):

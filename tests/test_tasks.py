@@ -218,6 +218,27 @@ def test_eval_out_writes_elsewhere_and_leaves_the_run_as_it_was(run, tmp_path, c
     assert status == 2 and "--out" in err and snapshot(run_dir) == before
 
 
+def test_a_limited_eval_does_not_replace_a_fuller_result_in_the_run(run, tmp_path, capsys, monkeypatch):
+    """`eval RUN --limit N` without --out writes into the run: refused, before decoding, where the run
+    holds a result of more rows; a check of as many rows (or one with --out) goes ahead."""
+    import shutil
+
+    from test_bad_inputs import quadlab, snapshot
+
+    name, run_dir = run
+    recorded = json.loads((run_dir / "metrics.json").read_text())
+    rows = recorded["total"] if name == "squad" else recorded["test"]["rows" if name == "quadratic" else "n"]
+    assert rows > 2, recorded  # the fixture's run was tested on more rows than the check below
+    before = snapshot(run_dir)
+    status, printed, err = quadlab(capsys, monkeypatch, "eval", run_dir, "--limit", 2)
+    assert status == 2 and printed == "" and len(err.strip().splitlines()) == 1, err
+    assert f"of {rows:,} rows" in err and "--limit 2 check of 2" in err and "--out DIR" in err
+    assert snapshot(run_dir) == before
+    copy = shutil.copytree(run_dir, tmp_path / "copy", ignore=shutil.ignore_patterns("checkpoint*", "step-*"))
+    status, printed, err = quadlab(capsys, monkeypatch, "eval", copy, "--limit", rows)
+    assert status == 0 and printed, err
+
+
 def test_heads_on_every_task(run, tmp_path):
     name, run_dir = run
     task = tasks.module(name).Analysis

@@ -383,14 +383,15 @@ def evaluate_run(run_dir: Path, split: str = "test", limit: int = 0, batch_size:
     if unknown:
         raise QuadlabError(f"the {split} rows have labels that {run_dir}'s model does not know ({', '.join(map(repr, unknown[:5]))}); "
                            f"its data changed since training: restore it, or train again")
+    path = Path(out_dir or run_dir) / "metrics.json"
+    everything = json.loads(path.read_text()) if path.exists() else {}
+    runs.guard_fuller_result(run_dir, out_dir, limit, (everything.get(split) or {}).get("n"), len(rows), f"{split} result")
     if torch.cuda.is_available():
         model = model.to("cuda")
     probabilities = predict(model, features(tokenizer, rows, config.max_length), tokenizer.pad_token_id, batch_size or config.eval_batch_size,
                             progress=progress)
     metrics, records = scored(probabilities, rows, labels, loaded["majority"])
     out = engine.output_dir(out_dir or run_dir)
-    path = out / "metrics.json"
-    everything = json.loads(path.read_text()) if path.exists() else {}
     everything[split] = metrics
     engine.write_json(path, everything)
     engine.write_jsonl(out / ("predictions.jsonl" if split == "test" else f"predictions-{split}.jsonl"), records)

@@ -558,10 +558,11 @@ def evaluate_run(run_dir: Path, split: str = "test", limit: int = 0, batch_size:
     dataset = load_splits(config, run_dir)[split]
     if limit:
         dataset = dataset.select(range(min(limit, len(dataset))))
+    metrics_path = Path(out_dir or run_dir) / "metrics.json"
+    everything = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
+    runs.guard_fuller_result(run_dir, out_dir, limit, (everything.get(split) or {}).get("rows"), len(dataset), f"{split} result")
     metrics, records = evaluate_rows(model, tokenizer, dataset, batch_size or config.eval_batch_size, num_beams, progress, beams_below)
     out = engine.output_dir(out_dir or run_dir)
-    metrics_path = out / "metrics.json"
-    everything = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
     everything[split] = {"rows": len(dataset), "decoding": "greedy, batched, sorted by input length, key-value cache", **metrics}
     engine.write_json(metrics_path, everything)
     engine.write_jsonl(out / ("predictions.jsonl" if split == "test" else f"predictions-{split}.jsonl"), records)

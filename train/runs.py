@@ -130,6 +130,15 @@ def load_run(run_dir: Path, command: str, task: str | None = None, data: str | P
     return model, tokenizer, config
 
 
+def guard_fuller_result(run_dir: Path, out_dir: Path | None, limit: int, recorded_rows: int | None, rows: int, result: str) -> None:
+    """`eval --limit` writes into the run itself unless given --out: refused, before any decoding,
+    where that would replace a result of more rows (the best model's 20,000 test rows took hours
+    of CPU; `explain` and `serve` compare with the run's test predictions)."""
+    if out_dir is None and limit and recorded_rows and recorded_rows > rows:
+        raise QuadlabError(f"{run_dir} holds its {result} of {recorded_rows:,} rows; a --limit {limit} check of {rows:,} would replace it: "
+                           f"give --out DIR to write the check elsewhere (or --limit 0 to evaluate every row again)")
+
+
 def analysis(run_dir: Path, command: str, split: str | None = "test", limit: int = 0, eval_limit: int = 0,
              data: str | Path | None = None):
     """The `Analysis` (train/tasks.py) of a finished run's task, on its rows of `split` (None: no

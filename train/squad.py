@@ -212,14 +212,16 @@ def evaluate_run(run_dir: Path, split: str = "test", limit: int = 0, batch_size:
         model = model.to("cuda")
     loaded = load_data(config)
     rows = drop_long_questions(tokenizer, loaded["eval"][: limit or None], config.max_length, loaded["skipped"])
+    path = Path(out_dir or run_dir) / "metrics.json"
+    recorded = json.loads(path.read_text()) if path.exists() else {}
+    runs.guard_fuller_result(run_dir, out_dir, limit, recorded.get("total"), len(rows), "evaluation")
     features = eval_features(tokenizer, rows, config.max_length, config.stride, config.padding)
     predictions, nbest = predict(model, tokenizer, rows, features, config, loaded["version_2"])
     metrics = squad_metrics(predictions, {r["id"]: r["answers"]["text"] for r in rows})
     out = engine.output_dir(out_dir or run_dir)
     engine.write_json(out / "predictions.json", predictions)
     engine.write_json(out / "nbest_predictions.json", nbest)
-    path = out / "metrics.json"
-    everything = {**(json.loads(path.read_text()) if path.exists() else {}), **metrics}
+    everything = {**recorded, **metrics}
     engine.write_json(path, everything)
     return everything
 
