@@ -56,6 +56,50 @@ def test_squad_bad_inputs(small_squad, tmp_path):
     assert not (tmp_path / "r").exists()
 
 
+@pytest.fixture
+def offline(monkeypatch):
+    """No hub: every connection fails as on a machine without DNS; the tries are recorded. Without
+    HF_HUB_OFFLINE (the suite sets it) and proxies, as for a user who has not set them."""
+    tried = []
+
+    def refuse(address, timeout=None, *args, **kwargs):
+        tried.append((address, timeout))
+        raise OSError(-2, "Name or service not known")
+
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", False)
+    for name in ("http_proxy", "https_proxy", "all_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr("socket.create_connection", refuse)
+    return tried
+
+
+def test_an_unreachable_hub_is_one_line_at_once(offline, tmp_path, capsys, monkeypatch):
+    """Offline, the hub libraries retry for about half a minute, printing each retry: one connection
+    to the hub tells at once, and the error says what to give instead."""
+    from train.squad import HUB_TIMEOUT, check_hub
+
+    commands = {
+        "model 'microsoft/deberta-v3-base'": ("--task", "squad", "--train-file", SQUAD_SAMPLE, "--set", "eval_articles=1"),
+        "squad;": ("--task", "squad"),
+        "glue/sst2;": ("--task", "classify", "--set", "hub_dataset=glue/sst2"),
+    }
+    for what, argv in commands.items():
+        status, out, err = quadlab(capsys, monkeypatch, "train", *argv, "--run-dir", tmp_path / "r")
+        assert status == 2 and out == "" and len(err.strip().splitlines()) == 1, err
+        assert f"cannot reach the hub (huggingface.co: Name or service not known) to load {what}" in err and "HF_HUB_OFFLINE=1" in err
+        assert offline.pop() == (("huggingface.co", 443), HUB_TIMEOUT) and not offline
+    assert not (tmp_path / "r").exists()
+    status, _, err = quadlab(capsys, monkeypatch, "train", "--task", "squad", "--model", "./no-model", "--train-file", SQUAD_SAMPLE,
+                             "--set", "eval_articles=1", "--run-dir", tmp_path / "r")
+    assert status == 2 and "cannot load model './no-model'" in err and not offline  # a path, not a hub name: no hub asked
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.invalid:3128")
+    check_hub("squad", "")  # through a proxy the hub may be reachable: the libraries find out
+    monkeypatch.delenv("HTTPS_PROXY")
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
+    check_hub("squad", "")  # the libraries read their cache alone
+    assert not offline
+
+
 @pytest.fixture(scope="module")
 def squad_run(small_squad):
     run = small_squad / "run-maps"

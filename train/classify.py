@@ -128,7 +128,11 @@ def hold_out(rows: list[dict], count: int, seed: int, what: str) -> tuple[list[d
 def _hub_rows(config: TrainConfig) -> tuple[dict, dict]:
     import datasets
 
+    from train.squad import check_hub
+
     name, _, subset = config.hub_dataset.partition("/")
+    check_hub(config.hub_dataset, "offline, give the data as a CSV or JSONL file with --train-file (and --eval-file), "
+                                  "or drop hub_dataset to use the quadratic dataset")
     try:
         loaded = datasets.load_dataset(name, subset or None)
     except Exception as err:  # offline, an unknown name: whatever the library raises, in one line

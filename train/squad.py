@@ -47,6 +47,41 @@ def model_path(name: str) -> str:
     return str(Path(package.__file__).parent / folder)
 
 
+HUB_TIMEOUT = 3.0  # seconds for the one connection that tells whether the hub can be reached
+
+
+def check_hub(what: str, fix: str) -> None:
+    """Offline, the hub libraries retry every request for about half a minute, printing each retry,
+    before they fail (52 s and ten lines for the default SQuAD model): one connection tells at once.
+    Not tried where HF_HUB_OFFLINE is set (the libraries then read their cache alone, quickly) or
+    requests go through a proxy (the hub may be reachable only that way)."""
+    import socket
+    import urllib.parse
+    import urllib.request
+
+    from huggingface_hub import constants
+
+    if getattr(constants, "HF_HUB_OFFLINE", False) or urllib.request.getproxies():
+        return
+    address = urllib.parse.urlparse(constants.ENDPOINT)
+    try:
+        socket.create_connection((address.hostname, address.port or 443), timeout=HUB_TIMEOUT).close()
+    except OSError as err:
+        raise QuadlabError(f"cannot reach the hub ({address.hostname}: {err.strerror or type(err).__name__}) to load {what}; {fix}, "
+                           f"or set HF_HUB_OFFLINE=1 to use a copy in your Hugging Face cache") from None
+
+
+def _repo_id(name: str) -> bool:
+    """Whether `name` can be a hub name (`./model`, `/tmp/model` cannot: missing directories)."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return False
+    return True
+
+
 def load_encoder(config: TrainConfig, auto_class, **model_keys):
     """(model, tokenizer) of the pretrained encoder `config.model_name` with the head of
     `auto_class` (AutoModelForQuestionAnswering, AutoModelForSequenceClassification), checked: an
@@ -55,6 +90,8 @@ def load_encoder(config: TrainConfig, auto_class, **model_keys):
     from transformers import AutoTokenizer
 
     folder = Path(model_path(config.model_name))
+    if not folder.exists() and _repo_id(config.model_name):
+        check_hub(f"model {config.model_name!r}", "give a directory that holds a Hugging Face encoder and its tokenizer, or minilm-l6-packaged")
     if folder.is_dir() and not any((folder / name).is_file() for name in TOKENIZER_FILES):
         # transformers then makes up a tokenizer of special tokens alone, and training learns nothing
         raise QuadlabError(f"{config.model_name} holds no tokenizer ({', '.join(TOKENIZER_FILES)}); save the model's tokenizer beside it")
@@ -95,6 +132,7 @@ def load_data(config: TrainConfig) -> dict:
         import datasets
 
         name = config.hub_dataset
+        check_hub(name, "offline, pass --train-file (e.g. ../shared/data/squad/dev-v1.1.json, split by article)")
         try:
             loaded = datasets.load_dataset(name)
         except Exception as err:
