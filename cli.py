@@ -564,7 +564,7 @@ def explain(text, run_dir, context, heads, out_dir):
     grader's verdict, how the run did on its test equations like it, the first statement and token
     where the solution parts from the reference, with the probabilities of both tokens there), a
     question for a SQuAD run (with --context; the answer and its score), a text for a
-    classification run (the label and its probabilities); for each layer the token attended to most
+    classification run (the label and its probabilities, and on equation runs the true label); for each layer the token attended to most
     (quadratic: any input token, by encoder self- and cross-attention, and what the first wrong
     token reads; SQuAD: the question token the answer span attends to; classification: the token
     [CLS] attends to), and the per-head figures. An equation that starts with a minus sign goes

@@ -103,6 +103,17 @@ def test_eval_command_on_a_classification_run(lab, tmp_path, capsys, monkeypatch
     assert metrics["validation"]["n"] == 5 and metrics["test"]["n"] == tested and "training" in metrics
 
 
+@pytest.mark.parametrize("equation, gold", [("x^2 - 5x + 6 = 0", "two"), ("x^2-4x+4=0", "one"), ("x^2+1=0", "none")])
+def test_explain_on_an_equation_run_says_the_true_label(lab, tmp_path, equation, gold):
+    """The given equation's true label is its number of real roots, as the dataset labels it."""
+    from analyze.maps import explain
+
+    result = explain(lab / "run", {"text": equation}, tmp_path / "explain")
+    answer = result["answer"]
+    assert answer["gold"] == gold and answer["label"] in answer["probabilities"]
+    assert result["lines"][0].startswith(f"label: {answer['label']} (true: {gold}; probabilities: none ")
+
+
 def test_resume_gives_the_same_weights_as_an_uninterrupted_run(lab, tmp_path):
     keys = {"data": str(lab / "data"), "max_steps": 12, "eval_every": 6, "dropout_rate": 0.1, "eval_limit": 8}
     train_run(_config(tmp_path / "whole", **keys), progress=False)

@@ -486,18 +486,20 @@ class Analysis(EncoderAnalysis):
         """The predicted label, with the probabilities of every label, of a row of the split or of
         a given text (on equation runs an equation, written as the dataset writes it)."""
         if given is not None:
-            text, pair = given.get("text") or "", given.get("text_pair")
+            text, pair, gold = given.get("text") or "", given.get("text_pair"), {}
             if not text.strip():
                 raise QuadlabError("the text is empty; give the text to classify")
             if self.equation:
                 from gen.equations import write_equation
-                from gen.grader import GradeError, parse_equation
+                from gen.grader import GradeError, parse_equation, real_root_count
 
                 try:
-                    text = write_equation(*parse_equation(text))  # `x^2 - 5x + 6 = 0` -> 1x^2-5x+6=0, as trained
+                    a, b, c = parse_equation(text)
                 except GradeError as err:
                     raise QuadlabError(f"cannot read the equation: {err}") from None
-            row, name = {"text": text, **({"text_pair": pair} if pair is not None else {})}, "given"
+                text = write_equation(a, b, c)  # `x^2 - 5x + 6 = 0` -> 1x^2-5x+6=0, as trained
+                gold = {"label": ROOT_CLASSES[real_root_count(a, b, c)]}  # as the dataset labels it
+            row, name = {"text": text, **({"text_pair": pair} if pair is not None else {}), **gold}, "given"
         else:
             row, name = self.rows[index], str(index)
         window = self.windows_of([row])[0]
@@ -513,7 +515,8 @@ class Analysis(EncoderAnalysis):
     def answer_lines(result: dict) -> list[str]:
         answer = result["answer"]
         probabilities = ", ".join(f"{name} {p:.3f}" for name, p in answer["probabilities"].items())
-        lines = [f"label: {answer['label']} (probabilities: {probabilities})"]
+        true = "" if answer.get("gold") is None else f"true: {answer['gold']}; "
+        lines = [f"label: {answer['label']} ({true}probabilities: {probabilities})"]
         for label, layers in result["attended"].items():
             lines += [f"layer {layer}: {label} {token}" for layer, token in enumerate(layers)]
         return lines
