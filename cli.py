@@ -660,7 +660,8 @@ def probe(run_dir, split, limit, targets, batch_size, held_out, seed, out_dir, d
     for line in summary_lines(result):
         click.echo(line)
     seconds = ", ".join(f"{k} {v} s" for k, v in result["seconds"].items())
-    click.echo(f"wrote probes.json, probes.csv and {len(result['figures']) // 2} heatmaps to {result['out_dir']} ({seconds})")
+    heatmaps = len(result["figures"]) // 2  # each as PNG and SVG
+    click.echo(f"wrote probes.json, probes.csv and {heatmaps} heatmap{'s' * (heatmaps != 1)} to {result['out_dir']} ({seconds})")
 
 
 @cli.command(name="gpu-job")

@@ -198,6 +198,9 @@ def test_probe_command_on_a_quadratic_run(runs, tmp_path, capsys, monkeypatch):
     status, printed, err = quadlab(capsys, monkeypatch, "probe", runs / "quadratic", "--out", out, "--held-out", "0.4", "--seed", "1",
                                    *[a for t in targets for a in ("--target", t)])
     assert status == 0, err
+    assert f"and 3 heatmaps to {out}" in printed
+    status, one, err = quadlab(capsys, monkeypatch, "probe", runs / "quadratic", "--out", tmp_path / "one", "--target", "root class")
+    assert status == 0 and f"and 1 heatmap to {tmp_path / 'one'}" in one, err
     result = json.loads((out / "probes.json").read_text())
     assert list(result["targets"]) == targets and result["rows"] == 60
     assert result["settings"]["rows_scored"] == 24 and result["settings"]["rows_fit"] == 36
