@@ -15,7 +15,7 @@ import random
 import shutil
 import signal
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from gen import QuadlabError, swap_in
@@ -54,6 +54,14 @@ class GenOptions:
     def extra_class_counts(self) -> dict[str, int]:
         return _counts_by_mix(self.extra_train_rows, self.extra_shares)
 
+    def test_counts(self) -> dict[str, int]:
+        """Test rows per class: every class is split test_fraction / rest (stratified)."""
+        return {cls: round(n * self.test_fraction) for cls, n in self.class_counts().items()}
+
+    def _both_splits(self) -> bool:
+        tested = sum(self.test_counts().values())
+        return 0 < tested and (tested < self.rows or self.extra_train_rows > 0)
+
     def validate(self) -> None:
         if self.rows <= 0:
             raise QuadlabError(f"--rows must be a positive number of equations, not {self.rows}")
@@ -65,6 +73,11 @@ class GenOptions:
                 raise QuadlabError(f"{option} {shown}: give three non-negative shares (two,one,none roots) that sum to 1, e.g. 0.5,0.3,0.2")
         if not 0 < self.test_fraction < 1:
             raise QuadlabError(f"--test-fraction must lie strictly between 0 and 1, not {self.test_fraction}")
+        if not self._both_splits():
+            empty = "test" if not sum(self.test_counts().values()) else "training"
+            enough = next((n for n in range(self.rows + 1, self.rows + 100_000) if replace(self, rows=n)._both_splits()), None)
+            raise QuadlabError(f"--rows {self.rows} with --test-fraction {self.test_fraction:g} leaves the {empty} split empty; "
+                               + (f"give --rows {enough} or more" if enough else "give more rows or another --test-fraction"))
         if self.format not in FORMATS:
             raise QuadlabError(f"--format must be one of {', '.join(FORMATS)}")
         r = self.ranges
@@ -180,9 +193,10 @@ def build_splits(options: GenOptions, workers: int = 1, progress: bool = False) 
     rng = random.Random(options.seed)
     sampled = sample_coefficients(options.ranges, options.class_counts(), rng)
     splits = {"train": [], "test": []}
-    for cls in CLASSES:  # stratified: every class is split test_fraction / rest
+    test_counts = options.test_counts()
+    for cls in CLASSES:
         rows = [(a, b, c, cls) for a, b, c in sampled[cls]]
-        n_test = round(len(rows) * options.test_fraction)
+        n_test = test_counts[cls]
         splits["train"] += rows[: len(rows) - n_test]
         splits["test"] += rows[len(rows) - n_test :]
     for rows in splits.values():

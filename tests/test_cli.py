@@ -47,6 +47,7 @@ def test_gen_writes_a_loadable_dataset(run_cli, tmp_path):
         ["--root-range", "1-2"],
         ["--a-range", "-1:1", "--root-range", "0:3"],
         ["--test-fraction", "0"],
+        ["--rows", "3"],  # no test row
         ["--format", "latex"],
         ["--extra-train-rows", "-3"],
         ["--extra-train-rows", "10", "--extra-mix", "1,1,0"],

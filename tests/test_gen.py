@@ -156,6 +156,8 @@ def test_every_row_is_verified_a_wrong_solution_stops_generation(monkeypatch):
         (GenOptions(mix=(1.2, -0.2, 0.0)), "--mix"),
         (GenOptions(mix=(float("nan"), 0.5, 0.5)), "--mix"),  # nan compares false with everything
         (GenOptions(test_fraction=1.0), "--test-fraction"),
+        (GenOptions(rows=4), "--rows 4 with --test-fraction 0.2 leaves the test split empty; give --rows 5 or more"),
+        (GenOptions(rows=6, test_fraction=0.95), "leaves the training split empty; give --rows"),
         (GenOptions(ranges=Ranges(a_lo=0, a_hi=0)), "--a-range"),
         (GenOptions(ranges=Ranges(root_lo=3, root_hi=1)), "--root-range"),
         (GenOptions(ranges=Ranges(a_lo=-10**7, a_hi=1)), "limited"),
@@ -171,6 +173,20 @@ def test_bad_options_are_refused(options, message, tmp_path):
     with pytest.raises(QuadlabError, match=message):
         generate(options, tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("test_fraction", [0.2, 0.95, 0.01])
+def test_the_rows_that_a_too_small_dataset_is_told_to_have_make_both_splits(test_fraction, tmp_path):
+    import re
+
+    with pytest.raises(QuadlabError) as refused:
+        generate(GenOptions(rows=2, test_fraction=test_fraction), tmp_path / "small")
+    enough = int(re.search(r"give --rows (\d+) or more", str(refused.value))[1])
+    generate(GenOptions(rows=enough, test_fraction=test_fraction), tmp_path / "out")
+    counts = json.loads((tmp_path / "out" / "card.json").read_text())["counts"]
+    assert counts["train"]["total"] >= 1 and counts["test"]["total"] >= 1 and counts["train"]["total"] + counts["test"]["total"] == enough
+    with pytest.raises(QuadlabError, match="split empty"):
+        generate(GenOptions(rows=enough - 1, test_fraction=test_fraction), tmp_path / "fewer")  # the fewest
 
 
 def test_extra_training_rows_are_new_equations_and_leave_the_split_as_it_was(tmp_path):
