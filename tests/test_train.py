@@ -466,6 +466,9 @@ def test_tiny_model_learns_32_equations(tmp_path):
     assert len(losses) == 300 and sum(losses[-10:]) / 10 < 0.05 * sum(losses[:10]) / 10
     for name in ("config.yaml", "environment.json", "log.jsonl", "training_curve.png", "metrics.json", "predictions.jsonl"):
         assert (run / name).exists(), name
+    from train.engine import code_version
+
+    assert json.loads((run / "environment.json").read_text())["code"]["sources_sha256"] == code_version()["sources_sha256"]
     assert len((run / "predictions.jsonl").read_text().splitlines()) == 8  # every test equation
     # the run directory is a standard Hugging Face model + tokenizer: a row the run got right comes
     # out the same from the reloaded model
@@ -661,3 +664,31 @@ def test_a_gzipped_log_is_read_and_a_run_in_name_run_is_titled_name(tmp_path, mo
     assert plot_curve(run, "full_solution_accuracy").stat().st_size > 5_000
     assert titles == ["padded-best: training curve"]
     assert read_log(tmp_path) == ([], [])  # a directory without a log has no records
+
+
+def test_a_run_records_which_code_made_it(tmp_path):
+    """environment.json's `code`: a hash of the lab's Python sources (a copy of the tree without
+    .git, as on the GPU machine, has only that), and under git the commit and whether tracked files
+    differ from it."""
+    import subprocess
+
+    from train.engine import code_version
+
+    for name in ("cli.py", "gen/a.py", "train/b.py", "analyze/deep/c.py", "tests/t.py", "train/recipe.yaml"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(f"# {name}\n")
+    first = code_version(tmp_path)
+    assert set(first) == {"sources_sha256"} and len(first["sources_sha256"]) == 64
+    (tmp_path / "tests" / "t.py").write_text("# not the lab's code\n")
+    assert code_version(tmp_path) == first
+    (tmp_path / "analyze" / "deep" / "c.py").write_text("# changed\n")
+    changed = code_version(tmp_path)["sources_sha256"]
+    assert changed != first["sources_sha256"]
+    git = ["git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    subprocess.run([*git, "add", "."], check=True)
+    subprocess.run([*git, "commit", "-q", "-m", "x"], check=True)
+    head = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+    assert code_version(tmp_path) == {"sources_sha256": changed, "commit": head, "uncommitted_changes": False}
+    (tmp_path / "gen" / "a.py").write_text("# edited\n")
+    assert code_version(tmp_path)["uncommitted_changes"] is True

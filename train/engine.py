@@ -547,6 +547,27 @@ def train(
     }
 
 
+def code_version(root: Path = Path(__file__).resolve().parent.parent) -> dict:
+    """Which code made a run: a hash of the lab's Python sources, which names it anywhere (the GPU
+    machine's copy of the tree has no .git), and where the checkout has git, its commit and whether
+    tracked files differed from it."""
+    import hashlib
+    import subprocess
+
+    digest = hashlib.sha256()
+    for path in sorted([root / "cli.py", *(p for folder in ("gen", "train", "analyze") for p in (root / folder).rglob("*.py"))]):
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    version = {"sources_sha256": digest.hexdigest()}
+    try:
+        git = [subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=20)
+               for args in (["rev-parse", "HEAD"], ["status", "--porcelain", "--untracked-files=no"])]
+    except (OSError, subprocess.SubprocessError):  # no git, or a hung one
+        return version
+    if all(done.returncode == 0 for done in git):
+        version.update(commit=git[0].stdout.strip(), uncommitted_changes=bool(git[1].stdout.strip()))
+    return version
+
+
 def environment() -> dict:
     import platform
 
@@ -559,7 +580,7 @@ def environment() -> dict:
     return {
         "python": platform.python_version(), "platform": platform.platform(), "torch": torch.__version__,
         "transformers": transformers.__version__, "accelerate": accelerate.__version__, "datasets": datasets.__version__,
-        "sympy": sympy.__version__, "device": device, "command": sys.argv,
+        "sympy": sympy.__version__, "device": device, "command": sys.argv, "code": code_version(),
     }
 
 
