@@ -68,13 +68,18 @@ def dataset_average(model, batches, sides: dict, roles: dict, progress: bool = F
     return averages
 
 
-def check_given(task, given: dict | None, run_dir: Path) -> None:
-    """The fields of a given example are the ones the run's task reads."""
+def option_name(field: str) -> str:
+    return f"--{field.replace('_', '-')}"
+
+
+def check_given(task, given: dict | None, run_dir: Path, spelled=option_name) -> None:
+    """The fields of a given example are the ones the run's task reads; `spelled` names a field as
+    the user wrote it (an option of the command line; serve: a key of the request)."""
     from train.tasks import TASKS
 
     if given and not set(given) <= set(task.inputs):
-        wanted = " and ".join(f"--{f.replace('_', '-')}" for f in task.inputs)
-        extra = " and ".join(f"--{f.replace('_', '-')}" for f in given if f not in task.inputs)
+        wanted = " and ".join(spelled(f) for f in task.inputs)
+        extra = " and ".join(spelled(f) for f in given if f not in task.inputs)
         verb = "do" if len(given) - len(set(given) & set(task.inputs)) > 1 else "does"
         raise QuadlabError(f"{run_dir} is a {TASKS[task.name].title} run; {extra} {verb} not apply to it (give its example with {wanted})")
 

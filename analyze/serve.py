@@ -104,7 +104,7 @@ def check_fields(task, body, run_dir: Path) -> dict:
     for name, value in body.items():
         if not isinstance(value, str):
             raise QuadlabError(f"field {name!r} must be a string")
-    check_given(task, body, run_dir)
+    check_given(task, body, run_dir, spelled=repr)
     if task.inputs[0] not in body:
         raise QuadlabError(f"the field {task.inputs[0]!r} is missing; give {' and '.join(task.inputs)}")
     for name, value in body.items():

@@ -113,7 +113,7 @@ BAD = [
     ("quadratic", {"equation": "x^2+" + "1" * LIMITS["equation"] + "=0"}, 400, "the limit is 64"),
     ("quadratic", {"equation": "7y^2+3x=0"}, 400, "cannot read the equation"),
     ("quadratic", {"equation": 7}, 400, "must be a string"),
-    ("quadratic", {"text": "x^2=0"}, 400, "does not apply"),
+    ("quadratic", {"text": "x^2=0"}, 400, "is a quadratic run; 'text' does not apply to it (give its example with 'equation')"),
     ("quadratic", {}, 400, "'equation' is missing"),
     ("quadratic", ["x^2=0"], 400, "JSON object"),
     ("squad", {"question": "Who won?", "context": "  "}, 400, "context is empty"),
