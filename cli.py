@@ -10,7 +10,9 @@ import codecs
 import json
 import os
 import re
+import signal
 import sys
+import threading
 from pathlib import Path
 
 import click
@@ -343,7 +345,7 @@ def train(task, model_name, init_from, train_file, eval_file, preset, config_pat
         result = task.train_run(config, resume=resume, overwrite=overwrite)
     except Interrupted as stop:
         click.echo(f"quadlab train: {stop}", err=True)
-        sys.exit(130)
+        sys.exit(128 + signal.SIGTERM if isinstance(stop.__context__, Terminated) else 130)
     if result is None:  # another process of `accelerate launch`: the main one evaluates and reports
         return
     for line in task.metric_lines(config.resolved_run_dir(), result, "test"):
@@ -720,14 +722,36 @@ def gpu_job(recipe, out_dir, work, budget_seconds, test_seconds, settings):
     click.echo(f"gpu-job: {path.stem}: " + (f"not done ({todo[0]} next); run the same command again" if todo else "done"))
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (`kill`, `timeout`, a batch system's time limit), raised where it lands so that it
+    unwinds as Ctrl-C does: partial outputs are removed, training resumes from its last checkpoint."""
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated
+
+
 def main(argv=None) -> None:
     """Entry point: click's errors and ours as one line on stderr, exit 2; Ctrl-C as one line, exit
-    130; no tracebacks."""
+    130, and SIGTERM, exit 143; no tracebacks."""
+    handles_signals = threading.current_thread() is threading.main_thread()  # signal.signal works there only
+    previous = signal.signal(signal.SIGTERM, _raise_terminated) if handles_signals else None
+    try:
+        _main(argv)
+    finally:
+        if handles_signals:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _main(argv) -> None:
     try:
         cli.main(args=argv, prog_name="quadlab", standalone_mode=False)
     except click.exceptions.Exit as stop:
         sys.exit(stop.exit_code)
-    except (click.exceptions.Abort, KeyboardInterrupt):  # Ctrl-C: click turns it into Abort inside a command
+    except (click.exceptions.Abort, KeyboardInterrupt) as stop:  # click turns KeyboardInterrupt into Abort inside a command
+        if isinstance(stop, Terminated) or isinstance(stop.__cause__, Terminated):
+            click.echo("quadlab: terminated (SIGTERM)", err=True)
+            sys.exit(128 + signal.SIGTERM)
         click.echo("quadlab: interrupted", err=True)
         sys.exit(130)
     except click.ClickException as err:

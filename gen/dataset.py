@@ -168,6 +168,14 @@ def _extra_training_rows(options: GenOptions, sampled: dict[str, list]) -> list[
     return rows
 
 
+def _quiet_worker() -> None:
+    """Ctrl-C reaches every process of the terminal's group; workers ignore it, so that only the
+    parent stops (one message, no traceback per worker) and its `with` terminates them, with a
+    SIGTERM that must end them as by default (not as the handler they inherit from cli.main)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 def _write_and_verify(job: tuple) -> list[tuple[str, str]]:
     """Write each row and verify it from the written strings alone, with the sympy grader."""
     rows, fmt = job
@@ -211,9 +219,7 @@ def build_splits(options: GenOptions, workers: int = 1, progress: bool = False) 
     with tqdm(total=options.rows + options.extra_train_rows, desc="write+verify", unit="row", disable=None if progress else True, file=sys.stderr) as bar:
         if workers > 1 and len(jobs) > 1:
             context = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
-            # Ctrl-C reaches every process of the terminal's group; workers ignore it, so that only
-            # the parent stops (one message, no traceback per worker) and `with` terminates them.
-            with context.Pool(min(workers, len(jobs)), initializer=signal.signal, initargs=(signal.SIGINT, signal.SIG_IGN)) as pool:
+            with context.Pool(min(workers, len(jobs)), initializer=_quiet_worker) as pool:
                 results = pool.imap(_write_and_verify, jobs)
                 for (name, _), result in zip(order, results):
                     written[name] += result

@@ -131,11 +131,12 @@ def test_other_commands_read_ascii_numbers_only(run_cli, tmp_path, args):
     assert not list(tmp_path.iterdir())
 
 
-def _press_ctrl_c(args, ready: str, cwd, timeout=300):
+def _stop_when(args, ready: str, cwd, signum=signal.SIGINT, timeout=300):
     """Run `cli.py ARGS` with stderr on a terminal, so that progress bars show as they do for a
-    person, and once stderr matches `ready` send SIGINT to its process group, as Ctrl-C does (every
-    worker process gets it too). Returns the exit code, stdout and the stderr lines (bar redraws,
-    which end in a carriage return, count as lines)."""
+    person, and once stderr matches `ready` stop it: SIGINT goes to its process group, as Ctrl-C
+    does (every worker process gets it too), SIGTERM to the process alone, as `kill PID` does.
+    Returns the exit code, stdout and the stderr lines (bar redraws, which end in a carriage
+    return, count as lines)."""
     import fcntl
     import pty
     import struct
@@ -169,7 +170,10 @@ def _press_ctrl_c(args, ready: str, cwd, timeout=300):
             assert proc.poll() is None, f"ended before it showed progress: {b''.join(chunks)!r}"
             assert time.monotonic() < deadline, f"no progress in {timeout} s: {b''.join(chunks)!r}"
             time.sleep(0.05)
-        os.killpg(proc.pid, signal.SIGINT)
+        if signum == signal.SIGINT:
+            os.killpg(proc.pid, signum)
+        else:
+            os.kill(proc.pid, signum)
         stdout, _ = proc.communicate(timeout=timeout)
     finally:
         if proc.poll() is None:
@@ -188,19 +192,26 @@ def _messages(lines: list[str], bar: str) -> list[str]:
 needs_a_terminal = pytest.mark.skipif(sys.platform == "win32", reason="a pseudo-terminal and process groups are POSIX")
 
 
+# SIGTERM reaches the parent alone: its workers, left to themselves, printed a broken pipe each
+STOPS = pytest.mark.parametrize("signum, code, said", [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated (SIGTERM)")],
+                                ids=["ctrl-c", "sigterm"])
+
+
 @needs_a_terminal
-def test_ctrl_c_during_gen_prints_one_line_and_leaves_nothing(tmp_path):
-    code, stdout, lines = _press_ctrl_c(["gen", "--rows", 20000, "--workers", 2, "--out", tmp_path / "q"],
-                                        r"write\+verify: .*\b[1-9][0-9]*/20000", cwd=tmp_path)  # a chunk done: the pool works
+@STOPS
+def test_stopping_gen_prints_one_line_and_leaves_nothing(tmp_path, signum, code, said):
+    returned, stdout, lines = _stop_when(["gen", "--rows", 20000, "--workers", 2, "--out", tmp_path / "q"],
+                                         r"write\+verify: .*\b[1-9][0-9]*/20000", cwd=tmp_path, signum=signum)  # a chunk done: the pool works
     text = "\n".join(lines)
-    assert code == 130 and stdout == "", text
+    assert returned == code and stdout == "", text
     assert "Traceback" not in text and "KeyboardInterrupt" not in text and "ForkPoolWorker" not in text, text
-    assert _messages(lines, "write+verify:") == ["quadlab: interrupted"], text
+    assert _messages(lines, "write+verify:") == [f"quadlab: {said}"], text
     assert list(tmp_path.iterdir()) == []  # neither the dataset nor its hidden .q.partial-PID sibling
 
 
 @needs_a_terminal
-def test_ctrl_c_during_train_prints_one_line(tmp_path):
+@STOPS
+def test_stopping_train_prints_one_line(tmp_path, signum, code, said):
     from gen.dataset import GenOptions, generate
     from gen.equations import Ranges
 
@@ -209,10 +220,10 @@ def test_ctrl_c_during_train_prints_one_line(tmp_path):
     tiny = [f"--set={key}={value}" for key, value in
             {"d_model": 16, "d_ff": 32, "d_kv": 8, "num_layers": 1, "num_decoder_layers": 1, "num_heads": 2, "val_size": 20}.items()]
     # no evaluation (so no checkpoint write) before the interruption: Ctrl-C lands in a training step
-    code, stdout, lines = _press_ctrl_c(["train", "--data", data, "--run-dir", tmp_path / "run", "--max-steps", 100000,
-                                         "--eval-every", 100000, "--batch-size", 8, *tiny], r"train: .*\b[1-9][0-9]*/100000", cwd=tmp_path)
+    returned, stdout, lines = _stop_when(["train", "--data", data, "--run-dir", tmp_path / "run", "--max-steps", 100000, "--eval-every", 100000,
+                                          "--batch-size", 8, *tiny], r"train: .*\b[1-9][0-9]*/100000", cwd=tmp_path, signum=signum)
     text = "\n".join(lines)
-    assert code == 130 and "Traceback" not in text and "KeyboardInterrupt" not in text, text
+    assert returned == code and "Traceback" not in text and "KeyboardInterrupt" not in text, text
     [message] = _messages(lines, "train:")
     assert message.startswith("quadlab train: interrupted at step") and "--resume" in message, text
     assert not [p.name for p in (tmp_path / "run").rglob("*") if re.search(r"\.tmp|\.old|partial", p.name)]
