@@ -236,7 +236,7 @@ def summary_lines(result: dict, top: int = 5) -> list[str]:
         lines.append(f"baseline on {result['eval_rows']} rows: {base}")
         for item in result["importance"][:top]:
             drops = ", ".join(f"{METRIC_TITLES[m]} {_signed(v)}" for m, v in item["drop"].items())
-            lines.append(f"  important head: {item['kind']} layer {item['layer']} head {item['head']}: drop {drops}; gradient {item['gradient']:.3g}")
+            lines.append(f"  important head: {item['kind']} layer {item['layer']} head {item['head']}: drop {drops}; gradient {item['gradient']:#.3g}")
     for kind, r in result["kinds"].items():
         for layer, counts in enumerate(r["type_counts_per_layer"]):
             shown = ", ".join(f"{v} {k}" for k, v in counts.items() if v)
