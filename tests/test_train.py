@@ -692,3 +692,7 @@ def test_a_run_records_which_code_made_it(tmp_path):
     assert code_version(tmp_path) == {"sources_sha256": changed, "commit": head, "uncommitted_changes": False}
     (tmp_path / "gen" / "a.py").write_text("# edited\n")
     assert code_version(tmp_path)["uncommitted_changes"] is True
+    installed = tmp_path / "venv" / "site-packages"  # a copy installed with `pip install .` in a .venv of the checkout
+    shutil.copytree(tmp_path / "gen", installed / "gen")
+    (installed / "cli.py").write_text("# cli.py\n")
+    assert code_version(installed) == {"sources_sha256": code_version(installed)["sources_sha256"]}  # not the checkout's commit

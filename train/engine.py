@@ -549,8 +549,9 @@ def train(
 
 def code_version(root: Path = Path(__file__).resolve().parent.parent) -> dict:
     """Which code made a run: a hash of the lab's Python sources, which names it anywhere (the GPU
-    machine's copy of the tree has no .git), and where the checkout has git, its commit and whether
-    tracked files differed from it."""
+    machine's copy of the tree has no .git), and where the code is a git checkout of its own, its
+    commit and whether tracked files differed from it (not those of a repository that merely holds
+    an installed copy, as a project's .venv/lib/.../site-packages)."""
     import hashlib
     import subprocess
 
@@ -560,11 +561,11 @@ def code_version(root: Path = Path(__file__).resolve().parent.parent) -> dict:
     version = {"sources_sha256": digest.hexdigest()}
     try:
         git = [subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=20)
-               for args in (["rev-parse", "HEAD"], ["status", "--porcelain", "--untracked-files=no"])]
+               for args in (["rev-parse", "--show-toplevel", "HEAD"], ["status", "--porcelain", "--untracked-files=no"])]
     except (OSError, subprocess.SubprocessError):  # no git, or a hung one
         return version
-    if all(done.returncode == 0 for done in git):
-        version.update(commit=git[0].stdout.strip(), uncommitted_changes=bool(git[1].stdout.strip()))
+    if all(done.returncode == 0 for done in git) and Path(git[0].stdout.splitlines()[0]).resolve() == root.resolve():
+        version.update(commit=git[0].stdout.splitlines()[-1].strip(), uncommitted_changes=bool(git[1].stdout.strip()))
     return version
 
 
