@@ -158,7 +158,7 @@ def test_gpu_job_leaves_the_test_to_the_next_call_when_training_ends_late(tmp_pa
     (("gen:", "gen:\n  colour: blue"), "gen: has no option 'colour'"),
     (('a_range: "-2:2"', "a_range: -2:2"), 'a_range must be quoted, e.g. a_range: "-30:30"'),
     (("rows: 120", "rows: many"), "gen: Invalid value for '--rows': 'many' is not an integer"),
-    (("max_steps: 8", "max_steps: many"), "bad.yaml: config key 'max_steps' takes a int"),
+    (("max_steps: 8", "max_steps: many"), "bad.yaml: config key 'max_steps' takes a whole number"),
     (("preset: tiny", "preset: tiny\ndata: elsewhere"), "the job keeps its data and run in its work directory"),
     (("gen:\n  rows: 120", "generate:\n  rows: 120"), "has no gen: section"),
 ])

@@ -186,8 +186,9 @@ def _coerce(name: str, value, current):
             return number
         return kind(value)
     except (TypeError, ValueError, OverflowError):
-        digits = " (written with the digits 0-9)" if kind in (int, float) else ""
-        raise QuadlabError(f"config key {name!r} takes a {kind.__name__}{digits}, not {value!r}") from None
+        what = {int: "a whole number (written with the digits 0-9)", float: "a number (written with the digits 0-9)",
+                bool: "true or false", str: "text"}.get(kind, f"a {kind.__name__}")
+        raise QuadlabError(f"config key {name!r} takes {what}, not {value!r}") from None
 
 
 def resolve(preset: str = "tiny", yaml_path: str | None = None, overrides: dict | None = None, base: TrainConfig | None = None) -> TrainConfig:
