@@ -666,6 +666,17 @@ def test_a_gzipped_log_is_read_and_a_run_in_name_run_is_titled_name(tmp_path, mo
     assert read_log(tmp_path) == ([], [])  # a directory without a log has no records
 
 
+def test_environment_names_the_device_accelerate_trains_on(monkeypatch):
+    """On a Mac accelerate trains on Apple's GPU (mps), not on the CPU that environment.json said."""
+    from train.engine import environment
+
+    assert environment()["device"].startswith(torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu (")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.accelerator, "is_available", lambda: True)
+    monkeypatch.setattr(torch.accelerator, "current_accelerator", lambda *args: torch.device("mps"))
+    assert re.fullmatch(r"mps \(beside a cpu \(\d+ cores, \d+ threads\)\)", environment()["device"])
+
+
 def test_a_run_records_which_code_made_it(tmp_path):
     """environment.json's `code`: a hash of the lab's Python sources (a copy of the tree without
     .git, as on the GPU machine, has only that), and under git the commit and whether tracked files

@@ -577,7 +577,11 @@ def environment() -> dict:
     import sympy
     import transformers
 
-    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"cpu ({os.cpu_count()} cores, {torch.get_num_threads()} threads)"
+    device = f"cpu ({os.cpu_count()} cores, {torch.get_num_threads()} threads)"
+    if torch.cuda.is_available():
+        device = torch.cuda.get_device_name(0)
+    elif hasattr(torch, "accelerator") and torch.accelerator.is_available():  # Apple's mps, Intel's xpu: accelerate trains there
+        device = f"{torch.accelerator.current_accelerator().type} (beside a {device})"
     return {
         "python": platform.python_version(), "platform": platform.platform(), "torch": torch.__version__,
         "transformers": transformers.__version__, "accelerate": accelerate.__version__, "datasets": datasets.__version__,
