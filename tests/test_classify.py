@@ -199,6 +199,8 @@ def test_a_local_encoder_gets_a_new_head_for_the_labels(lab, tmp_path):
     ('{"text": "a", "label": 1}\nnot json\n', {}, "line 2 is not JSON"),
     ('{"text": "a", "label": 1}\n[1, 2]\n', {}, "line 2 is not a JSON object"),
     ('{"text": "a", "label": [1]}\n', {}, "line 1 has a list as its 'label'"),
+    ("text,label\nhello,a\n", {}, r"holding out 1 of 1 row for the test split leaves none to train on; give more rows, or an --eval-file"),
+    ("text,label\nhello,a\nbye,b\n", {"val_size": 5}, r"holding out 5 of the 1 training row for validation .* lower --set val_size=N"),
 ])
 def test_bad_data_is_refused_before_anything_is_written(tmp_path, content, keys, message):
     path = tmp_path / ("data.jsonl" if isinstance(content, str) and content.startswith("{") else "data.csv")
@@ -207,7 +209,7 @@ def test_bad_data_is_refused_before_anything_is_written(tmp_path, content, keys,
     elif content is not None:
         path.write_text(content)
     with pytest.raises(QuadlabError, match=message):
-        train_run(_config(tmp_path / "run", train_file=str(path), val_size=1, **keys), progress=False)
+        train_run(_config(tmp_path / "run", train_file=str(path), **{"val_size": 1, **keys}), progress=False)
     assert not (tmp_path / "run").exists()
 
 

@@ -117,7 +117,9 @@ def read_file(path: Path, config: TrainConfig) -> list[dict]:
 def hold_out(rows: list[dict], count: int, seed: int, what: str) -> tuple[list[dict], list[dict]]:
     """(rest, held out): `count` rows drawn with the seed, both in file order."""
     if count >= len(rows):
-        raise QuadlabError(f"holding out {count} of {len(rows)} rows for {what} leaves none to train on; give more rows"
+        rows_ = f"{len(rows)} row" + ("s" if len(rows) != 1 else "")
+        left = f"the {rows_.replace('row', 'training row')}" if what == "validation" else rows_  # the test split is held out first
+        raise QuadlabError(f"holding out {count} of {left} for {what} leaves none to train on; give more rows"
                            + (", or lower --set val_size=N" if what == "validation" else ", or an --eval-file"))
     order = list(range(len(rows)))
     random.Random(seed).shuffle(order)
