@@ -56,8 +56,12 @@ def test_fixture_splits_by_article_and_reads_in_both_versions():
     rows = examples_from(articles, skipped)
     assert len(rows) == len({r["id"] for r in rows}) == 207 and str(skipped) == "none"
     assert {r["title"] for r in examples_from(evaluate, Skipped())}.isdisjoint(r["title"] for r in examples_from(train, Skipped()))
-    with pytest.raises(QuadlabError, match="cannot keep 6 of 6 articles"):
-        split_by_article(articles, 6)
+    for kept in (6, 0):
+        with pytest.raises(QuadlabError, match=f"cannot keep {kept} of 6 articles .* eval_articles=N from 1 to 5, or --eval-file"):
+            split_by_article(articles, kept)
+    for few in (articles[:1], []):  # no N would do
+        with pytest.raises(QuadlabError, match=f"the training file has {len(few)} articles?, .* give a file of 2 or more articles, or an --eval-file"):
+            split_by_article(few, 1)
     version_2, articles_2 = read_squad(SQUAD_SAMPLE_V2)
     rows_2 = examples_from(articles_2, Skipped())
     unanswerable = [r for r in rows_2 if not r["answers"]["text"]]

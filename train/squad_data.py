@@ -87,9 +87,12 @@ def examples_from(articles: list[dict], skipped: Skipped) -> list[dict]:
 
 def split_by_article(articles: list[dict], eval_articles: int) -> tuple[list[dict], list[dict]]:
     """The first articles train, the last `eval_articles` evaluate (as GUIDE.md suggests: 38 / 10)."""
+    if len(articles) < 2:
+        raise QuadlabError(f"the training file has {len(articles)} article{'' if len(articles) == 1 else 's'}, and the evaluation set is "
+                           f"split from it by article (at least one each); give a file of 2 or more articles, or an --eval-file")
     if not 0 < eval_articles < len(articles):
         raise QuadlabError(f"cannot keep {eval_articles} of {len(articles)} articles for evaluation; "
-                           f"pass --set eval_articles=N below {len(articles)}, or --eval-file")
+                           f"pass --set eval_articles=N from 1 to {len(articles) - 1}, or --eval-file")
     return articles[:-eval_articles], articles[-eval_articles:]
 
 
