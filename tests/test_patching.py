@@ -383,5 +383,6 @@ def test_decoder_patch_end_to_end(page_run, run, tmp_path, capsys, monkeypatch):
     assert example.shape == (len(result["layers"]), len(result["example"]["positions"])) == (len(result["layers"]), len(result["example"]["tokens"]))
     assert (out / "patching-roles.png").stat().st_size > 0 and (out / "patching-example.png").stat().st_size > 0
     # the published format writes no operands for D: nothing to corrupt on the page
-    assert "writes D's operands" in _refused(capsys, "patch", run, "--side", "decoder", "--pairs", 2, "--out", tmp_path / "none")
+    said = _refused(capsys, "patch", run, "--side", "decoder", "--pairs", 2, "--out", tmp_path / "none")
+    assert "writes D's operands" in said and "only 0 of" in said and "--pairs 0" not in said  # no count of pairs would do
     assert not (tmp_path / "none").exists()

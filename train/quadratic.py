@@ -1175,7 +1175,8 @@ class Analysis:
         if len(chosen) < n:
             raise QuadlabError(f"only {len(chosen)} of the {self.n_rows} rows of the {self.split} split make a pair for the decoder (D's "
                                f"statement written as X-Y=, and a digit of X whose change changes D's first digits): a format that writes "
-                               f"D's operands is needed (reversed, long, ...; not published); pass --pairs {len(chosen)} or fewer")
+                               f"D's operands is needed (reversed, long, ...; not published)"
+                               + (f"; pass --pairs {len(chosen)} or fewer" if chosen else ""))
         pad = tok.pad_token_id
         encoder = tok([p["equation"] for p in chosen])["input_ids"]
         clean, corrupted = ([[pad] + p["ids"][k][:-1] for p in chosen] for k in (0, 1))  # position j predicts ids[j]
@@ -1412,8 +1413,8 @@ class Analysis:
                            "scored": scored, "classes": (root_class(a, b, c), root_class(*found[1]))})
         if len(chosen) < n:
             raise QuadlabError(f"only {len(chosen)} of the {self.n_rows} rows of the {self.split} split make a pair (a change of one "
-                               f"coefficient that keeps the tokens and changes the number of real roots); pass --pairs {len(chosen)} "
-                               f"or fewer, or use a split or dataset with more rows")
+                               f"coefficient that keeps the tokens and changes the number of real roots); "
+                               + (f"pass --pairs {len(chosen)} or fewer, or " if chosen else "") + "use a split or dataset with more rows")
         clean = tok([p["equations"][0] for p in chosen])["input_ids"]
         corrupted = tok([p["equations"][1] for p in chosen])["input_ids"]
         decoder = [[tok.pad_token_id] + p["target"][:-1] for p in chosen]  # position j predicts target[j]
