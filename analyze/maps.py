@@ -212,7 +212,8 @@ def render_maps(run_dir: Path, out_dir: Path | None = None, split: str = "test",
     chosen = [] if given else (examples if examples is not None else [0])
     for index in chosen:
         if not 0 <= index < task.n_rows:
-            raise QuadlabError(f"example {index} is out of range: the {task.split} split has {task.n_rows} rows here")
+            raise QuadlabError(f"example {index} is out of range: the {task.split} split has {task.n_rows} rows here; "
+                               f"give --example 0 to {task.n_rows - 1}")
     shown = [example_maps(model, task.sides, task.example(index=i)) for i in chosen]
     if given:
         shown.append(example_maps(model, task.sides, task.example(given=given)))

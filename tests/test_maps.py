@@ -369,7 +369,7 @@ def test_bertviz_export_handles_different_input_and_output_lengths(rendered):
     [
         (lambda run, out: render_maps(run.parent / "nothing", out), "not a directory"),
         (lambda run, out: render_maps(run, out, heads=[(9, 0)]), "out of range"),
-        (lambda run, out: render_maps(run, out, examples=[100_000]), "out of range"),
+        (lambda run, out: render_maps(run, out, examples=[100_000]), r"example 100000 is out of range: the test split has (\d+) rows here; give --example 0 to \d+$"),
         (lambda run, out: render_maps(run, out, given={"equation": "7x^2+3x+1=0 ;"}), "cannot read the equation"),
         (lambda run, out: render_maps(run, out, given={"text": "7x^2+3x+1=0"}), "--text does not apply"),
         (lambda run, out: explain(run, {"equation": "7y^2=0"}, out), "cannot read the equation"),
