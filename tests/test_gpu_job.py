@@ -154,6 +154,28 @@ def test_gpu_job_leaves_the_test_to_the_next_call_when_training_ends_late(tmp_pa
     assert "gpu-job: test (24 rows)" in capsys.readouterr().out
 
 
+def test_gpu_job_stopped_in_training_by_sigterm_packs_and_goes_on_next_call(tmp_path, one_thread, capsys, monkeypatch):
+    """The device's time limit ends a call with SIGTERM (cli.main raises it as cli.Terminated where it
+    lands): the call packs what it has, as one that ran out of budget, for the next to resume."""
+    recipe, work, out = tmp_path / "mini.yaml", tmp_path / "work", tmp_path / "out"
+    recipe.write_text(RECIPE)
+    log = engine._log
+
+    def terminated_at_step_6(path, record):
+        log(path, record)
+        if record.get("step") == 6 and "loss" in record:
+            raise cli.Terminated
+
+    monkeypatch.setattr(engine, "_log", terminated_at_step_6)
+    gpu_job(recipe, work, out, "--budget-seconds", 600)
+    state = json.loads((work / "job.json").read_text())
+    assert state["stages"]["train"] == {"done": False, "step": 4, "max_steps": 8}  # the checkpoint of the evaluation at step 4
+    assert "training stopped at step 4 of 8 with a checkpoint; call again to go on" in capsys.readouterr().out
+    with tarfile.open(out / "mini.tar.gz") as tar:
+        assert json.load(tar.extractfile("mini/job.json"))["stages"]["train"]["step"] == 4
+    assert (work / "run" / "checkpoint" / "trainer_state.json").is_file()  # what the next call resumes from (as the test above)
+
+
 @pytest.mark.parametrize("change, message", [
     (("gen:", "gen:\n  colour: blue"), "gen: has no option 'colour'"),
     (('a_range: "-2:2"', "a_range: -2:2"), 'a_range must be quoted, e.g. a_range: "-30:30"'),
