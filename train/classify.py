@@ -117,10 +117,10 @@ def read_file(path: Path, config: TrainConfig) -> list[dict]:
 def hold_out(rows: list[dict], count: int, seed: int, what: str) -> tuple[list[dict], list[dict]]:
     """(rest, held out): `count` rows drawn with the seed, both in file order."""
     if count >= len(rows):
-        rows_ = f"{len(rows)} row" + ("s" if len(rows) != 1 else "")
-        left = f"the {rows_.replace('row', 'training row')}" if what == "validation" else rows_  # the test split is held out first
-        raise QuadlabError(f"holding out {count} of {left} for {what} leaves none to train on; give more rows"
-                           + (", or lower --set val_size=N" if what == "validation" else ", or an --eval-file"))
+        validation = what == "validation"  # held out of the rows that the test split left
+        noun = ("training row" if validation else "row") + ("" if len(rows) == 1 else "s")
+        raise QuadlabError(f"holding out {count} of {'the ' if validation else ''}{len(rows)} {noun} for {what} leaves none to train on; give more rows"
+                           + (", or lower --set val_size=N" if validation else ", or an --eval-file"))
     order = list(range(len(rows)))
     random.Random(seed).shuffle(order)
     held = set(order[:count])
