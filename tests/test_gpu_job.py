@@ -61,7 +61,16 @@ def gpu_job(recipe, work, out, *options):
     cli.main(["gpu-job", str(recipe), "--work", str(work), "--out", str(out), *map(str, options)])
 
 
-def test_gpu_job_trains_across_calls_and_packs_the_results(tmp_path, one_thread, capsys):
+def skip_figures(monkeypatch) -> list:
+    """Stand-ins for the maps and heads stages (half a minute of figures each time; the first test
+    below runs them for real): the runs they were given, in order."""
+    given = []
+    monkeypatch.setattr("analyze.maps.render_maps", lambda run_dir, out, **_: given.append(("maps", run_dir)))
+    monkeypatch.setattr("analyze.heads.analyze_heads", lambda run_dir, out, **_: given.append(("heads", run_dir)))
+    return given
+
+
+def test_gpu_job_trains_across_calls_and_packs_the_results(tmp_path, one_thread, capsys, monkeypatch):
     recipe, work, out = tmp_path / "mini.yaml", tmp_path / "work", tmp_path / "out"
     recipe.write_text(RECIPE)
     archive = out / "mini.tar.gz"
@@ -119,6 +128,7 @@ def test_gpu_job_trains_across_calls_and_packs_the_results(tmp_path, one_thread,
 
     # a later job trains on from the weights that came back; resumed, it keeps their architecture,
     # not the one its keys give (d_model=48 here)
+    figures = skip_figures(monkeypatch)
     more, start = tmp_path / "more", tmp_path / "back" / "mini" / "run"
     with pytest.raises(SystemExit) as stop:  # a start that holds no model is refused before the data is made
         gpu_job(recipe, more, out, "--set", f"init_from={tmp_path / 'back' / 'mini'}")
@@ -127,9 +137,10 @@ def test_gpu_job_trains_across_calls_and_packs_the_results(tmp_path, one_thread,
     assert resolve(yaml_path=str(more / "run" / "config.yaml")).d_model == 32
     gpu_job(recipe, more, out, "--budget-seconds", 600, "--set", f"init_from={start}", "--set", "d_model=48")
     assert json.loads((more / "job.json").read_text())["done"]  # resumed from its config.yaml: a d_model=48 model would not load
+    assert figures == [("maps", more / "run"), ("heads", more / "run")]
 
 
-def test_gpu_job_leaves_the_test_to_the_next_call_when_training_ends_late(tmp_path, one_thread, capsys):
+def test_gpu_job_leaves_the_test_to_the_next_call_when_training_ends_late(tmp_path, one_thread, capsys, monkeypatch):
     """--test-seconds: a call that trains to the end with less than that left stops before the test,
     with the finished checkpoint; the next call tests without a training step (so nothing compiles)."""
     recipe, work, out = tmp_path / "mini.yaml", tmp_path / "work", tmp_path / "out"
@@ -145,13 +156,14 @@ def test_gpu_job_leaves_the_test_to_the_next_call_when_training_ends_late(tmp_pa
     assert (out / "mini.model.safetensors").read_bytes() == (work / "run" / "best" / "model.safetensors").read_bytes()
     logged = (work / "run" / "log.jsonl").read_text()
 
+    figures = skip_figures(monkeypatch)
     gpu_job(recipe, work, out, "--budget-seconds", 600, "--test-seconds", 601)  # the next call tests, whatever is left
     state = json.loads((work / "job.json").read_text())
     assert state["done"] and state["stages"]["train"]["done"] and state["calls"] == 2
     assert (work / "run" / "log.jsonl").read_text() == logged  # no step trained, no evaluation again
     metrics = json.loads((work / "run" / "metrics.json").read_text())
     assert metrics["test"]["rows"] == 24 and metrics["training"]["steps"] == 8 and metrics["recipe"]["recipe"] == "mini"
-    assert "gpu-job: test (24 rows)" in capsys.readouterr().out
+    assert "gpu-job: test (24 rows)" in capsys.readouterr().out and figures == [("maps", work / "run"), ("heads", work / "run")]
 
 
 def test_gpu_job_stopped_in_training_by_sigterm_packs_and_goes_on_next_call(tmp_path, one_thread, capsys, monkeypatch):

@@ -13,6 +13,7 @@ from analyze import head_stats, interventions
 from analyze.attention import capture
 from analyze.head_stats import FEATURES, PATTERNS, classify, js_divergence_sums, map_features, mean_ci, pearson, rollout, symbol_share
 from conftest import quadlab
+from train import tasks
 
 
 def _features(maps: np.ndarray, q_len=None, segments=None, positional=True, causal=False) -> dict:
@@ -433,6 +434,13 @@ def test_heads_writes_tables_figures_and_report(analysed, run_with_checkpoints):
         np.testing.assert_allclose(shares, 1, atol=1e-4)
     assert len(result["importance"]) == sum(l * h for l, h in result["layout"].values())
     assert set(result["symbol_blocking"]) >= {"symbols blocked (both)", "control: as many digits blocked (both)"}
+    metrics = set(tasks.module("quadratic").Analysis.metrics)  # the contract tests/test_tasks.py checks for the other tasks
+    assert set(result["baseline_metrics"]) == metrics and all(0 <= v <= 1 for v in result["baseline_metrics"].values())
+    for key, values in result["symbol_blocking"].items():
+        if key not in ("baseline", "layers"):
+            assert set(values) == metrics and all(0 <= v <= 1 for v in values.values()), key
+    assert all(np.all(np.isfinite(r["context_variance"]["head"])) for r in result["kinds"].values())
+    assert (out / "heads" / "context-variance-accuracy.png").stat().st_size > 0
     points = result["context_points"]
     assert [p["model"] for p in points] == ["step-4", "step-8", "step-12"]
     assert set(result["context_correlation"]["encoder/character_accuracy"]) >= {"r", "p", "n"}

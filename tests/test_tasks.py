@@ -239,6 +239,9 @@ def test_a_limited_eval_does_not_replace_a_fuller_result_in_the_run(run, tmp_pat
     assert status == 0 and printed, err
 
 
+# quadratic's is tests/test_heads.py's end-to-end `cli.py heads` (the same checks, and its figures'
+# three attention kinds take half a minute more each time)
+@pytest.mark.parametrize("run", [name for name in tasks.TASKS if name != "quadratic"], indirect=True)
 def test_heads_on_every_task(run, tmp_path):
     name, run_dir = run
     task = tasks.module(name).Analysis
