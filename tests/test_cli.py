@@ -225,5 +225,7 @@ def test_stopping_train_prints_one_line(tmp_path, signum, code, said):
     text = "\n".join(lines)
     assert returned == code and "Traceback" not in text and "KeyboardInterrupt" not in text, text
     [message] = _messages(lines, "train:")
-    assert message.startswith("quadlab train: interrupted at step") and "--resume" in message, text
+    # not `--resume`, which would be refused: no checkpoint to resume from
+    assert message == "quadlab train: interrupted before the first checkpoint, so there is nothing to resume; start it again with --overwrite", text
+    assert not (tmp_path / "run" / "checkpoint").exists()
     assert not [p.name for p in (tmp_path / "run").rglob("*") if re.search(r"\.tmp|\.old|partial", p.name)]

@@ -188,6 +188,30 @@ def test_gpu_job_stopped_in_training_by_sigterm_packs_and_goes_on_next_call(tmp_
     assert (work / "run" / "checkpoint" / "trainer_state.json").is_file()  # what the next call resumes from (as the test above)
 
 
+def test_gpu_job_stopped_before_the_first_checkpoint_trains_again_on_the_next_call(tmp_path, one_thread, capsys, monkeypatch):
+    recipe, work, out = tmp_path / "mini.yaml", tmp_path / "work", tmp_path / "out"
+    recipe.write_text(RECIPE)
+    log = engine._log
+
+    def terminated_at_step_2(path, record):  # the first checkpoint is the evaluation's at step 4
+        log(path, record)
+        if record.get("step") == 2 and "loss" in record:
+            raise cli.Terminated
+
+    monkeypatch.setattr(engine, "_log", terminated_at_step_2)
+    gpu_job(recipe, work, out, "--budget-seconds", 600)
+    assert json.loads((work / "job.json").read_text())["stages"]["train"] == {"done": False, "step": 0, "max_steps": 8}
+    assert "training stopped before its first checkpoint; call again to start it again" in capsys.readouterr().out
+    assert not (work / "run" / "checkpoint").exists()
+
+    monkeypatch.setattr(engine, "_log", log)
+    figures = skip_figures(monkeypatch)
+    gpu_job(recipe, work, out, "--budget-seconds", 600)
+    state = json.loads((work / "job.json").read_text())
+    assert state["done"] and state["calls"] == 2 and [r["step"] for r in read_log(work / "run")[0]] == list(range(1, 9))
+    assert figures == [("maps", work / "run"), ("heads", work / "run")]
+
+
 @pytest.mark.parametrize("change, message", [
     (("gen:", "gen:\n  colour: blue"), "gen: has no option 'colour'"),
     (('a_range: "-2:2"', "a_range: -2:2"), 'a_range must be quoted, e.g. a_range: "-30:30"'),

@@ -185,6 +185,35 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(data_dir, tmp_pat
     assert steps(tmp_path / "whole") == steps(tmp_path / "broken")
 
 
+def test_a_run_directory_that_another_process_trains_is_refused_in_one_line(data_dir, tmp_path, capsys, monkeypatch):
+    """A second `train --resume` of a run that another process trains would write its checkpoints
+    and log lines among the other's, and --overwrite would delete them under it."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT, snapshot
+
+    run = tmp_path / "run"
+    with pytest.raises(Interrupted):  # and lets go of it: the other process below takes it
+        train_run(_config(data_dir, run, max_steps=4, eval_every=2), stop_after_steps=2, progress=False)
+    other = subprocess.Popen([sys.executable, "-c", "import sys; from pathlib import Path; from train.engine import hold_run_dir; "
+                              "hold_run_dir(Path(sys.argv[1])); print('holding', flush=True); sys.stdin.read()", str(run)],
+                             cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert other.stdout.readline() == "holding\n"
+        before = snapshot(tmp_path)
+        for args in (["--resume"], ["--overwrite", "--data", data_dir, "--max-steps", 4, "--set", "val_size=20"]):
+            status, out, err = quadlab(capsys, monkeypatch, "train", "--run-dir", run, *args)
+            assert status == 2 and out == "" and err.count("\n") == 1, err
+            assert f"{run} is being trained by another process (pid {other.pid}); wait for it to end or stop it" in err
+        assert snapshot(tmp_path) == before
+    finally:
+        other.communicate("", timeout=60)  # its end lets the lock go
+    status, _, err = quadlab(capsys, monkeypatch, "train", "--run-dir", run, "--resume")
+    assert status == 0, err
+    assert [r["step"] for r in read_log(run)[0]] == [1, 2, 3, 4]
+
+
 def test_warmup_stable_decay_holds_the_rate_then_decays_linearly_to_zero(data_dir, tmp_path):
     config = _config(data_dir, tmp_path / "run", scheduler="warmup_stable_decay", warmup_ratio=0.1, decay_ratio=0.4)
     train_run(config, progress=False)

@@ -38,6 +38,7 @@ from analyze.attention import set_attention_implementation
 from analyze.encoder import EncoderAnalysis, special_role, window_batch
 from gen import QuadlabError, json_objects
 from train import runs
+from train.engine import releasing_run_dir
 from train.config import TrainConfig
 from train.metrics import ROOT_CLASSES, classification_metrics
 from train.quadratic import EQUATION_ROLES, equation_roles
@@ -318,6 +319,7 @@ def scored(probabilities: torch.Tensor, rows: list[dict], labels: list[str], maj
 # Runs
 
 
+@releasing_run_dir
 def train_run(config: TrainConfig, resume: bool = False, overwrite: bool = False, stop_after_steps: int | None = None, progress: bool = True,
               deadline: float | None = None, evaluate_by: float | None = None) -> dict | None:
     """Train, keep the best model (by validation `metric_for_best`) in the run directory, evaluate

@@ -51,8 +51,9 @@ class Interrupted(Exception):
     """Training was stopped (Ctrl-C, `stop_after_steps`, `deadline`) after saving a checkpoint, or
     it finished and the evaluation after it was left to a resumed call (`evaluate_by`: finished)."""
 
-    def __init__(self, step: int, finished: bool = False):
-        super().__init__(f"interrupted at step {step}; continue with --resume")
+    def __init__(self, step: int, finished: bool = False):  # step 0: stopped before the first checkpoint
+        super().__init__(f"interrupted at step {step}; continue with --resume" if step else
+                         "interrupted before the first checkpoint, so there is nothing to resume; start it again with --overwrite")
         self.step, self.finished = step, finished
 
 
@@ -631,21 +632,79 @@ def extend(config: TrainConfig, run_dir: Path, max_steps: int) -> TrainConfig:
     return validate(replace(config, max_steps=max_steps, rewarm_after=restarts))
 
 
+_TRAINING: dict[str, object] = {}  # the lock files of the run directories this process trains, open, by path
+
+
+def hold_run_dir(run_dir: Path) -> None:
+    """Refuse a run directory that another process trains: a second `train --resume` of it would
+    write its checkpoints and log lines among the first's, and --overwrite would delete them under
+    it. An exclusive lock on `.NAME.lock` beside the directory (inside, --overwrite would delete it
+    too), held until the task's train_run ends (releasing_run_dir) or the process does, however it
+    ends; nothing where the file system or the OS has no flock."""
+    try:
+        import fcntl
+    except ImportError:  # Windows
+        return
+    resolved = run_dir.resolve()
+    path = resolved.parent / f".{resolved.name}.lock"
+    if str(path) in _TRAINING:  # held by this process already
+        return
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(path, "a+")
+    except OSError:  # a folder this user cannot write: what follows says so in its own words
+        return
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip()
+        handle.close()
+        raise QuadlabError(f"{run_dir} is being trained by another process{f' (pid {holder})' if holder.isdigit() else ''}; "
+                           f"wait for it to end or stop it, or give another --run-dir") from None
+    except OSError:  # no locks on this file system (some network mounts): train unguarded
+        handle.close()
+        return
+    handle.truncate(0)
+    handle.write(f"{os.getpid()}\n")
+    handle.flush()
+    _TRAINING[str(path)] = handle
+
+
+def releasing_run_dir(train_run: Callable[..., T]) -> Callable[..., T]:
+    """A task's train_run, which lets go of the run directory it held (hold_run_dir) when it returns
+    or raises: the same process, or another, may then train it on."""
+    import functools
+
+    @functools.wraps(train_run)
+    def wrapper(*args, **kwargs):
+        held = set(_TRAINING)
+        try:
+            return train_run(*args, **kwargs)
+        finally:
+            for path in set(_TRAINING) - held:
+                _TRAINING.pop(path).close()
+
+    return wrapper
+
+
 def prepare_run_dir(config: TrainConfig, resume: bool, overwrite: bool) -> Path:
-    """The run directory: checked for --resume; new (or emptied with --overwrite) otherwise, with
-    config.yaml and environment.json written."""
+    """The run directory, held against other processes (hold_run_dir): checked for --resume; new
+    (or emptied with --overwrite) otherwise, with config.yaml and environment.json written."""
     run_dir = config.resolved_run_dir()
     if not resume:
         config.run_dir = str(run_dir)
 
     def prepare() -> None:
+        filled = not resume and run_dir.exists() and any(run_dir.iterdir())
+        if resume and not (run_dir / "config.yaml").exists():
+            raise QuadlabError(f"{run_dir} is not a run directory to resume (no config.yaml)")
+        if filled and not overwrite:
+            raise QuadlabError(f"{run_dir} exists; pass --resume to continue it or --overwrite to start again")
+        hold_run_dir(run_dir)  # after the refusals: a refused command leaves no lock file behind
         if resume:
-            if not (run_dir / "config.yaml").exists():
-                raise QuadlabError(f"{run_dir} is not a run directory to resume (no config.yaml)")
             return
-        if run_dir.exists() and any(run_dir.iterdir()):
-            if not overwrite:
-                raise QuadlabError(f"{run_dir} exists; pass --resume to continue it or --overwrite to start again")
+        if filled:
             shutil.rmtree(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         save_yaml(config, run_dir / "config.yaml")

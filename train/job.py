@@ -129,8 +129,10 @@ def run_job(recipe: Path, text: str, make_data: Callable[[], None], overrides: d
                 if stop.finished:
                     print(f"gpu-job: training done at step {stop.step}, with less than --test-seconds={test_seconds:g} left for "
                           f"the test; call again to test it", flush=True)
-                else:
+                elif stop.step:
                     print(f"gpu-job: training stopped at step {stop.step} of {config.max_steps} with a checkpoint; call again to go on", flush=True)
+                else:  # the next call starts the training again
+                    print("gpu-job: training stopped before its first checkpoint; call again to start it again", flush=True)
                 break
             metrics_path = run_dir / "metrics.json"  # the result names its recipe
             engine.write_json(metrics_path, {"recipe": {**job, "file": str(recipe)}, **json.loads(metrics_path.read_text())})

@@ -28,6 +28,7 @@ import torch
 from analyze.attention import padded, segments, set_attention_implementation
 from gen import QuadlabError, json_objects
 from train import runs
+from train.engine import releasing_run_dir
 from train.config import TrainConfig
 from train.metrics import diagnosis, judge, quadratic_metrics, statement_names
 
@@ -369,6 +370,7 @@ def evaluate_rows(model, tokenizer, dataset, batch_size: int, num_beams: int = 0
 # Runs
 
 
+@releasing_run_dir
 def train_run(config: TrainConfig, resume: bool = False, overwrite: bool = False, stop_after_steps: int | None = None, progress: bool = True,
               deadline: float | None = None, evaluate_by: float | None = None) -> dict | None:
     """Train, keep the best model in the run directory, evaluate it on the test split; the metrics

@@ -20,6 +20,7 @@ import torch
 from analyze.encoder import EncoderAnalysis, special_role, window_batch
 from gen import QuadlabError
 from train import runs
+from train.engine import releasing_run_dir
 from train.config import TrainConfig
 from train.metrics import squad_metrics
 from train.squad_data import Skipped, drop_long_questions, eval_features, examples_from, postprocess, read_squad, split_by_article, train_features
@@ -183,6 +184,7 @@ def predict(model, tokenizer, rows: list[dict], features: list[dict], config: Tr
     return postprocess(rows, features, starts, ends, config.n_best, config.max_answer_length, version_2, config.null_threshold)
 
 
+@releasing_run_dir
 def train_run(config: TrainConfig, resume: bool = False, overwrite: bool = False, stop_after_steps: int | None = None, progress: bool = True,
               deadline: float | None = None, evaluate_by: float | None = None) -> dict | None:
     from transformers import AutoModelForQuestionAnswering
