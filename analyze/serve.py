@@ -101,10 +101,10 @@ def check_fields(task, body, run_dir: Path) -> dict:
 
     if not isinstance(body, dict):
         raise QuadlabError(f"the request body must be a JSON object of the fields {', '.join(task.inputs)}")
+    check_given(task, body, run_dir, spelled=repr)  # a field the task does not read is named as such, whatever its value
     for name, value in body.items():
         if not isinstance(value, str):
             raise QuadlabError(f"field {name!r} must be a string")
-    check_given(task, body, run_dir, spelled=repr)
     if task.inputs[0] not in body:
         raise QuadlabError(f"the field {task.inputs[0]!r} is missing; give {' and '.join(task.inputs)}")
     for name, value in body.items():

@@ -114,6 +114,7 @@ BAD = [
     ("quadratic", {"equation": "7y^2+3x=0"}, 400, "cannot read the equation"),
     ("quadratic", {"equation": 7}, 400, "must be a string"),
     ("quadratic", {"text": "x^2=0"}, 400, "is a quadratic run; 'text' does not apply to it (give its example with 'equation')"),
+    ("quadratic", {"equation": "x^2=0", "extra": 1}, 400, "is a quadratic run; 'extra' does not apply to it"),
     ("quadratic", {}, 400, "'equation' is missing"),
     ("quadratic", ["x^2=0"], 400, "JSON object"),
     ("squad", {"question": "Who won?", "context": "  "}, 400, "context is empty"),
@@ -123,7 +124,8 @@ BAD = [
 
 
 @pytest.mark.parametrize("name, body, status, message", BAD, ids=["unknown run", "long equation", "unreadable equation", "not a string",
-                                                                 "field of another task", "missing field", "not an object", "empty context",
+                                                                 "field of another task",
+                                                                 "field of another task, not a string", "missing field", "not an object", "empty context",
                                                                  "long context", "empty text"])
 def test_bad_input_is_a_4xx_with_one_line_and_the_server_keeps_serving(client, name, body, status, message):
     response = client.post(f"/api/run/{name}", json=body)
