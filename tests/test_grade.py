@@ -276,8 +276,23 @@ TRACKED = sorted((ROOT / "figures" / "results").rglob("predictions*.jsonl.gz"))
 NO_CARD_FORMAT = "padded-d-plain"
 
 
+@pytest.fixture(scope="module")
+def judged_once():
+    """The tracked files share most rows (the same 20,000 test equations in several, and a right
+    output is the reference), so each (equation, reference, output) is judged once in this module:
+    `judge` is a pure function of them, and the grades compared are the ones it gives. The three
+    20,000-row padded-d-plain files took 24 s each, the second and third now 7 s."""
+    import functools
+
+    import train.quadratic
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(train.quadratic, "judge", functools.lru_cache(maxsize=None)(train.quadratic.judge))
+        yield
+
+
 @pytest.mark.parametrize("path", TRACKED, ids=[str(p.relative_to(ROOT / "figures" / "results")) for p in TRACKED])
-def test_every_tracked_result_gives_its_recorded_grades_again(path):
+def test_every_tracked_result_gives_its_recorded_grades_again(path, judged_once):
     """The numbers in RESULTS.md come from these files: a change to the grader or to the metrics
     that moves any of them fails here (then `cli.py grade FILE --out DIR` regrades it; RESULTS.md
     says what moved)."""
