@@ -64,6 +64,41 @@ def test_pairs_put_one_equations_work_under_another():
         assert woe.statement_value(by_equation[pair["equation"]], "D")[1] == pair["value"]
 
 
+def test_d_written_twice_is_cut_before_its_plain_value():
+    """padded-d-plain writes D=X-Y=P=Q, then the square root's first step d*d=v (D = 133225: its
+    leading pair 13, d = 3); a format that writes D once, D < 0 and D = 0 have none."""
+    for fmt in ("padded-d-plain", "padded-root"):
+        solution = write_solution(*TWO, fmt)
+        prefix, plain, step = woe.d_written_twice(solution)
+        assert solution.startswith(prefix + plain + ";" + step + ";") and prefix.endswith("=")
+        assert reverse_digits(plain) == "133225" and prefix[prefix.rindex("D=") :].count("=") == 3  # D=X-Y=P=
+        assert step == "3*3=9"
+    for fmt, coefficients in (("reversed", TWO), ("padded-d", TWO), ("padded-d-plain", NONE), ("padded-d-plain", (1, -6, 9))):
+        assert woe.d_written_twice(write_solution(*coefficients, fmt)) is None, fmt
+
+
+# x^2 - (2 + d) x + (1 + d) = 0, roots 1 and 1 + d: D = d^2 has three digits, and its first
+# square-root step d*d= is 1*1 for 121 and 225, 2*2 for 484 and 625, 3*3 for 900 and 961
+THREE_DIGIT_D = [(1, -(2 + d), 1 + d) for d in (11, 22, 30, 15, 25, 31)]
+
+
+def test_triples_put_three_sources_of_d_in_conflict():
+    equations = [write_equation(*c) for c in THREE_DIGIT_D]
+    solutions = [write_solution(*c, "padded-d-plain") for c in THREE_DIGIT_D]
+    triples = woe.make_triples(equations, solutions, 10, seed=1)
+    assert triples and triples == woe.make_triples(equations, solutions, 10, seed=1)  # seeded
+    assert len(woe.make_triples(equations, solutions, 1, seed=1)) == 1
+    by_equation = dict(zip(equations, solutions))
+    for t in triples:
+        assert len({t["equation"], t["padded_of"], t["plain_of"]}) == 3 and len(set(t["steps"].values())) == 3
+        assert by_equation[t["padded_of"]].startswith(t["prefix"] + t["own_plain"] + ";" + t["steps"]["padded"] + ";")
+        for source, equation in (("equation", t["equation"]), ("plain", t["plain_of"])):
+            _, plain, step = woe.d_written_twice(by_equation[equation])
+            assert step == t["steps"][source]
+        assert t["plain"] == woe.d_written_twice(by_equation[t["plain_of"]])[1] and len(t["plain"]) == len(t["own_plain"])
+    assert woe.make_triples(equations, [write_solution(*c, "reversed") for c in THREE_DIGIT_D], 10, seed=1) == []
+
+
 def test_greedy_verdicts_on_hand_made_logits():
     labels = torch.tensor([[5, 6, 7, 8], [5, 6, 7, -100]])
     logits = torch.full((2, 4, 10), -1.0)
@@ -128,6 +163,21 @@ def test_the_script_writes_counts_that_add_up(run, tmp_path):
         first = r["first_character"]
         assert first["work"] + first["equation"] <= first["pairs"] <= r["pairs"]
     assert "D " in out.stdout
+    assert "which_d_the_square_root_reads" not in json.loads((tmp_path / "out" / "work-or-equation.json").read_text())  # reversed: D once
+
+
+def test_which_d_counts_add_up(run):
+    """Each triple's first step is counted for one source at most, in both conflicts."""
+    from train.quadratic import load_run
+
+    model, tokenizer, _ = load_run(run, "test")
+    equations = [write_equation(*c) for c in THREE_DIGIT_D]
+    triples = woe.make_triples(equations, [write_solution(*c, "padded-d-plain") for c in THREE_DIGIT_D], 10, seed=1)
+    result = woe.which_d_test(model.eval(), tokenizer, triples)
+    assert result["triples"] == len(triples) > 0 and 0 <= result["control_writes_padded"] <= len(triples)
+    assert set(result["three sources"]) == {"plain", "padded", "equation", "other"} and sum(result["three sources"].values()) == len(triples)
+    assert set(result["plain value alone"]) == {"plain", "padded", "other"} and sum(result["plain value alone"].values()) == len(triples)
+    assert all(count >= 0 for name in ("three sources", "plain value alone") for count in result[name].values())
 
 
 def refusal(monkeypatch, capsys, *args) -> tuple[int | str, str]:

@@ -19,6 +19,18 @@ that solves from the encoder and only formats the work writes V. The long format
 is the positive control: it comes first, no written work holds its value, so a model that is
 right on it in the control has to write the equation's.
 
+In the formats that write D twice, padded to its operands' width and then plain, for the square
+root to read (`D=X-Y=P=Q`: padded-d-plain, padded-root), a three-way conflict asks which D the
+square root's first step `d*d=` reads. The model gets the equation E and the work of E' up to its
+padded D P', then the plain D Q'' of a third equation E'' (as long as Q', whose first step
+differs from E''s and E's):
+
+    plain     the first step of E'', from the plain D written last
+    padded    the first step of E', from the padded D and the work that computed it
+    equation  the first step of E
+
+With the equation E' (only the plain value in conflict), and the control: E' with its own work.
+
 Run from the repository root on a run's directory (its model; weights are not committed: the
 commands that train it are in RESULTS.md):
 
@@ -67,6 +79,65 @@ def statement_value(solution: str, kind: str) -> tuple[str, str] | None:
             return solution[:cut], statement[statement.rindex("=") + 1:]
         start += len(statement) + 1
     return None
+
+
+D_TWICE = r"D=[^=]*=[^=]*=[^=]*"  # D=X-Y=P=Q: D padded to its operands' width, then plain
+FIRST_ROOT_STEP = r"[0-9]\*[0-9]=[0-9]+"  # d*d=v: the digit-by-digit square root's first step
+
+
+def d_written_twice(solution: str) -> tuple[str, str, str] | None:
+    """(prefix up to and including the `=` before D's plain value, the plain value, the
+    statement after D) of a solution that writes D padded, then plain, and then starts a square
+    root with `d*d=`; None for any other (no real root, D = 0, a format that writes D once)."""
+    statements = solution.split(";")
+    start = 0
+    for k, statement in enumerate(statements[:-1]):
+        if re.fullmatch(D_TWICE, statement.lstrip("~")):
+            if not re.fullmatch(FIRST_ROOT_STEP, statements[k + 1]):
+                return None
+            return solution[: start + statement.rindex("=") + 1], statement[statement.rindex("=") + 1 :], statements[k + 1]
+        start += len(statement) + 1
+    return None
+
+
+def make_triples(equations: list[str], solutions: list[str], n: int, seed: int) -> list[dict]:
+    """Up to n triples for the three-way conflict: in a seeded random order, row k's equation (E)
+    gets row k+1's work up to its padded D (E') and the plain D of the next row after it (E'')
+    that is as long as E''s plain D and whose square root starts otherwise than E''s and E's."""
+    found = [(e, *v) for e, s in zip(equations, solutions) if (v := d_written_twice(s))]
+    random.Random(seed).shuffle(found)
+    triples = []
+    for k in range(len(found) - 1):
+        (equation, _, _, step), (padded_of, prefix, plain, padded_step) = found[k], found[k + 1]
+        if step == padded_step:
+            continue
+        other = next((row for row in found[k + 2 :] if len(row[2]) == len(plain) and row[3] not in (step, padded_step)), None)
+        if other is None:
+            continue
+        triples.append({"equation": equation, "padded_of": padded_of, "plain_of": other[0], "prefix": prefix, "own_plain": plain,
+                        "plain": other[2], "steps": {"equation": step, "padded": padded_step, "plain": other[3]}})
+        if len(triples) == n:
+            break
+    return triples
+
+
+def which_d_test(model, tokenizer, triples: list[dict]) -> dict:
+    """Counts of plain / padded / equation / other: which D the square root's first step follows,
+    with the equation E (three sources), with E' (only the plain value in conflict), and the
+    control (E' and its own work)."""
+    prefixes = [t["prefix"] + t["plain"] + ";" for t in triples]
+    n = len(triples)
+    result = {"triples": n}
+    for name, equations in (("three sources", [t["equation"] for t in triples]), ("plain value alone", [t["padded_of"] for t in triples])):
+        sources = ("plain", "padded", "equation") if name == "three sources" else ("plain", "padded")
+        counts = {source: int(score(model, tokenizer, equations, prefixes, [t["steps"][source] + ";" for t in triples])[0].sum())
+                  for source in sources}
+        result[name] = {**counts, "other": n - sum(counts.values())}
+    control, *_ = score(model, tokenizer, [t["padded_of"] for t in triples], [t["prefix"] + t["own_plain"] + ";" for t in triples],
+                        [t["steps"]["padded"] + ";" for t in triples])
+    result["control_writes_padded"] = int(control.sum())
+    result["examples"] = triples[:5]
+    return result
 
 
 def make_pairs(equations: list[str], solutions: list[str], kind: str, n: int, seed: int) -> list[dict]:
@@ -198,6 +269,8 @@ def main():
         pairs = make_pairs(equations, solutions, kind, args.pairs, args.seed)
         if pairs:
             results[kind] = conflict_test(model, tokenizer, pairs)
+    triples = make_triples(equations, solutions, args.pairs, args.seed)
+    which_d = which_d_test(model, tokenizer, triples) if triples else None
     print(f"{'statement':28} {'pairs':>5} {'work':>6} {'equation':>8} {'other':>6} {'control':>7} {'margin':>7}   characters: work, equation   first character: pairs, work, equation")
     for kind, r in results.items():
         n, first = r["pairs"], r["first_character"]
@@ -205,8 +278,15 @@ def main():
               f"{r['control_writes_work'] / n:7.3f} {r['mean_log_margin_work_minus_equation']:7.2f}   "
               f"{r['characters_followed']['work']:15.3f} {r['characters_followed']['equation']:8.3f}   {first['pairs']:5d} "
               f"{first['work'] / max(first['pairs'], 1):6.3f} {first['equation'] / max(first['pairs'], 1):6.3f}")
+    if which_d:
+        n = which_d["triples"]
+        print(f"\nwhich D the square root's first step reads ({n} triples; control, E' with its own work: "
+              f"{which_d['control_writes_padded'] / n:.3f})")
+        for name in ("three sources", "plain value alone"):
+            print(f"  {name:18} " + "  ".join(f"{source} {count / n:.3f}" for source, count in which_d[name].items()))
     out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "work-or-equation.json", {"run": str(args.run_dir), "rows": len(test), "seed": args.seed, "results": results})
+    write_json(out / "work-or-equation.json", {"run": str(args.run_dir), "rows": len(test), "seed": args.seed, "results": results,
+                                               **({"which_d_the_square_root_reads": which_d} if which_d else {})})
 
 
 if __name__ == "__main__":
