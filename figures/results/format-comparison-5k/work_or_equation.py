@@ -128,8 +128,9 @@ def which_d_test(model, tokenizer, triples: list[dict]) -> dict:
     prefixes = [t["prefix"] + t["plain"] + ";" for t in triples]
     n = len(triples)
     result = {"triples": n}
-    for name, equations in (("three sources", [t["equation"] for t in triples]), ("plain value alone", [t["padded_of"] for t in triples])):
-        sources = ("plain", "padded", "equation") if name == "three sources" else ("plain", "padded")
+    for name, encoder, sources in (("three sources", "equation", ("plain", "padded", "equation")),
+                                   ("plain value alone", "padded_of", ("plain", "padded"))):
+        equations = [t[encoder] for t in triples]
         counts = {source: int(score(model, tokenizer, equations, prefixes, [t["steps"][source] + ";" for t in triples])[0].sum())
                   for source in sources}
         result[name] = {**counts, "other": n - sum(counts.values())}
